@@ -1,0 +1,5 @@
+import sys
+
+from composerlite.cli import main
+
+sys.exit(main())

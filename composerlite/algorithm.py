@@ -1,0 +1,69 @@
+"""`Algorithm` and `Callback`: the two ways to attach code to the training loop's events.
+
+An algorithm changes training (the model, the batch, the loss, the optimizer); a callback only
+observes it (logging, monitoring). The API is Composer's, so a Composer algorithm that only touches
+the model, the batch, the loss or the optimizer ports by changing its imports.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pydantic
+
+from composerlite.event import Event
+
+if TYPE_CHECKING:
+    from composerlite.loggers import Logger
+    from composerlite.state import State
+
+
+class NoOptions(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class Algorithm:
+    """Base class for speedup methods.
+
+    Subclasses implement `match` (should this algorithm run at this event?) and `apply` (do it).
+    Class attributes a subclass may set:
+      name           the name users type after `--algo`
+      Options        a pydantic model of the algorithm's options (`--algo name:key=value`)
+      dynamic_seq_len  True if the algorithm shortens sequences; the trainer then runs one
+                     full-length step first so the allocator's peak is reached up front, and
+                     marks the sequence dimension dynamic for torch.compile
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[pydantic.BaseModel]] = NoOptions
+    dynamic_seq_len: ClassVar[bool] = False
+
+    def match(self, event: Event, state: State) -> bool:
+        raise NotImplementedError
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Callback:
+    """Base class for observers: define a method named after an event (`batch_end`, `fit_end`, ...)."""
+
+    def run_event(self, event: Event, state: State, logger: Logger) -> None:
+        handler = getattr(self, event.value, None)
+        if handler is not None:
+            handler(state, logger)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,54 @@
+"""The `composerlite` command line. User mistakes print one line and exit 2; bugs keep tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import pydantic
+
+from composerlite.config import describe_validation_error
+from composerlite.errors import UsageError
+
+# subcommand -> (module under composerlite.commands, one-line help)
+COMMANDS = {
+    "run": ("run", "train a model with a set of algorithms"),
+    "list": ("listing", "list models and algorithms with their options"),
+    "models": ("models", "the GPT-2 family: parameters, FLOPs, the card's results and scaling-law predictions"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own exit code is already 2; keep it to one line
+        self.exit(2, f"composerlite: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="composerlite", description="A small, fast, honest trainer for GPT-2-family models.")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(f"composerlite.commands.{module_name}")
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(subparser)
+        subparser.set_defaults(handler=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except UsageError as error:
+        print(f"composerlite: error: {error}", file=sys.stderr)
+        return 2
+    except pydantic.ValidationError as error:
+        print(f"composerlite: error: {describe_validation_error(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("composerlite: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""`composerlite models`: the family table, measured from the built models."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from rich.console import Console
+from rich.table import Table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seq-len", type=int, default=1024, help="sequence length for FLOPs per token")
+
+
+def main(args: argparse.Namespace) -> int:
+    from composerlite.models import FAMILY, build_model, count_parameters, flops_per_token
+    from composerlite.models.scaling import predicted_loss
+
+    table = Table(title=f"GPT-2 family (FLOPs per training token at seq {args.seq_len})")
+    for column in ("name", "params", "non-emb", "shape L/d/ff/h", "GFLOPs/tok", "card tokens",
+                   "card loss (ppl)", "card predicted ppl", "Kaplan loss (ppl)"):
+        table.add_column(column, justify="right")
+    for spec in FAMILY.values():
+        model = build_model(spec.name)
+        params, non_embedding = count_parameters(model), count_parameters(model, non_embedding=True)
+        card, kaplan = "-", "-"
+        if spec.card_tokens:
+            card = f"{spec.card_final_loss:.2f} ({spec.card_ppl:.2f})"
+            loss = predicted_loss(non_embedding, spec.card_tokens)
+            kaplan = f"{loss:.2f} ({math.exp(loss):.2f})"
+        table.add_row(
+            spec.name, f"{params / 1e6:.1f}M", f"{non_embedding / 1e6:.1f}M",
+            f"{spec.n_layer}/{spec.d_model}/{spec.d_ff}/{spec.n_heads}",
+            f"{flops_per_token(model, args.seq_len) / 1e9:.3f}",
+            f"{spec.card_tokens / 1e9:.1f}B" if spec.card_tokens else "-", card,
+            f"{spec.card_predicted_ppl:.2f}" if spec.card_predicted_ppl else "-", kaplan,
+        )
+    Console().print(table)
+    return 0

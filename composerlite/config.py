@@ -1,0 +1,128 @@
+"""Run configuration: validated once, here, at the edge (YAML recipe, then CLI flags over it).
+
+Everything past `RunConfig` is plain values; a bad model, algorithm, option or value is reported
+as one line naming it (`UsageError`), which the CLI turns into exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+
+from composerlite.errors import UsageError
+from composerlite.time import Time, TimeUnit
+
+
+def _valid_time(value: str | None, field: str, allow_dur: bool = True) -> str | None:
+    if value is None:
+        return None
+    try:
+        time = Time.parse(str(value))
+    except ValueError as error:
+        raise ValueError(str(error)) from None
+    if not allow_dur and time.unit is TimeUnit.DURATION:
+        raise ValueError(f"{field} cannot be in 'dur' (it is what 'dur' is a fraction of)")
+    if time.value == 0 and field == "max_duration":
+        raise ValueError("max_duration must be greater than zero")
+    return str(time)
+
+
+class RunConfig(pydantic.BaseModel):
+    """Everything `composerlite run` needs. Field names are the YAML keys; flags use dashes."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = "gpt2-52m"
+    algorithms: list[str | dict[str, Any]] = pydantic.Field(default_factory=list)
+    data: str | None = None
+    max_duration: str | None = None
+    batch_size: int | None = pydantic.Field(None, gt=0)
+    microbatch_size: int | None = pydantic.Field(None, gt=0)
+    seq_len: int | None = pydantic.Field(None, gt=0)
+    lr: float | None = pydantic.Field(None, gt=0)
+    weight_decay: float = pydantic.Field(0.0, ge=0)
+    warmup: str | None = None
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    dropout: float | None = pydantic.Field(None, ge=0, lt=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    seed: int = pydantic.Field(17, ge=0)
+    run_dir: str | None = None
+    save_interval: str | None = None
+    eval_interval: str | None = "0.25dur"
+    eval_batches: int = pydantic.Field(16, gt=0)
+    card_recipe: bool = False
+
+    @pydantic.field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from composerlite.models import FAMILY
+
+        if name not in FAMILY:
+            raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(FAMILY)}")
+        return name
+
+    @pydantic.field_validator("max_duration")
+    @classmethod
+    def _max_duration(cls, value):
+        return _valid_time(value, "max_duration", allow_dur=False)
+
+    @pydantic.field_validator("save_interval", "eval_interval", "warmup")
+    @classmethod
+    def _interval(cls, value, info):
+        return _valid_time(value, info.field_name)
+
+    @pydantic.field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "cpu") and not value.startswith("cuda"):
+            raise ValueError(f"unknown device '{value}'; use auto, cpu, cuda or cuda:N")
+        return value
+
+
+def load_config(recipe: str | Path | None, overrides: dict[str, Any]) -> RunConfig:
+    """The recipe YAML (if any), with every override that is not None applied on top."""
+    values: dict[str, Any] = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise UsageError(f"config file not found: {recipe}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise UsageError(f"config file {recipe} is not valid YAML: {str(error).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise UsageError(f"config file {recipe} must hold a mapping of options")
+    for key, value in overrides.items():
+        if value is not None and value != []:
+            values[key] = value
+    return validated(values)
+
+
+def validated(values: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig(**values)
+    except pydantic.ValidationError as error:
+        raise UsageError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: pydantic.ValidationError) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"unknown option '{field}'"
+    return f"invalid {field}: {message}" if field else message
+
+
+@functools.cache
+def cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -1,0 +1,115 @@
+"""Loggers: one `Logger` fans each record out to destinations (rich console, JSON-lines file).
+
+Algorithms and callbacks call `logger.log_metrics({...})`; those metrics join the next record the
+trainer writes, so each step is one line in `metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from composerlite.algorithm import Callback
+
+
+class LoggerDestination(Callback):
+    def log(self, record: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class Logger:
+    def __init__(self, destinations: list[LoggerDestination]):
+        self.destinations = destinations
+        self._pending: dict[str, Any] = {}
+
+    def log_metrics(self, metrics: dict[str, Any]) -> None:
+        self._pending.update(metrics)
+
+    def record(self, event: str, **fields: Any) -> dict[str, Any]:
+        record = {"event": event, **fields, **self._pending}
+        self._pending = {}
+        for destination in self.destinations:
+            destination.log(record)
+        return record
+
+    def close(self) -> None:
+        for destination in self.destinations:
+            destination.close()
+
+
+class JSONLinesLogger(LoggerDestination):
+    """Appends one JSON object per line to `path`; flushed per line so a crash loses nothing logged."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, default=_jsonable) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ConsoleLogger(LoggerDestination):
+    """A live progress bar (loss, tokens/s, ETA) and one printed line per evaluation."""
+
+    def __init__(self, console: Console | None = None, description: str = "training"):
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.task = self.progress.add_task(description, total=1.0, status="")
+        self._last_tokens = 0
+        self._last_wall = 0.0
+
+    def fit_start(self, state, logger) -> None:
+        self.progress.start()
+
+    def log(self, record: dict[str, Any]) -> None:
+        if record["event"] == "train":
+            elapsed = record["wall_s"] - self._last_wall
+            rate = (record["tokens"] - self._last_tokens) / elapsed if elapsed > 0 else 0.0
+            self._last_tokens, self._last_wall = record["tokens"], record["wall_s"]
+            status = (
+                f"step {record['step']}  loss {record['loss']:.3f}  lr {record['lr']:.2e}  "
+                f"seq {record['seq_len']}  {rate:,.0f} tok/s"
+            )
+            self.progress.update(self.task, completed=record["fraction"], status=status)
+        elif record["event"] == "eval":
+            self.progress.console.print(
+                f"eval @ step {record['step']}: loss {record['eval_loss']:.4f}  ppl {record['eval_ppl']:.2f}"
+            )
+
+    def fit_end(self, state, logger) -> None:
+        self.progress.update(self.task, completed=1.0)
+        self.progress.stop()
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return str(value)

@@ -1,0 +1,56 @@
+"""Learning-rate schedules defined in time units.
+
+Deliberately not `torch.optim.lr_scheduler`: those count `step()` calls, while ours follow the
+run's `Timestamp`, so a warmup of "90ba", "2e6tok" or "0.01dur" and a wall-clock budget ("10min")
+all mean what they say. The multiplier is recomputed from the timestamp at every batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from composerlite.time import Time, Timestamp
+
+
+@dataclasses.dataclass
+class WarmupDecaySchedule:
+    """Linear warmup from 0 to the base LR over `warmup`, then `decay` down to `alpha_f` x base LR
+    at the end of `max_duration` ("cosine", "linear" or "constant")."""
+
+    warmup: Time
+    decay: str = "cosine"
+    alpha_f: float = 0.0
+    # Fraction of the budget used when warmup ended: decay spans the rest, whatever the units.
+    decay_start: float | None = None
+
+    def multiplier(self, timestamp: Timestamp, max_duration: Time) -> float:
+        if self.warmup.value > 0 and not timestamp.reached(self.warmup, max_duration):
+            if self.warmup.unit.value == "dur":
+                return timestamp.fraction_of(max_duration) / self.warmup.value
+            return timestamp.get(self.warmup.unit) / self.warmup.value
+        fraction = timestamp.fraction_of(max_duration)
+        if self.decay_start is None:
+            self.decay_start = fraction
+        span = 1.0 - self.decay_start
+        progress = 1.0 if span <= 0 else min(1.0, (fraction - self.decay_start) / span)
+        if self.decay == "cosine":
+            shape = 0.5 * (1 + math.cos(math.pi * progress))
+        elif self.decay == "linear":
+            shape = 1.0 - progress
+        else:
+            shape = 1.0
+        return self.alpha_f + (1 - self.alpha_f) * shape
+
+    def step(self, optimizer: torch.optim.Optimizer, timestamp: Timestamp, max_duration: Time) -> None:
+        factor = self.multiplier(timestamp, max_duration)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+    def state_dict(self) -> dict:
+        return {"decay_start": self.decay_start}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay_start = state["decay_start"]

@@ -1,0 +1,69 @@
+"""`State`: everything a training run holds, in one place that algorithms may read and replace."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from composerlite.time import Time, Timestamp
+
+
+def logits_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Default forward: the language model's logits, [batch, seq, vocab]."""
+    return model(input_ids=batch["input_ids"]).logits
+
+
+def shifted_cross_entropy(outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy; each position predicts the token after it. Computed in fp32."""
+    logits = outputs[:, :-1].float()
+    targets = batch["input_ids"][:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
+@dataclasses.dataclass
+class State:
+    """The mutable state of a run.
+
+    `forward_fn(model, batch) -> outputs` and `loss_fn(outputs, batch) -> loss` are fields, not
+    methods of the model, so an algorithm can change what the forward returns (hidden states
+    instead of logits, say) and how the loss is computed, without patching the model.
+    """
+
+    model: torch.nn.Module
+    max_duration: Time
+    device: torch.device
+    precision: str
+    seed: int
+    run_dir: Path
+    optimizer: torch.optim.Optimizer | None = None
+    schedulers: list[Any] = dataclasses.field(default_factory=list)
+    algorithms: list[Any] = dataclasses.field(default_factory=list)
+    callbacks: list[Any] = dataclasses.field(default_factory=list)
+    timestamp: Timestamp = dataclasses.field(default_factory=Timestamp)
+    forward_fn: Callable[[torch.nn.Module, dict], Any] = logits_forward
+    loss_fn: Callable[[Any, dict], torch.Tensor] = shifted_cross_entropy
+    batch: dict[str, torch.Tensor] | None = None
+    outputs: Any = None
+    loss: torch.Tensor | None = None
+    batch_size: int = 0
+    microbatch_size: int = 0
+    seq_len: int = 0
+    batches_per_epoch: int = 0
+    eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    stop_training: bool = False
+
+    @property
+    def tokens_in_batch(self) -> int:
+        return int(self.batch["input_ids"].numel()) if self.batch is not None else 0
+
+    @property
+    def fraction_done(self) -> float:
+        """Fraction of the training budget used: what 'dur' times are measured against."""
+        return self.timestamp.fraction_of(self.max_duration)
+
+    def reached(self, time: Time) -> bool:
+        return self.timestamp.reached(time, self.max_duration)

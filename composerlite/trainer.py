@@ -1,0 +1,330 @@
+"""The training loop. `composerlite.event` draws it and marks where each event fires."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from composerlite.algorithm import Algorithm, Callback
+from composerlite.checkpoint import checkpoint_name, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from composerlite.engine import Engine
+from composerlite.event import Event
+from composerlite.loggers import Logger
+from composerlite.schedule import WarmupDecaySchedule
+from composerlite.state import State
+from composerlite.time import Time, TimeUnit
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    lr: float = 6e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+
+
+def adamw(model: torch.nn.Module, config: OptimizerConfig, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay on matrices only (biases, norms and gains stay undecayed)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused or None)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = config.lr
+    return optimizer
+
+
+class Trainer:
+    """Trains `model` on `train_data` until `max_duration`, firing events for algorithms and callbacks.
+
+    `train_data` and `eval_data` are `composerlite.data.BatchStream`s (anything with `len()`,
+    `epoch(epoch, start_batch)` and `batch_size`). The model is converted by algorithms at INIT,
+    then moved to the device, then the optimizer is built over the converted parameters.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        train_data,
+        max_duration: Time | str,
+        logger: Logger,
+        run_dir: Path,
+        eval_data=None,
+        algorithms: Iterable[Algorithm] = (),
+        callbacks: Iterable[Callback] = (),
+        optimizer: OptimizerConfig = OptimizerConfig(),
+        schedule: WarmupDecaySchedule | None = None,
+        microbatch_size: int | None = None,
+        precision: str = "fp32",
+        device: str = "cpu",
+        seed: int = 0,
+        save_interval: Time | str | None = None,
+        eval_interval: Time | str | None = None,
+        eval_batches: int | None = None,
+        load_path: Path | None = None,
+    ):
+        self.train_data = train_data
+        self.eval_data = eval_data
+        self.logger = logger
+        self.save_interval = Time.parse(save_interval) if save_interval else None
+        self.eval_interval = Time.parse(eval_interval) if eval_interval else None
+        self.eval_batches = eval_batches
+        self.load_path = load_path
+        self._last_saved_batch = -1
+        self._next_save = self.save_interval
+        self._next_eval = self.eval_interval
+        self.state = State(
+            model=model,
+            max_duration=Time.parse(max_duration),
+            device=resolve_device(device),
+            precision=precision,
+            seed=seed,
+            run_dir=Path(run_dir),
+            algorithms=list(algorithms),
+            callbacks=list(callbacks),
+            schedulers=[schedule or WarmupDecaySchedule(warmup=Time(0, TimeUnit.BATCH))],
+            batch_size=train_data.batch_size,
+            microbatch_size=microbatch_size or train_data.batch_size,
+            seq_len=train_data.seq_len,
+            batches_per_epoch=len(train_data),
+        )
+        if self.state.max_duration.unit is TimeUnit.DURATION:
+            raise ValueError("max_duration cannot be given in 'dur' (it is what 'dur' is a fraction of)")
+        self.engine = Engine(self.state, logger)
+        self.engine.run_event(Event.INIT)  # the one model-conversion phase: surgery happens here
+        self.state.model.to(self.state.device)
+        self.state.optimizer = adamw(self.state.model, optimizer, fused=self.state.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(self.state.device.type, enabled=precision == "fp16")
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        state, engine = self.state, self.engine
+        engine.run_event(Event.BEFORE_LOAD)
+        if self.load_path is not None:
+            load_checkpoint(state, self.load_path)
+            self._last_saved_batch = state.timestamp.batch
+        engine.run_event(Event.AFTER_LOAD)
+        self._next_save = self._advance(self.save_interval)
+        self._next_eval = self._advance(self.eval_interval) if self.eval_data is not None else None
+        if any(algorithm.dynamic_seq_len for algorithm in state.algorithms) and state.device.type == "cuda":
+            self.preallocate_full_length()
+        engine.run_event(Event.FIT_START)
+        last_train_loss = float("nan")
+        while not self._done():
+            engine.run_event(Event.EPOCH_START)
+            batches = iter(self.train_data.epoch(state.timestamp.epoch, start_batch=state.timestamp.batch_in_epoch))
+            while not self._done():
+                engine.run_event(Event.BEFORE_DATALOADER)
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                state.batch = {key: value.to(state.device, non_blocking=True) for key, value in batch.items()}
+                engine.run_event(Event.AFTER_DATALOADER)
+                last_train_loss = self._train_batch()
+                if self._due("save"):
+                    self.save()
+                engine.run_event(Event.BATCH_CHECKPOINT)
+                if self._due("eval"):
+                    self.evaluate()
+            else:
+                break
+            state.timestamp.epoch += 1
+            state.timestamp.batch_in_epoch = 0
+            engine.run_event(Event.EPOCH_END)
+            engine.run_event(Event.EPOCH_CHECKPOINT)
+        if self.eval_data is not None and state.timestamp.batch != self._last_eval_batch():
+            self.evaluate()
+        if state.timestamp.batch != self._last_saved_batch:
+            self.save()
+        engine.run_event(Event.FIT_END)
+        return self.summary(last_train_loss)
+
+    def _train_batch(self) -> float:
+        state, engine = self.state, self.engine
+        started = time.perf_counter()
+        engine.run_event(Event.BATCH_START)
+        engine.run_event(Event.BEFORE_TRAIN_BATCH)
+        state.model.train()
+        full_batch = state.batch
+        batch_tokens = full_batch["input_ids"].numel()
+        total_loss = 0.0
+        for microbatch in _split(full_batch, state.microbatch_size):
+            state.batch = microbatch
+            weight = microbatch["input_ids"].numel() / batch_tokens
+            engine.run_event(Event.BEFORE_FORWARD)
+            with self._autocast():
+                state.outputs = state.forward_fn(state.model, state.batch)
+                engine.run_event(Event.AFTER_FORWARD)
+                engine.run_event(Event.BEFORE_LOSS)
+                state.loss = state.loss_fn(state.outputs, state.batch)
+            engine.run_event(Event.AFTER_LOSS)
+            engine.run_event(Event.BEFORE_BACKWARD)
+            self.scaler.scale(state.loss * weight).backward()
+            engine.run_event(Event.AFTER_BACKWARD)
+            total_loss += state.loss.detach().float().item() * weight
+            state.outputs = None  # free activations' outputs before the next microbatch
+        state.batch = full_batch
+        self.scaler.unscale_(state.optimizer)
+        engine.run_event(Event.AFTER_TRAIN_BATCH)
+        timestamp = state.timestamp
+        timestamp.batch += 1
+        timestamp.batch_in_epoch += 1
+        timestamp.sample += full_batch["input_ids"].shape[0]
+        timestamp.token += batch_tokens
+        # The LR for this batch comes from the timestamp that counts it, so warmup's first step
+        # is not wasted at LR 0.
+        for scheduler in state.schedulers:
+            scheduler.step(state.optimizer, timestamp, state.max_duration)
+        lr = state.optimizer.param_groups[0]["lr"]
+        self.scaler.step(state.optimizer)
+        self.scaler.update()
+        state.optimizer.zero_grad(set_to_none=True)
+        if state.device.type == "cuda":
+            torch.cuda.synchronize()  # wall-clock budgets must count the GPU's work, not its queue
+        timestamp.wall_clock_s += time.perf_counter() - started
+        engine.run_event(Event.BATCH_END)
+        self.logger.record(
+            "train",
+            step=timestamp.batch,
+            epoch=timestamp.epoch,
+            tokens=timestamp.token,
+            samples=timestamp.sample,
+            seq_len=int(full_batch["input_ids"].shape[1]),
+            loss=total_loss,
+            lr=lr,
+            wall_s=round(timestamp.wall_clock_s, 4),
+            fraction=round(state.fraction_done, 6),
+        )
+        if not math.isfinite(total_loss):
+            raise FloatingPointError(f"loss became {total_loss} at step {timestamp.batch}")
+        return total_loss
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        state, engine = self.state, self.engine
+        engine.run_event(Event.EVAL_START)
+        state.model.eval()
+        train_batch, total_loss, total_tokens = state.batch, 0.0, 0
+        for index, batch in enumerate(self.eval_data.epoch(0)):
+            if self.eval_batches is not None and index >= self.eval_batches:
+                break
+            state.batch = {key: value.to(state.device) for key, value in batch.items()}
+            engine.run_event(Event.EVAL_BATCH_START)
+            engine.run_event(Event.EVAL_BEFORE_FORWARD)
+            with self._autocast():
+                state.outputs = state.forward_fn(state.model, state.batch)
+                engine.run_event(Event.EVAL_AFTER_FORWARD)
+                loss = state.loss_fn(state.outputs, state.batch).float().item()
+            predicted = state.batch["input_ids"][:, 1:].numel()
+            total_loss += loss * predicted
+            total_tokens += predicted
+            engine.run_event(Event.EVAL_BATCH_END)
+        state.batch, state.outputs = train_batch, None
+        eval_loss = total_loss / max(total_tokens, 1)
+        state.eval_metrics = {"eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50.0))}
+        engine.run_event(Event.EVAL_END)
+        self.logger.record(
+            "eval",
+            step=state.timestamp.batch,
+            tokens=state.timestamp.token,
+            wall_s=round(state.timestamp.wall_clock_s, 4),
+            **state.eval_metrics,
+        )
+        self._eval_batch = state.timestamp.batch
+        return state.eval_metrics
+
+    def save(self) -> Path:
+        folder = save_checkpoint(self.state, self.state.run_dir / "checkpoints" / checkpoint_name(self.state))
+        self._last_saved_batch = self.state.timestamp.batch
+        return folder
+
+    def preallocate_full_length(self) -> None:
+        """One forward/backward at the full batch shape before training, so the caching allocator
+        reaches its peak up front instead of fragmenting as sequences grow. Leaves weights,
+        gradients, optimizer and RNG exactly as they were."""
+        state = self.state
+        saved_rng = rng_state()
+        shape = (state.microbatch_size, state.seq_len)
+        batch = {"input_ids": torch.zeros(shape, dtype=torch.long, device=state.device)}
+        state.model.train()
+        with self._autocast():
+            loss = state.loss_fn(state.forward_fn(state.model, batch), batch)
+        loss.backward()
+        state.optimizer.zero_grad(set_to_none=True)
+        restore_rng_state(saved_rng)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.state.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.state.device.type, dtype=dtype)
+
+    def _done(self) -> bool:
+        return self.state.stop_training or self.state.reached(self.state.max_duration)
+
+    def _advance(self, interval: Time | None) -> Time | None:
+        """The next time an interval event is due, strictly after now."""
+        if interval is None or interval.value == 0:
+            return None
+        unit = interval.unit
+        now = self.state.fraction_done if unit is TimeUnit.DURATION else self.state.timestamp.get(unit)
+        count = math.floor(now / interval.value + 1e-9) + 1
+        value = min(1.0, count * interval.value) if unit is TimeUnit.DURATION else count * interval.value
+        return Time(value, unit)
+
+    def _due(self, kind: str) -> bool:
+        attribute = f"_next_{kind}"
+        due = getattr(self, attribute)
+        if due is None or not self.state.reached(due) or self._done():
+            return False
+        setattr(self, attribute, self._advance(getattr(self, f"{kind}_interval")))
+        return True
+
+    def _last_eval_batch(self) -> int:
+        return getattr(self, "_eval_batch", -1)
+
+    def summary(self, final_train_loss: float) -> dict[str, Any]:
+        timestamp = self.state.timestamp
+        return {
+            "run_dir": str(self.state.run_dir),
+            "steps": timestamp.batch,
+            "tokens": timestamp.token,
+            "wall_s": timestamp.wall_clock_s,
+            "tokens_per_s": timestamp.token / timestamp.wall_clock_s if timestamp.wall_clock_s else 0.0,
+            "final_train_loss": final_train_loss,
+            **self.state.eval_metrics,
+            "seconds_per_algorithm": dict(self.engine.seconds_per_algorithm),
+        }
+
+
+def _split(batch: dict[str, torch.Tensor], microbatch_size: int) -> list[dict[str, torch.Tensor]]:
+    pieces = {key: value.split(microbatch_size) for key, value in batch.items()}
+    return [dict(zip(pieces, chunk)) for chunk in zip(*pieces.values())]
