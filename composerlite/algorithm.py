@@ -7,6 +7,7 @@ the model, the batch, the loss or the optimizer ports by changing its imports.
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pydantic
@@ -22,6 +23,16 @@ class NoOptions(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
 
+class Order(enum.IntEnum):
+    """Priority classes for `Algorithm.order`. The engine runs algorithms sorted by `order`, and
+    in the user's order within a class (see `composerlite.composition`). Gaps leave room between."""
+
+    SCHEDULE = 0  # rewrites the run's time budget (scale_schedule) before anything reads it
+    SURGERY = 100  # replaces modules at INIT (GLU, low-precision LayerNorm, ALiBi)
+    DEFAULT = 500  # batch, loss, gradient, optimizer and eval-time methods
+    WRAP = 900  # wraps the finished model (torch.compile): sees every other conversion
+
+
 class Algorithm:
     """Base class for speedup methods.
 
@@ -32,11 +43,20 @@ class Algorithm:
       dynamic_seq_len  True if the algorithm shortens sequences; the trainer then runs one
                      full-length step first so the allocator's peak is reached up front, and
                      marks the sequence dimension dynamic for torch.compile
+      provides       capabilities this algorithm takes over exclusively ("position_embedding",
+                     "mlp", "layernorm", ...): two algorithms providing one capability conflict
+      requires       names or capabilities some *other* algorithm in the run must provide
+      conflicts      names or capabilities this algorithm cannot run beside
+      order          an `Order` class; the engine runs algorithms sorted by it, then as listed
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[pydantic.BaseModel]] = NoOptions
     dynamic_seq_len: ClassVar[bool] = False
+    provides: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()
+    conflicts: ClassVar[tuple[str, ...]] = ()
+    order: ClassVar[int] = Order.DEFAULT
 
     def match(self, event: Event, state: State) -> bool:
         raise NotImplementedError

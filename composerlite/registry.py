@@ -9,16 +9,21 @@ pydantic `Options`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
+import inspect
 import sys
+import traceback
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 import pydantic
 import yaml
 
-from composerlite.algorithm import Algorithm
+from composerlite.algorithm import Algorithm, NoOptions
 from composerlite.errors import UsageError
 
 ENTRY_POINT_GROUP = "composerlite.algorithms"
@@ -26,18 +31,39 @@ ENTRY_POINT_GROUP = "composerlite.algorithms"
 
 @functools.cache
 def registered_algorithms() -> dict[str, importlib.metadata.EntryPoint]:
-    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    """name -> entry point. A name two installed packages both claim is kept out of the table
+    (see `duplicate_registrations`), so `--algo` never picks one of them silently."""
+    claims: dict[str, dict[str, importlib.metadata.EntryPoint]] = {}
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        claims.setdefault(entry.name, {})[entry.value] = entry  # one package seen twice on sys.path is one claim
+    return {name: next(iter(by_value.values())) for name, by_value in claims.items() if len(by_value) == 1}
+
+
+def duplicate_registrations() -> dict[str, list[str]]:
+    """Names registered by more than one installed package, with the classes that claim them."""
+    claims: dict[str, set[str]] = {}
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        claims.setdefault(entry.name, set()).add(entry.value)
+    return {name: sorted(values) for name, values in claims.items() if len(values) > 1}
 
 
 def algorithm_class(target: str) -> type[Algorithm]:
     """The Algorithm class for a registered name or a `file.py:ClassName` target."""
     if ".py:" in target:
         return _class_from_file(*target.rsplit(":", 1))
+    if target.endswith(".py"):
+        raise UsageError(f"algorithm file '{target}' needs a class: {target}:ClassName")
     entry = registered_algorithms().get(target)
     if entry is None:
+        claimed = duplicate_registrations().get(target)
+        if claimed:
+            raise UsageError(f"algorithm '{target}' is registered by several installed packages ({', '.join(claimed)}); uninstall all but one")
         known = ", ".join(sorted(registered_algorithms())) or "none installed"
         raise UsageError(f"unknown algorithm '{target}'; choose one of: {known} (or path/to/file.py:ClassName)")
-    cls = entry.load()
+    try:
+        cls = entry.load()
+    except Exception as error:  # a broken third-party plugin: name it, do not crash the CLI
+        raise UsageError(f"algorithm '{target}' ({entry.value}) failed to import: {type(error).__name__}: {error}") from None
     _check_is_algorithm(cls, target)
     return cls
 
@@ -46,21 +72,61 @@ def _class_from_file(path: str, class_name: str) -> type[Algorithm]:
     file = Path(path).expanduser().resolve()
     if not file.is_file():
         raise UsageError(f"algorithm file not found: {path}")
-    module_name = f"composerlite_plugin_{file.stem}_{abs(hash(str(file)))}"
-    spec = importlib.util.spec_from_file_location(module_name, file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    cls = getattr(module, class_name, None)
+    cls = getattr(_module_from_file(file), class_name, None)
     if cls is None:
         raise UsageError(f"{path} defines no '{class_name}'")
     _check_is_algorithm(cls, f"{path}:{class_name}")
     return cls
 
 
+@functools.cache
+def _module_from_file(file: Path) -> types.ModuleType:
+    """Import a plugin file once per process, so naming it twice gives the same class."""
+    module_name = f"composerlite_plugin_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[module_name]
+        raise UsageError(f"cannot load {file}: {_where(error, file)}{type(error).__name__}: {error}") from None
+    return module
+
+
+def _where(error: Exception, file: Path) -> str:
+    """'line N: ' for the deepest frame of the plugin file itself, so the user sees their line."""
+    if isinstance(error, SyntaxError) and error.lineno:
+        return f"line {error.lineno}: "
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__) if Path(frame.filename) == file]
+    return f"line {lines[-1]}: " if lines else ""
+
+
 def _check_is_algorithm(cls: Any, target: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
         raise UsageError(f"'{target}' is not a composerlite Algorithm subclass")
+
+
+@functools.cache
+def options_model(cls: type[Algorithm]) -> type[pydantic.BaseModel]:
+    """The algorithm's options as a pydantic model: its `Options`, or, for a class that declares
+    none but takes keyword arguments (a Composer algorithm ported by changing its imports), one
+    read from its `__init__` signature, so `--algo name:key=value` and `composerlite list` work
+    for it too."""
+    if cls.Options is not NoOptions or cls.__init__ is object.__init__:
+        return cls.Options
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: accept any value, __init__ still checks
+        hints = {}
+    fields = {}
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        default = ... if parameter.default is parameter.empty else parameter.default
+        fields[name] = (hints.get(name, Any), default)
+    config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    return pydantic.create_model(f"{cls.__name__}Options", __config__=config, **fields)
 
 
 def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -81,17 +147,32 @@ def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def validate_options(cls: type[Algorithm], target: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Options checked against the algorithm's model; errors name the algorithm and the option.
+    Unknown keys are refused here too, even when a plugin's model would ignore them."""
+    model = options_model(cls)
+    if not isinstance(options, dict):
+        raise UsageError(f"algorithm '{target}': options must be a mapping of key: value, got {options!r}")
+    for key in options:
+        if key not in model.model_fields:
+            known = ", ".join(model.model_fields) or "none"
+            raise UsageError(f"algorithm '{target}': unknown option '{key}' (options: {known})")
     try:
-        return cls.Options(**options).model_dump()
+        return model(**options).model_dump()
     except pydantic.ValidationError as error:
         first = error.errors()[0]
-        option = ".".join(str(part) for part in first["loc"]) or "options"
-        raise UsageError(f"algorithm '{target}': option '{option}': {first['msg']}") from None
+        option = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        where = f"option '{option}': " if option else ""  # a check across several options names none
+        raise UsageError(f"algorithm '{target}': {where}{message}") from None
 
 
 def build_algorithm(target: str, options: dict[str, Any] | None = None) -> Algorithm:
     cls = algorithm_class(target)
-    return cls(**validate_options(cls, target, options or {}))
+    options = validate_options(cls, target, {} if options is None else options)
+    try:
+        return cls(**options)
+    except ValueError as error:  # an __init__ that checks its own arguments (Composer style)
+        raise UsageError(f"algorithm '{target}': {error}") from None
 
 
 def build_from_spec(spec: str) -> Algorithm:

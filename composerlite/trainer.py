@@ -15,6 +15,7 @@ import torch
 
 from composerlite.algorithm import Algorithm, Callback
 from composerlite.checkpoint import checkpoint_name, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from composerlite.composition import compose
 from composerlite.engine import Engine
 from composerlite.event import Event
 from composerlite.loggers import Logger
@@ -107,7 +108,7 @@ class Trainer:
             precision=precision,
             seed=seed,
             run_dir=Path(run_dir),
-            algorithms=list(algorithms),
+            algorithms=compose(algorithms),  # rejects impossible combinations; deterministic order
             callbacks=list(callbacks),
             schedulers=[schedule or WarmupDecaySchedule(warmup=Time(0, TimeUnit.BATCH))],
             batch_size=train_data.batch_size,

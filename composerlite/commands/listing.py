@@ -7,7 +7,8 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from composerlite.registry import registered_algorithms
+from composerlite.errors import UsageError
+from composerlite.registry import algorithm_class, options_model, registered_algorithms
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,17 +16,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def algorithm_rows() -> list[tuple[str, str, str]]:
-    """(name, one-line description, options with defaults and help) for each installed algorithm."""
+    """(name, one-line description, options with defaults and help) for each installed algorithm.
+    A plugin that fails to import gets a row saying so instead of breaking the listing."""
     rows = []
-    for name, entry in sorted(registered_algorithms().items()):
-        cls = entry.load()
-        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        options = "\n".join(
-            f"{key}={field.default!r}  {field.description or ''}".rstrip()
-            for key, field in cls.Options.model_fields.items()
-        )
-        rows.append((name, summary, options or "-"))
+    for name in sorted(registered_algorithms()):
+        try:
+            cls = algorithm_class(name)
+        except UsageError as error:
+            rows.append((name, f"unavailable: {error}", "-"))
+            continue
+        rows.append((name, summary(cls), options_text(options_model(cls)) or "-"))
     return rows
+
+
+def summary(cls: type) -> str:
+    """The first line of the class docstring: the one-line description `list` shows."""
+    doc = (cls.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def options_text(model) -> str:
+    lines = []
+    for key, field in model.model_fields.items():
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        lines.append(f"{key}={default}  {field.description or ''}".rstrip())
+    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:

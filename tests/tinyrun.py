@@ -1,0 +1,53 @@
+"""Helpers for the algorithm and plugin tests: a gpt2-tiny Trainer on random tokens, in fp32.
+
+Random tokens, not a tokenized corpus: these tests check mechanics (events, surgery, checkpoints,
+composition), and skipping the tokenizer keeps each tiny run well under a second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from composerlite.data import BatchStream
+from composerlite.loggers import JSONLinesLogger, Logger
+from composerlite.models import build_model
+from composerlite.schedule import WarmupDecaySchedule
+from composerlite.time import Time
+from composerlite.trainer import OptimizerConfig, Trainer, seed_everything
+
+VOCAB = 50257
+
+
+def tokens(n: int = 4096, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, VOCAB, n).astype(np.uint16)
+
+
+def tiny_trainer(run_dir: Path, algorithms=(), *, max_duration="2ba", seq_len=16, batch_size=2, seed=0,
+                 warmup="1ba", eval_interval=None, save_interval=None, load_path=None, dropout=0.0, **kwargs) -> Trainer:
+    seed_everything(seed)
+    model = build_model("gpt2-tiny", dropout=dropout)
+    return Trainer(
+        model=model,
+        train_data=BatchStream(tokens(), seq_len=seq_len, batch_size=batch_size, seed=seed),
+        eval_data=BatchStream(tokens(1024, seed=1), seq_len=seq_len, batch_size=batch_size, shuffle=False),
+        max_duration=max_duration,
+        logger=Logger([JSONLinesLogger(Path(run_dir) / "metrics.jsonl")]),
+        run_dir=run_dir,
+        algorithms=algorithms,
+        optimizer=OptimizerConfig(lr=1e-3, weight_decay=0.1),
+        schedule=WarmupDecaySchedule(warmup=Time.parse(warmup)),
+        eval_interval=eval_interval,
+        eval_batches=2,
+        save_interval=save_interval,
+        load_path=load_path,
+        seed=seed,
+        device="cpu",
+        **kwargs,
+    )
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
