@@ -16,6 +16,7 @@ COMMANDS = {
     "run": ("run", "train a model with a set of algorithms"),
     "list": ("listing", "list models and algorithms with their options"),
     "models": ("models", "the GPT-2 family: parameters, FLOPs, the card's results and scaling-law predictions"),
+    "throughput": ("throughput", "measure tokens/s, MFU and peak memory of a model + algorithms (random tokens)"),
 }
 
 

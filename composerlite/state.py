@@ -40,6 +40,9 @@ class State:
     seed: int
     run_dir: Path
     optimizer: torch.optim.Optimizer | None = None
+    # Builds `optimizer` from the converted model after INIT; an algorithm may replace it at INIT
+    # (e.g. to switch on a fused kernel) without knowing the trainer's optimizer settings.
+    optimizer_factory: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None
     schedulers: list[Any] = dataclasses.field(default_factory=list)
     algorithms: list[Any] = dataclasses.field(default_factory=list)
     callbacks: list[Any] = dataclasses.field(default_factory=list)

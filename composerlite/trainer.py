@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import random
 import time
@@ -118,10 +119,11 @@ class Trainer:
         )
         if self.state.max_duration.unit is TimeUnit.DURATION:
             raise ValueError("max_duration cannot be given in 'dur' (it is what 'dur' is a fraction of)")
+        self.state.optimizer_factory = functools.partial(adamw, config=optimizer)
         self.engine = Engine(self.state, logger)
         self.engine.run_event(Event.INIT)  # the one model-conversion phase: surgery happens here
         self.state.model.to(self.state.device)
-        self.state.optimizer = adamw(self.state.model, optimizer)
+        self.state.optimizer = self.state.optimizer_factory(self.state.model)
         self.scaler = torch.amp.GradScaler(self.state.device.type, enabled=precision == "fp16")
 
     # -- the loop ------------------------------------------------------------------------------

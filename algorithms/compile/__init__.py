@@ -1,0 +1,99 @@
+"""torch.compile: the run's forward (and, by default, its loss) compiled by TorchDynamo + Inductor.
+
+Inductor fuses the elementwise work between matmuls (bias + GELU, residual + LayerNorm, dropout,
+casts, the softmax of the loss) into generated Triton (GPU) or C++ (CPU) kernels. Compilation
+costs tens of seconds on the first step(s), so it pays off on runs of more than a few minutes.
+It wraps `State.forward_fn` / `State.loss_fn` rather than the model, so the model's state_dict keys
+never change and it compiles whatever forward and loss the other algorithms installed: it runs at
+INIT in the WRAP order class, after all surgery. When an algorithm varies the sequence length
+(`dynamic_seq_len`), the sequence dimension is marked dynamic so each new length does not
+recompile. The number of graph breaks (places Dynamo had to fall back to Python) is reported after
+the first training step as `compile/graph_breaks` in metrics.jsonl: 0 means one graph per function.
+Source: Ansel et al., 2024, "PyTorch 2" (ASPLOS).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import pydantic
+import torch
+import torch._dynamo
+
+from composerlite import Algorithm, Event, Logger, Order, State
+
+
+class CompileOptions(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    mode: str | None = pydantic.Field(
+        None, description="torch.compile mode: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs"
+    )
+    fullgraph: bool = pydantic.Field(False, description="fail on any graph break instead of falling back")
+    compile_loss: bool = pydantic.Field(True, description="also compile State.loss_fn (a fused loss that disables Dynamo runs as it is)")
+
+
+def dynamo_counts() -> dict[str, int]:
+    """Process-wide Dynamo counters: graph breaks and compiled graphs so far."""
+    from torch._dynamo.utils import counters
+
+    return {"graph_breaks": sum(counters["graph_break"].values()), "graphs": counters["stats"]["unique_graphs"]}
+
+
+def count_graph_breaks(fn: Callable, *args: Any, **kwargs: Any) -> int:
+    """Graph breaks Dynamo finds when tracing `fn(*args, **kwargs)` (runs it once, uncompiled)."""
+    return torch._dynamo.explain(fn)(*args, **kwargs).graph_break_count
+
+
+def _seq_dynamic(compiled: Callable, first: Any, batch: dict) -> Any:
+    torch._dynamo.mark_dynamic(batch["input_ids"], 1)
+    return compiled(first, batch)
+
+
+def compile_fn(fn: Callable, *, mode: str | None, fullgraph: bool, dynamic_seq_len: bool) -> Callable:
+    """`fn(x, batch)` compiled; with dynamic_seq_len the batch's sequence dimension is dynamic."""
+    compiled = torch.compile(fn, mode=mode, fullgraph=fullgraph)
+    return functools.partial(_seq_dynamic, compiled) if dynamic_seq_len else compiled
+
+
+def apply_compile(state: State, mode: str | None = None, fullgraph: bool = False, compile_loss: bool = True) -> list[str]:
+    """Compile the run's forward (and loss); returns what was compiled. A loss_fn decorated with
+    `torch.compiler.disable` (the fused cross-entropy is) still runs uncompiled: Dynamo skips it."""
+    dynamic = any(getattr(algorithm, "dynamic_seq_len", False) for algorithm in state.algorithms)
+    compiled = ["forward_fn"]
+    state.forward_fn = compile_fn(state.forward_fn, mode=mode, fullgraph=fullgraph, dynamic_seq_len=dynamic)
+    if compile_loss:
+        state.loss_fn = compile_fn(state.loss_fn, mode=mode, fullgraph=fullgraph, dynamic_seq_len=dynamic)
+        compiled.append("loss_fn")
+    return compiled
+
+
+class Compile(Algorithm):
+    """torch.compile the forward and loss (after all surgery); reports graph breaks."""
+
+    name = "compile"
+    Options = CompileOptions
+    provides = ("compile",)
+    order = Order.WRAP
+
+    def __init__(self, mode: str | None = None, fullgraph: bool = False, compile_loss: bool = True):
+        self.options = CompileOptions(mode=mode, fullgraph=fullgraph, compile_loss=compile_loss)
+        self.compiled: list[str] = []
+        self.report: dict[str, int] = {}
+        self._before: dict[str, int] | None = None
+
+    def match(self, event: Event, state: State) -> bool:
+        return event is Event.INIT or (event is Event.BATCH_END and self._before is not None)
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        if event is Event.INIT:
+            self._before = dynamo_counts()
+            self.compiled = apply_compile(state, **self.options.model_dump())
+            return
+        after = dynamo_counts()  # after the first step: every training graph has been traced
+        self.report = {key: after[key] - self._before[key] for key in after}
+        self._before = None
+        logger.log_metrics({f"compile/{key}": value for key, value in self.report.items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"options": self.options.model_dump(), "compiled": self.compiled, **self.report}

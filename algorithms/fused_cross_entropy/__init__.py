@@ -1,0 +1,165 @@
+"""Fused linear + cross-entropy: the loss without the full logits tensor.
+
+The forward returns the final hidden states instead of logits, and the loss runs the tied lm_head
+matmul chunk by chunk over tokens: for each chunk it computes the logits, the loss and, in the
+same pass, the gradients with respect to the hidden states and the head weight (softmax minus
+one-hot, times the inputs). Only one chunk of logits ever exists, so the batch x seq x vocab fp32
+tensor (6.6 GB at 32 x 1024 x 50257, past 2^31 elements at batch 64) is never built, and the
+backward pass only scales the saved gradients. FLOPs equal the unfused head's (one forward and two
+backward matmuls per chunk).
+
+When it helps: a vocabulary that is large next to d_model (GPT-2: 50257 vs 512-768). Memory first
+(larger batches fit), speed second (fewer passes over logits; on CUDA each chunk's softmax and
+gradient is one compiled kernel).
+Sources: Liger-Kernel's FusedLinearCrossEntropy (Hsu et al., 2024, arXiv:2410.10989); Wijmans et
+al., 2024, "Cut Your Losses in Large-Vocabulary Language Models" (arXiv:2411.09009).
+
+Padded vocabularies: when the model's config has `unpadded_vocab_size` (set by `pad_vocab`), head
+rows past it are padding: their logits are masked to -inf, so they take no probability mass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import pydantic
+import torch
+
+from composerlite import Algorithm, Event, Logger, State
+
+
+class FusedCrossEntropyOptions(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    chunk_elements: int = pydantic.Field(
+        2**25, ge=2**12, description="logit elements per chunk (tokens per chunk = this / vocab): the loss's working set"
+    )
+    compile_chunk: bool = pydantic.Field(
+        True, description="on CUDA, run each chunk's softmax and gradient as one torch.compile'd kernel"
+    )
+
+
+class HiddenStates(NamedTuple):
+    """What `hidden_states_forward` returns: the last hidden states and the head that scores them."""
+
+    hidden: torch.Tensor  # [batch, seq, d_model]
+    head_weight: torch.Tensor  # [vocab (maybe padded), d_model]
+    valid_vocab: int  # head rows from here on are padding
+
+
+def valid_vocab_size(model: torch.nn.Module) -> int:
+    """Tokens the loss may predict: the config's vocabulary, or the size before `pad_vocab` padded it."""
+    config = model.config
+    return int(getattr(config, "unpadded_vocab_size", None) or config.vocab_size)
+
+
+def hidden_states_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> HiddenStates:
+    """Forward through the trunk only. `use_cache=False`: training never needs HF's KV cache."""
+    hidden = model.transformer(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
+    return HiddenStates(hidden, model.get_output_embeddings().weight, valid_vocab_size(model))
+
+
+def chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, valid_vocab: int, scale: float):
+    """Sum of the chunk's token losses and d(scale * loss_sum)/d(logits), with fp32 statistics.
+    The gradient is returned in the logits' dtype (the dtype of the matmuls that consume it)."""
+    out_dtype = logits.dtype
+    logits = logits.float()  # a copy for 16-bit logits; for fp32 the matmul output, ours to overwrite
+    if valid_vocab < logits.size(-1):
+        logits[:, valid_vocab:] = float("-inf")
+    lse = torch.logsumexp(logits, dim=-1)
+    loss_sum = (lse - logits.gather(1, targets[:, None]).squeeze(1)).sum()
+    probs = logits.sub_(lse[:, None]).exp_()
+    probs.scatter_add_(1, targets[:, None], torch.full((targets.numel(), 1), -1.0, device=probs.device))
+    return loss_sum, probs.mul_(scale).to(out_dtype)
+
+
+def chunk_loss(logits: torch.Tensor, targets: torch.Tensor, valid_vocab: int) -> torch.Tensor:
+    logits = logits.float()
+    if valid_vocab < logits.size(-1):
+        logits = logits[:, :valid_vocab]
+    return (torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None]).squeeze(1)).sum()
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, valid_vocab, rows_per_chunk, kernel, compute_dtype):
+        h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+        n = h.size(0)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, n, rows_per_chunk):
+            h_chunk = h[start : start + rows_per_chunk]
+            chunk_sum, grad_logits = kernel(h_chunk @ w.t(), targets[start : start + rows_per_chunk], valid_vocab, 1.0 / n)
+            loss_sum += chunk_sum
+            grad_hidden[start : start + rows_per_chunk] = grad_logits @ w
+            if compute_dtype == torch.float32:
+                grad_weight.addmm_(grad_logits.t(), h_chunk)
+            else:  # the product in 16 bits (fp32 accumulation inside the GEMM), summed over chunks in fp32
+                grad_weight += grad_logits.t() @ h_chunk
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return loss_sum / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None, None, None
+
+
+class FusedLinearCrossEntropyLoss:
+    """`loss_fn(outputs: HiddenStates, batch) -> mean next-token loss`, chunked over tokens."""
+
+    def __init__(self, chunk_elements: int = 2**25, compile_chunk: bool = True):
+        self.chunk_elements = chunk_elements
+        self.compile_chunk = compile_chunk
+        self._compiled = None  # compiled lazily on the first CUDA call; one per loss instance
+
+    def _kernel(self, device: torch.device):
+        if not (self.compile_chunk and device.type == "cuda"):
+            return chunk_loss_and_grad
+        if self._compiled is None:
+            self._compiled = torch.compile(chunk_loss_and_grad, dynamic=False)
+        return self._compiled
+
+    @torch.compiler.disable  # already fused; an outer torch.compile must not trace the chunk loop
+    def __call__(self, outputs: HiddenStates, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden, weight, valid_vocab = outputs
+        hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))  # position t predicts token t + 1
+        targets = batch["input_ids"][:, 1:].reshape(-1)
+        device = hidden.device
+        compute_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else hidden.dtype
+        rows = max(1, self.chunk_elements // weight.size(0))
+        with torch.autocast(device.type, enabled=False):  # dtypes are chosen explicitly below
+            if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+                return _FusedLinearCrossEntropy.apply(
+                    hidden, weight, targets, valid_vocab, rows, self._kernel(device), compute_dtype
+                )
+            h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+            total = sum(chunk_loss(h[s : s + rows] @ w.t(), targets[s : s + rows], valid_vocab) for s in range(0, h.size(0), rows))
+            return total / h.size(0)
+
+
+def apply_fused_cross_entropy(state: State, chunk_elements: int = 2**25, compile_chunk: bool = True) -> None:
+    """Route the run's forward through the trunk and its loss through the chunked fused head.
+    Eval uses the same pair, so eval loss is computed the same way."""
+    state.forward_fn = hidden_states_forward
+    state.loss_fn = FusedLinearCrossEntropyLoss(chunk_elements, compile_chunk)
+
+
+class FusedCrossEntropy(Algorithm):
+    """Chunked fused lm_head + cross-entropy: never materializes the batch x seq x vocab logits."""
+
+    name = "fused_cross_entropy"
+    Options = FusedCrossEntropyOptions
+    provides = ("loss",)
+
+    def __init__(self, chunk_elements: int = 2**25, compile_chunk: bool = True):
+        self.options = FusedCrossEntropyOptions(chunk_elements=chunk_elements, compile_chunk=compile_chunk)
+
+    def match(self, event: Event, state: State) -> bool:
+        return event is Event.INIT
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        apply_fused_cross_entropy(state, **self.options.model_dump())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"options": self.options.model_dump()}
