@@ -109,7 +109,7 @@ class ScoreModifiers:
                 total = total + modifier.bias(module, query_positions, key_positions)
             if is_causal:
                 total = total + causal_bias(query_positions, key_positions)
-            mask = total.clamp_min(torch.finfo(dtype).min).to(dtype)
+            mask = total.to(dtype).clamp_min(torch.finfo(dtype).min)
             if mask.dim() == 2:
                 mask = mask.unsqueeze(0)
         self._masks[key] = mask
