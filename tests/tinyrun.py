@@ -21,18 +21,22 @@ from composerlite.trainer import OptimizerConfig, Trainer, seed_everything
 VOCAB = 50257
 
 
-def tokens(n: int = 4096, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, VOCAB, n).astype(np.uint16)
+def tokens(n: int = 4096, seed: int = 0, vocab_size: int = VOCAB) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab_size, n).astype(np.uint16)
 
 
 def tiny_trainer(run_dir: Path, algorithms=(), *, max_duration="2ba", seq_len=16, batch_size=2, seed=0,
-                 warmup="1ba", eval_interval=None, save_interval=None, load_path=None, dropout=0.0, **kwargs) -> Trainer:
+                 warmup="1ba", eval_interval=None, save_interval=None, load_path=None, dropout=0.0,
+                 vocab_size=VOCAB, evaluate=True, **kwargs) -> Trainer:
+    """gpt2-tiny on random tokens. A small `vocab_size` makes a step several times cheaper (the
+    50257-row embedding dominates gpt2-tiny), for tests that run many short trainings."""
     seed_everything(seed)
-    model = build_model("gpt2-tiny", dropout=dropout)
+    model = build_model("gpt2-tiny", dropout=dropout, vocab_size=vocab_size)
     return Trainer(
         model=model,
-        train_data=BatchStream(tokens(), seq_len=seq_len, batch_size=batch_size, seed=seed),
-        eval_data=BatchStream(tokens(1024, seed=1), seq_len=seq_len, batch_size=batch_size, shuffle=False),
+        train_data=BatchStream(tokens(vocab_size=vocab_size), seq_len=seq_len, batch_size=batch_size, seed=seed),
+        eval_data=BatchStream(tokens(1024, 1, vocab_size), seq_len=seq_len, batch_size=batch_size, shuffle=False)
+        if evaluate else None,
         max_duration=max_duration,
         logger=Logger([JSONLinesLogger(Path(run_dir) / "metrics.jsonl")]),
         run_dir=run_dir,

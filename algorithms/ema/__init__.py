@@ -44,13 +44,20 @@ class EMAOptions(pydantic.BaseModel):
         None, description="time between updates (default: 1 unit of half_life, or 1ba with smoothing)"
     )
 
+    @pydantic.field_validator("half_life", "update_interval")
+    @classmethod
+    def _counted_time(cls, value, info):
+        return _check_time(value, info.field_name)
+
+    @pydantic.field_validator("ema_start")
+    @classmethod
+    def _start_time(cls, value, info):
+        return _check_time(value, info.field_name, (*_UNITS, TimeUnit.DURATION))
+
     @pydantic.model_validator(mode="after")
     def _consistent(self):
         if (self.half_life is None) == (self.smoothing is None):
             raise ValueError("set exactly one of half_life and smoothing (e.g. half_life=null,smoothing=0.999)")
-        self.half_life = _check_time(self.half_life, "half_life")
-        self.update_interval = _check_time(self.update_interval, "update_interval")
-        self.ema_start = _check_time(self.ema_start, "ema_start", (*_UNITS, TimeUnit.DURATION))
         interval = self.update_interval and Time.parse(self.update_interval)
         if self.half_life and interval and interval.unit is not Time.parse(self.half_life).unit:
             raise ValueError("update_interval must be in the same unit as half_life")
