@@ -16,6 +16,10 @@ COMMANDS = {
     "run": ("run", "train a model with a set of algorithms"),
     "list": ("listing", "list models and algorithms with their options"),
     "models": ("models", "the GPT-2 family: parameters, FLOPs, the card's results and scaling-law predictions"),
+    "bench": ("bench", "compare methods under one budget: quality vs time, speedups, report"),
+    "report": ("report", "rebuild (and merge) benchmark reports from results.json folders"),
+    "sweep": ("sweep", "scale_schedule ratios or an lr x batch-size grid, reported like a benchmark"),
+    "scaling": ("scaling", "Kaplan's L(N, D) for the family; model size and tokens for a compute budget"),
     "throughput": ("throughput", "measure tokens/s, MFU and peak memory of a model + algorithms (random tokens)"),
 }
 

@@ -1,0 +1,98 @@
+"""`composerlite bench`: every method under the same budget, data, eval set and seeds; then a report
+of quality against time with speedups over the baseline. Rerunning the same command resumes."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from composerlite.config import RunConfig, load_config
+from composerlite.errors import UsageError
+
+# Ten evaluations per run: enough points to read the time to the baseline's loss off the curve.
+BENCH_EVAL_INTERVAL = "0.1dur"
+
+
+def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
+    """The settings every run of a benchmark or sweep shares."""
+    parser.add_argument("--config", help="YAML recipe for the shared settings; flags override it. Its algorithms "
+                        "are part of every method, the baseline included")
+    parser.add_argument("--model", help="family member (see `composerlite models`)")
+    parser.add_argument("--budget", help="each run's budget: 60ba, 2e6tok, 10min, ... (same for every method)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per method: --seed, --seed+1, ... (default 1)")
+    parser.add_argument("--seed", type=int, help="first seed (default: the run default)")
+    parser.add_argument("--data", help="text/jsonl/parquet file or folder, fsspec URL, or hf:NAME (default: embedded corpus)")
+    parser.add_argument("--out", help="benchmark folder; rerun with the same --out to resume (default: bench-MODEL-BUDGET)")
+    parser.add_argument("--batch-size", type=int, help="global batch size in sequences")
+    parser.add_argument("--microbatch-size", type=int, help="sequences per forward/backward (gradient accumulation)")
+    parser.add_argument("--seq-len", type=int, help="tokens per sequence")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--warmup", help="LR warmup length: 90ba, 0.05dur, ...")
+    parser.add_argument("--dropout", type=float)
+    parser.add_argument("--precision", help="auto, fp32, bf16 or fp16")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--eval-interval", help=f"evaluate every ... (default {BENCH_EVAL_INTERVAL}, unless the recipe sets one)")
+    parser.add_argument("--eval-batches", type=int, help="held-out batches per evaluation")
+    parser.add_argument("--save-interval", help="also checkpoint every 0.1dur, 100ba, ... (quality after N steps, later)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--algos", required=True, metavar="A,B,...",
+                        help="methods to compare, comma-separated: baseline, registered names with options "
+                             "(seq_len_warmup:duration=0.3), or path/to/file.py:Class")
+    parser.add_argument("--recipe", dest="recipes", action="append", default=[], metavar="NAME=A+B+...",
+                        help="a named method combining several algorithms; repeat for several")
+    add_shared_arguments(parser)
+
+
+SHARED_KEYS = {"model": "model", "budget": "max_duration", "seed": "seed", "data": "data", "batch_size": "batch_size",
+               "microbatch_size": "microbatch_size", "seq_len": "seq_len", "lr": "lr", "warmup": "warmup",
+               "dropout": "dropout", "precision": "precision", "device": "device", "eval_interval": "eval_interval",
+               "eval_batches": "eval_batches", "save_interval": "save_interval"}
+
+
+def base_config(args: argparse.Namespace) -> RunConfig:
+    """The recipe (if any) with the flags over it; the settings all runs share."""
+    overrides = {key: getattr(args, flag) for flag, key in SHARED_KEYS.items()}
+    config = load_config(args.config, overrides)
+    if config.max_duration is None:
+        raise UsageError("give every run the same budget with --budget (e.g. 60ba, 2e6tok, 10min)")
+    if "eval_interval" not in config.model_fields_set:
+        config = config.model_copy(update={"eval_interval": BENCH_EVAL_INTERVAL})
+    return config
+
+
+def seeds_of(args: argparse.Namespace, config: RunConfig) -> list[int]:
+    if args.seeds < 1:
+        raise UsageError("--seeds must be at least 1")
+    return [config.seed + i for i in range(args.seeds)]
+
+
+def out_dir(args: argparse.Namespace, config: RunConfig, kind: str) -> Path:
+    return Path(args.out or f"{kind}-{config.model}-{config.max_duration}")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as typed, rebuilt from the parsed flags (so it is exact whatever the entry point)."""
+    words = ["composerlite", args.command]
+    for key, value in vars(args).items():
+        if key in ("command", "handler") or value is None or value is False or value == []:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key == "recipes":
+            flag = "--recipe"
+        for item in value if isinstance(value, list) else [value]:
+            words += [flag] if item is True else [flag, str(item)]
+    return shlex.join(words)
+
+
+def main(args: argparse.Namespace) -> int:
+    from composerlite.bench.runner import parse_algos, parse_recipe, run_bench
+
+    config = base_config(args)
+    methods = parse_algos(args.algos) + [parse_recipe(text) for text in args.recipes]
+    out = out_dir(args, config, "bench")
+    run_bench(out, config, methods, seeds_of(args, config), command_line(args))
+    print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    return 0

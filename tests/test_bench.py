@@ -1,0 +1,177 @@
+"""`composerlite bench` / `sweep` / `scaling`: method parsing, a real tiny benchmark end to end,
+resuming after an interruption, and the recipes shipped in benchmarks/recipes."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from composerlite.bench.results import load_results
+from composerlite.bench.runner import parse_algos, parse_recipe, run_bench
+from composerlite.cli import main as cli
+from composerlite.commands.run import run as real_run
+from composerlite.commands.sweep import sweep_methods
+from composerlite.config import load_config
+from composerlite.errors import UsageError
+from composerlite.registry import registered_algorithms, split_spec
+
+RECIPES = Path(__file__).resolve().parent.parent / "benchmarks" / "recipes"
+TINY = ["--model", "gpt2-tiny", "--budget", "2ba", "--batch-size", "2", "--seq-len", "16", "--eval-batches", "1",
+        "--device", "cpu", "--precision", "fp32"]
+
+
+def test_parse_algos_keeps_option_commas_and_plugins():
+    methods = parse_algos("baseline, seq_len_warmup:duration=0.3,min_seq_len=8,plugins/mine.py:Mine,alibi")
+    assert [m.label for m in methods] == ["baseline", "seq_len_warmup:duration=0.3,min_seq_len=8",
+                                          "plugins/mine.py:Mine", "alibi"]
+    assert [m.algorithms for m in methods] == [(), ("seq_len_warmup:duration=0.3,min_seq_len=8",),
+                                               ("plugins/mine.py:Mine",), ("alibi",)]
+    with pytest.raises(UsageError, match="looks like an option"):
+        parse_algos("baseline,duration=0.3")
+
+
+def test_parse_recipe():
+    recipe = parse_recipe("fast=seq_len_warmup:duration=0.2,min_seq_len=8+alibi")
+    assert (recipe.label, recipe.algorithms) == ("fast", ("seq_len_warmup:duration=0.2,min_seq_len=8", "alibi"))
+    for bad in ("fast", "=alibi", "fast="):
+        with pytest.raises(UsageError):
+            parse_recipe(bad)
+
+
+def test_bad_input_fails_before_training(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert cli(["bench", "--algos", "baseline,no_such_algo", "--out", str(out), *TINY]) == 2
+    assert "unknown algorithm 'no_such_algo'" in capsys.readouterr().err
+    assert cli(["bench", "--algos", "baseline,seq_len_warmup:duration=7", "--out", str(out), *TINY]) == 2
+    assert cli(["bench", "--algos", "baseline", "--model", "gpt2-tiny", "--out", str(out)]) == 2  # no budget
+    assert cli(["bench", "--algos", "baseline,baseline", "--out", str(out), *TINY]) == 2
+    assert not (out / "runs").exists()
+
+
+def test_bench_end_to_end_and_rerun_skips_finished(tmp_path, text_file):
+    out = tmp_path / "bench"
+    command = ["bench", "--algos", "baseline,seq_len_warmup", "--data", str(text_file), "--out", str(out), *TINY]
+    assert cli(command) == 0
+    results = load_results(out)
+    assert [(run.method, run.seed) for run in results.runs] == [("baseline", 17), ("seq_len_warmup", 17)]
+    for run in results.runs:
+        folder = out / run.run_dir
+        assert (folder / "metrics.jsonl").exists() and (folder / "config.yaml").exists()
+        assert run.config == yaml.safe_load((folder / "config.yaml").read_text())
+        assert run.train["steps"] == 2 and run.tokens_per_s > 0 and run.evals[-1].step == 2
+        assert {"torch", "transformers", "composerlite", "python"} <= set(run.versions)
+        assert run.peak_memory_bytes > 0 and run.device.startswith("CPU")
+    assert results.settings["max_duration"] == "2ba" and results.settings["data_name"] == "corpus"
+    assert results.commands[0]["command"].startswith("composerlite bench --algos baseline,seq_len_warmup")
+    markdown = (out / "report.md").read_text()
+    assert "| baseline | 1 |" in markdown and "1.00×" in markdown
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert all((out / "plots" / name).exists() for name in ("loss_vs_time.png", "loss_vs_tokens.png", "pareto.png"))
+
+    before = (out / "results.json").read_text()
+    assert cli(command) == 0  # everything finished: nothing is trained again
+    after = load_results(out)
+    assert [r.model_dump() for r in after.runs] == json.loads(before)["runs"] and len(after.commands) == 2
+    assert sorted(p.name for p in (out / "runs").glob("*/*")) == ["seed17", "seed17"]
+
+    assert cli([*command[:-len(TINY)], *TINY[:-2], "--precision", "bf16"]) == 2  # other settings: refused
+
+
+def test_interrupted_benchmark_resumes_without_losing_anything(tmp_path, text_file):
+    base = load_config(None, {"model": "gpt2-tiny", "max_duration": "2ba", "batch_size": 2, "seq_len": 16,
+                              "eval_batches": 1, "device": "cpu", "precision": "fp32", "data": str(text_file)})
+    methods = parse_algos("baseline,seq_len_warmup")
+    out = tmp_path / "bench"
+    calls = []
+
+    def interrupted(config, console):
+        calls.append(Path(config.run_dir))
+        if len(calls) == 2:  # the second run dies after writing its first metrics line
+            calls[-1].mkdir(parents=True)
+            (calls[-1] / "metrics.jsonl").write_text('{"event": "train", "step": 1}\n')
+            raise KeyboardInterrupt
+        return real_run(config, console)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(out, base, methods, [17], "first", run=interrupted)
+    assert [run.method for run in load_results(out).runs] == ["baseline"]
+
+    resumed = []
+
+    def counting(config, console):
+        resumed.append(Path(config.run_dir))
+        return real_run(config, console)
+
+    results = run_bench(out, base, methods, [17], "second", run=counting)
+    assert resumed == [out / "runs" / "seq_len_warmup" / "seed17-retry1"]  # baseline was not rerun
+    assert (out / "runs" / "seq_len_warmup" / "seed17" / "metrics.jsonl").read_text().count("\n") == 1  # kept
+    assert [run.method for run in results.runs] == ["baseline", "seq_len_warmup"]
+    assert [c["command"] for c in results.commands] == ["first", "second"]
+
+
+def _sweep_args(**values) -> argparse.Namespace:
+    defaults = {"ratios": None, "lrs": None, "batch_sizes": None, "lr": None, "batch_size": None}
+    return argparse.Namespace(**{**defaults, **values})
+
+
+def test_sweep_methods():
+    methods, reference = sweep_methods(_sweep_args(ratios="0.25,0.5,1"))
+    assert reference == "baseline"
+    assert [m.algorithms for m in methods] == [(), ("scale_schedule:ratio=0.25",), ("scale_schedule:ratio=0.5",)]
+    methods, reference = sweep_methods(_sweep_args(lrs="1e-3,2e-3", batch_sizes="4,8"))
+    assert [m.overrides for m in methods] == [{"lr": 1e-3, "batch_size": 4}, {"lr": 1e-3, "batch_size": 8},
+                                              {"lr": 2e-3, "batch_size": 4}, {"lr": 2e-3, "batch_size": 8}]
+    assert reference == methods[0].label
+    for bad in (_sweep_args(), _sweep_args(ratios="0.5", lrs="1e-3", batch_sizes="4"), _sweep_args(lrs="1e-3"),
+                _sweep_args(ratios="half"), _sweep_args(ratios="-1"), _sweep_args(lrs="1e-3", batch_sizes="4", lr=1.0)):
+        with pytest.raises(UsageError):
+            sweep_methods(bad)
+
+
+def test_scaling_command(capsys):
+    from composerlite.models import FAMILY, count_parameters, predicted_loss, propose
+
+    from rich.console import Console
+
+    from composerlite.commands.scaling import card_table
+
+    assert cli(["scaling"]) == 0
+    console = Console(width=250, record=True, file=io.StringIO())
+    console.print(card_table())
+    text = console.export_text()
+    for spec in FAMILY.values():
+        if spec.card_tokens:
+            gap = math.log(spec.card_predicted_ppl) - predicted_loss(count_parameters(spec, non_embedding=True), spec.card_tokens)
+            assert f"{gap:+.3f}" in text
+    assert cli(["scaling", "--compute", "3.4e18"]) == 0
+    assert f"{propose(3.4e18).nearest} (nearest)" in capsys.readouterr().out
+    assert cli(["scaling", "--compute", "lots"]) == 2
+    assert cli(["scaling", "--compute", "-5"]) == 2
+
+
+RECIPE_FILES = sorted(RECIPES.glob("*.yaml"))
+
+
+def test_recipes_exist():
+    names = {path.stem for path in RECIPE_FILES}
+    assert {"gpt2-52m-baseline", "gpt2-83m-baseline", "gpt2-125m-baseline", "cpu-smoke-baseline"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPE_FILES, ids=lambda path: path.stem)
+def test_recipe_validates_and_its_algorithms_are_registered(path):
+    from composerlite.models import get_spec
+
+    config = load_config(path, {})
+    for entry in config.algorithms:
+        target = next(iter(entry)) if isinstance(entry, dict) else split_spec(entry)[0]
+        assert target in registered_algorithms(), f"{path.name}: {target} is not registered"
+    recipe = get_spec(config.model).recipe
+    if recipe is not None:  # card models: the card's batch, sequence length, LR and step count
+        assert (config.batch_size, config.seq_len, config.lr) == (recipe.global_batch_size, recipe.seq_len, recipe.lr)
+        assert config.max_duration == f"{recipe.steps}ba" and config.dropout == recipe.dropout
