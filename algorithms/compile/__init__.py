@@ -29,6 +29,7 @@ class CompileOptions(pydantic.BaseModel):
     mode: str | None = pydantic.Field(
         None, description="torch.compile mode: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs"
     )
+    backend: str = pydantic.Field("inductor", description="torch.compile backend (inductor; eager/aot_eager trace only)")
     fullgraph: bool = pydantic.Field(False, description="fail on any graph break instead of falling back")
     compile_loss: bool = pydantic.Field(True, description="also compile State.loss_fn (a fused loss that disables Dynamo runs as it is)")
 
@@ -50,20 +51,21 @@ def _seq_dynamic(compiled: Callable, first: Any, batch: dict) -> Any:
     return compiled(first, batch)
 
 
-def compile_fn(fn: Callable, *, mode: str | None, fullgraph: bool, dynamic_seq_len: bool) -> Callable:
+def compile_fn(fn: Callable, *, mode: str | None, backend: str, fullgraph: bool, dynamic_seq_len: bool) -> Callable:
     """`fn(x, batch)` compiled; with dynamic_seq_len the batch's sequence dimension is dynamic."""
-    compiled = torch.compile(fn, mode=mode, fullgraph=fullgraph)
+    compiled = torch.compile(fn, mode=mode, backend=backend, fullgraph=fullgraph)
     return functools.partial(_seq_dynamic, compiled) if dynamic_seq_len else compiled
 
 
-def apply_compile(state: State, mode: str | None = None, fullgraph: bool = False, compile_loss: bool = True) -> list[str]:
+def apply_compile(state: State, mode: str | None = None, backend: str = "inductor", fullgraph: bool = False,
+                  compile_loss: bool = True) -> list[str]:
     """Compile the run's forward (and loss); returns what was compiled. A loss_fn decorated with
     `torch.compiler.disable` (the fused cross-entropy is) still runs uncompiled: Dynamo skips it."""
     dynamic = any(getattr(algorithm, "dynamic_seq_len", False) for algorithm in state.algorithms)
     compiled = ["forward_fn"]
-    state.forward_fn = compile_fn(state.forward_fn, mode=mode, fullgraph=fullgraph, dynamic_seq_len=dynamic)
+    state.forward_fn = compile_fn(state.forward_fn, mode=mode, backend=backend, fullgraph=fullgraph, dynamic_seq_len=dynamic)
     if compile_loss:
-        state.loss_fn = compile_fn(state.loss_fn, mode=mode, fullgraph=fullgraph, dynamic_seq_len=dynamic)
+        state.loss_fn = compile_fn(state.loss_fn, mode=mode, backend=backend, fullgraph=fullgraph, dynamic_seq_len=dynamic)
         compiled.append("loss_fn")
     return compiled
 
@@ -76,8 +78,8 @@ class Compile(Algorithm):
     provides = ("compile",)
     order = Order.WRAP
 
-    def __init__(self, mode: str | None = None, fullgraph: bool = False, compile_loss: bool = True):
-        self.options = CompileOptions(mode=mode, fullgraph=fullgraph, compile_loss=compile_loss)
+    def __init__(self, mode: str | None = None, backend: str = "inductor", fullgraph: bool = False, compile_loss: bool = True):
+        self.options = CompileOptions(mode=mode, backend=backend, fullgraph=fullgraph, compile_loss=compile_loss)
         self.compiled: list[str] = []
         self.report: dict[str, int] = {}
         self._before: dict[str, int] | None = None

@@ -37,6 +37,7 @@ class FusedKernelsOptions(pydantic.BaseModel):
     exclude: list[str] = pydantic.Field(default_factory=list, description=f"methods to leave off, of: {', '.join(METHODS)}")
     compile: bool | None = pydantic.Field(None, description="torch.compile the forward: default on CUDA only")
     compile_mode: str | None = pydantic.Field(None, description="torch.compile mode (default: Inductor's default)")
+    compile_backend: str = pydantic.Field("inductor", description="torch.compile backend (eager: trace only, for checks)")
     chunk_elements: int = pydantic.Field(2**25, ge=2**12, description="fused cross-entropy: logit elements per chunk")
 
     @pydantic.field_validator("exclude")
@@ -74,9 +75,9 @@ class FusedKernels(Algorithm):
     order = Order.WRAP
 
     def __init__(self, exclude: list[str] | None = None, compile: bool | None = None, compile_mode: str | None = None,
-                 chunk_elements: int = 2**25):
+                 compile_backend: str = "inductor", chunk_elements: int = 2**25):
         self.options = FusedKernelsOptions(exclude=exclude or [], compile=compile, compile_mode=compile_mode,
-                                           chunk_elements=chunk_elements)
+                                           compile_backend=compile_backend, chunk_elements=chunk_elements)
         self.applied: list[str] = []
         self.skipped: dict[str, str] = {}
         self.compile_report: dict[str, int] = {}
@@ -110,7 +111,7 @@ class FusedKernels(Algorithm):
             elif method == "compile":
                 self._before = dynamo_counts()
                 # the fused loss compiles its own per-chunk kernel; the forward is what Inductor gets
-                apply_compile(state, mode=self.options.compile_mode, compile_loss=False)
+                apply_compile(state, mode=self.options.compile_mode, backend=self.options.compile_backend, compile_loss=False)
         self.applied = methods
         logger.log_metrics({"fused_kernels/applied": ",".join(methods),
                             **{f"fused_kernels/skipped/{name}": why for name, why in self.skipped.items()}})
