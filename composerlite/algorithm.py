@@ -53,6 +53,7 @@ class Algorithm:
     name: ClassVar[str] = ""
     Options: ClassVar[type[pydantic.BaseModel]] = NoOptions
     dynamic_seq_len: ClassVar[bool] = False
+    exportable_to_hf: ClassVar[bool] = True  # False if its INIT changes leave a model plain GPT-2 cannot load
     provides: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
     conflicts: ClassVar[tuple[str, ...]] = ()

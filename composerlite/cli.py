@@ -9,12 +9,14 @@ import sys
 import pydantic
 
 from composerlite.config import describe_validation_error
-from composerlite.errors import UsageError
+from composerlite.data.errors import DataError
+from composerlite.errors import RunHalted, UsageError
 
 # subcommand -> (module under composerlite.commands, one-line help)
 COMMANDS = {
     "run": ("run", "train a model with a set of algorithms"),
     "list": ("listing", "list models and algorithms with their options"),
+    "export": ("export", "export a run's newest checkpoint as a Hugging Face model folder"),
     "models": ("models", "the GPT-2 family: parameters, FLOPs, the card's results and scaling-law predictions"),
     "bench": ("bench", "compare methods under one budget: quality vs time, speedups, report"),
     "report": ("report", "rebuild (and merge) benchmark reports from results.json folders"),
@@ -44,12 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0
-    except UsageError as error:
+    except (UsageError, DataError) as error:
         print(f"composerlite: error: {error}", file=sys.stderr)
         return 2
     except pydantic.ValidationError as error:
         print(f"composerlite: error: {describe_validation_error(error)}", file=sys.stderr)
         return 2
+    except RunHalted as halt:
+        print(f"composerlite: {halt}", file=sys.stderr)
+        return halt.exit_code
     except KeyboardInterrupt:
         print("composerlite: interrupted", file=sys.stderr)
         return 130

@@ -41,7 +41,7 @@ class RunConfig(pydantic.BaseModel):
     data: str | None = None
     max_duration: str | None = None
     batch_size: int | None = pydantic.Field(None, gt=0)
-    microbatch_size: int | None = pydantic.Field(None, gt=0)
+    microbatch_size: int | Literal["auto"] | None = None  # "auto": halve on CUDA out-of-memory
     seq_len: int | None = pydantic.Field(None, gt=0)
     lr: float | None = pydantic.Field(None, gt=0)
     weight_decay: float = pydantic.Field(0.0, ge=0)
@@ -56,6 +56,11 @@ class RunConfig(pydantic.BaseModel):
     eval_interval: str | None = "0.25dur"
     eval_batches: int = pydantic.Field(16, gt=0)
     card_recipe: bool = False
+    resume: str | None = None  # a checkpoint folder or run directory (local or fsspec URL)
+    autoresume: bool = False
+    keep_checkpoints: int | None = pydantic.Field(None, gt=0)
+    on_nan: Literal["stop", "skip"] = "stop"
+    parallel: Literal["ddp", "fsdp"] = "ddp"
 
     @pydantic.field_validator("model")
     @classmethod
@@ -65,6 +70,19 @@ class RunConfig(pydantic.BaseModel):
         if name not in FAMILY:
             raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(FAMILY)}")
         return name
+
+    @pydantic.field_validator("microbatch_size", mode="before")
+    @classmethod
+    def _microbatch_size(cls, value):
+        if value is None or value == "auto":
+            return value
+        try:
+            size = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a positive integer or 'auto', got {value!r}") from None
+        if size <= 0:
+            raise ValueError(f"must be a positive integer or 'auto', got {size}")
+        return size
 
     @pydantic.field_validator("max_duration")
     @classmethod

@@ -3,3 +3,12 @@
 
 class UsageError(ValueError):
     pass
+
+
+class RunHalted(RuntimeError):
+    """Training stopped on purpose (a signal, the NaN policy, a failed save). The CLI prints the
+    message, which says what was kept and how to continue, and exits with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

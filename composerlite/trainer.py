@@ -7,21 +7,27 @@ import dataclasses
 import functools
 import math
 import random
+import signal
+import threading
+import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
 from composerlite.algorithm import Algorithm, Callback
-from composerlite.checkpoint import checkpoint_name, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from composerlite import distributed
+from composerlite.checkpoint import load_checkpoint, prune_checkpoints, restore_rng_state, rng_state, save_checkpoint
 from composerlite.composition import compose
 from composerlite.engine import Engine
+from composerlite.errors import RunHalted
 from composerlite.event import Event
 from composerlite.loggers import Logger
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.state import State
+from composerlite.storage import Location, location
 from composerlite.time import Time, TimeUnit
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -83,15 +89,24 @@ class Trainer:
         callbacks: Iterable[Callback] = (),
         optimizer: OptimizerConfig = OptimizerConfig(),
         schedule: WarmupDecaySchedule | None = None,
-        microbatch_size: int | None = None,
+        microbatch_size: int | str | None = None,
         precision: str = "fp32",
         device: str = "cpu",
         seed: int = 0,
         save_interval: Time | str | None = None,
         eval_interval: Time | str | None = None,
         eval_batches: int | None = None,
-        load_path: Path | None = None,
+        load_path: Location | str | None = None,
+        keep_checkpoints: int | None = None,
+        on_nan: str = "stop",
+        parallel: str = "ddp",
+        after_save: Callable[[], None] | None = None,
     ):
+        """`run_dir` may be a local path or an fsspec URL. `microbatch_size="auto"` starts at the whole
+        batch and halves it on CUDA out-of-memory. `on_nan` is "stop" (halt, keep the last good
+        checkpoint) or "skip" (drop that step). `keep_checkpoints` keeps only the newest K.
+        `after_save` runs on rank 0 after each checkpoint (the CLI uploads metrics for remote run dirs).
+        Under torchrun the converted model is wrapped in DDP or FSDP2 (`parallel`)."""
         self.train_data = train_data
         self.eval_data = eval_data
         self.logger = logger
@@ -99,6 +114,13 @@ class Trainer:
         self.eval_interval = Time.parse(eval_interval) if eval_interval else None
         self.eval_batches = eval_batches
         self.load_path = load_path
+        self.run_location = location(str(run_dir))
+        self.keep_checkpoints = keep_checkpoints
+        self.on_nan = on_nan
+        self.after_save = after_save
+        self.auto_microbatch = microbatch_size == "auto"
+        self.last_checkpoint: Location | None = None
+        self._signal: int | None = None
         self._last_saved_batch = -1
         self._next_save = self.save_interval
         self._next_eval = self.eval_interval
@@ -113,7 +135,7 @@ class Trainer:
             callbacks=list(callbacks),
             schedulers=[schedule or WarmupDecaySchedule(warmup=Time(0, TimeUnit.BATCH))],
             batch_size=train_data.batch_size,
-            microbatch_size=microbatch_size or train_data.batch_size,
+            microbatch_size=(None if self.auto_microbatch else microbatch_size) or train_data.batch_size,
             seq_len=train_data.seq_len,
             batches_per_epoch=len(train_data),
         )
@@ -123,17 +145,27 @@ class Trainer:
         self.engine = Engine(self.state, logger)
         self.engine.run_event(Event.INIT)  # the one model-conversion phase: surgery happens here
         self.state.model.to(self.state.device)
+        # Wrapped after INIT, so algorithms converted a plain module; before the optimizer, which
+        # must see FSDP's sharded parameters.
+        self.state.model = distributed.wrap(self.state.model, parallel, self.state.device)
         self.state.optimizer = self.state.optimizer_factory(self.state.model)
         self.scaler = torch.amp.GradScaler(self.state.device.type, enabled=precision == "fp16")
 
     # -- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
+        """Train to `max_duration`. SIGTERM/SIGINT save a checkpoint after the current batch and
+        raise `RunHalted` whose message says how to resume."""
+        with self._stop_on_signals():
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         state, engine = self.state, self.engine
         engine.run_event(Event.BEFORE_LOAD)
         if self.load_path is not None:
             load_checkpoint(state, self.load_path)
             self._last_saved_batch = state.timestamp.batch
+            self.last_checkpoint = location(str(self.load_path))
         engine.run_event(Event.AFTER_LOAD)
         self._next_save = self._advance(self.save_interval)
         self._next_eval = self._advance(self.eval_interval) if self.eval_data is not None else None
@@ -157,6 +189,7 @@ class Trainer:
                 engine.run_event(Event.BATCH_CHECKPOINT)
                 if self._due("eval"):
                     self.evaluate()
+                self._halt_if_signalled()
             else:
                 break
             state.timestamp.epoch += 1
@@ -178,36 +211,31 @@ class Trainer:
         state.model.train()
         full_batch = state.batch
         batch_tokens = full_batch["input_ids"].numel()
-        total_loss = 0.0
-        for microbatch in _split(full_batch, state.microbatch_size):
-            state.batch = microbatch
-            weight = microbatch["input_ids"].numel() / batch_tokens
-            engine.run_event(Event.BEFORE_FORWARD)
-            with self._autocast():
-                state.outputs = state.forward_fn(state.model, state.batch)
-                engine.run_event(Event.AFTER_FORWARD)
-                engine.run_event(Event.BEFORE_LOSS)
-                state.loss = state.loss_fn(state.outputs, state.batch)
-            engine.run_event(Event.AFTER_LOSS)
-            engine.run_event(Event.BEFORE_BACKWARD)
-            self.scaler.scale(state.loss * weight).backward()
-            engine.run_event(Event.AFTER_BACKWARD)
-            total_loss += state.loss.detach().float().item() * weight
-            state.outputs = None  # free activations' outputs before the next microbatch
+        while True:
+            try:
+                total_loss = self._forward_backward(full_batch, batch_tokens)
+                break
+            except torch.OutOfMemoryError:
+                if not self.auto_microbatch or state.microbatch_size == 1:
+                    raise
+                self._halve_microbatch()
+        total_loss = distributed.all_reduce_mean(total_loss, state.device)  # every rank decides NaN alike
+        finite = math.isfinite(total_loss)
         state.batch = full_batch
         self.scaler.unscale_(state.optimizer)
         engine.run_event(Event.AFTER_TRAIN_BATCH)
         timestamp = state.timestamp
         timestamp.batch += 1
         timestamp.batch_in_epoch += 1
-        timestamp.sample += full_batch["input_ids"].shape[0]
-        timestamp.token += batch_tokens
+        timestamp.sample += full_batch["input_ids"].shape[0] * distributed.world_size()  # counts are global
+        timestamp.token += batch_tokens * distributed.world_size()
         # The LR for this batch comes from the timestamp that counts it, so warmup's first step
         # is not wasted at LR 0.
         for scheduler in state.schedulers:
             scheduler.step(state.optimizer, timestamp, state.max_duration)
         lr = state.optimizer.param_groups[0]["lr"]
-        self.scaler.step(state.optimizer)
+        if finite:
+            self.scaler.step(state.optimizer)
         self.scaler.update()
         state.optimizer.zero_grad(set_to_none=True)
         if state.device.type == "cuda":
@@ -225,10 +253,54 @@ class Trainer:
             lr=lr,
             wall_s=round(timestamp.wall_clock_s, 4),
             fraction=round(state.fraction_done, 6),
+            **({} if finite else {"skipped_step": True}),
         )
-        if not math.isfinite(total_loss):
-            raise FloatingPointError(f"loss became {total_loss} at step {timestamp.batch}")
+        if not finite and self.on_nan == "stop":
+            kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was saved yet"
+            raise RunHalted(
+                f"loss became {total_loss} at step {timestamp.batch}; stopped without taking that step "
+                f"(--on-nan stop): {kept}. Resume from it with a lower --lr, or use --on-nan skip",
+                exit_code=1,
+            )
         return total_loss
+
+    def _forward_backward(self, full_batch: dict[str, torch.Tensor], batch_tokens: int) -> float:
+        """Forward and backward over the microbatches of one batch; returns the batch's mean loss."""
+        state, engine = self.state, self.engine
+        total_loss = 0.0
+        microbatches = _split(full_batch, state.microbatch_size)
+        for index, microbatch in enumerate(microbatches):
+            state.batch = microbatch
+            weight = microbatch["input_ids"].numel() / batch_tokens
+            # DDP all-reduces gradients only on the last microbatch; the others just accumulate.
+            last = index == len(microbatches) - 1
+            sync = contextlib.nullcontext() if last or not hasattr(state.model, "no_sync") else state.model.no_sync()
+            with sync:
+                engine.run_event(Event.BEFORE_FORWARD)
+                with self._autocast():
+                    state.outputs = state.forward_fn(state.model, state.batch)
+                    engine.run_event(Event.AFTER_FORWARD)
+                    engine.run_event(Event.BEFORE_LOSS)
+                    state.loss = state.loss_fn(state.outputs, state.batch)
+                engine.run_event(Event.AFTER_LOSS)
+                engine.run_event(Event.BEFORE_BACKWARD)
+                self.scaler.scale(state.loss * weight).backward()
+                engine.run_event(Event.AFTER_BACKWARD)
+            total_loss += state.loss.detach().float().item() * weight
+            state.outputs = None  # free activations' outputs before the next microbatch
+        return total_loss
+
+    def _halve_microbatch(self) -> None:
+        """After an out-of-memory error: drop the partial gradients and retry the batch in halves."""
+        state = self.state
+        state.optimizer.zero_grad(set_to_none=True)
+        state.outputs = state.loss = None
+        if state.device.type == "cuda":
+            torch.cuda.empty_cache()
+        state.microbatch_size = max(1, state.microbatch_size // 2)
+        self.logger.log_metrics({"microbatch_size": state.microbatch_size})
+        print(f"composerlite: out of memory; retrying the batch with microbatch size {state.microbatch_size}",
+              file=sys.stderr)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -251,6 +323,7 @@ class Trainer:
             total_tokens += predicted
             engine.run_event(Event.EVAL_BATCH_END)
         state.batch, state.outputs = train_batch, None
+        total_loss, total_tokens = distributed.all_reduce_sum([total_loss, total_tokens], state.device)
         eval_loss = total_loss / max(total_tokens, 1)
         state.eval_metrics = {"eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50.0))}
         engine.run_event(Event.EVAL_END)
@@ -264,10 +337,63 @@ class Trainer:
         self._eval_batch = state.timestamp.batch
         return state.eval_metrics
 
-    def save(self) -> Path:
-        folder = save_checkpoint(self.state, self.state.run_dir / "checkpoints" / checkpoint_name(self.state))
+    def save(self) -> Location | None:
+        """Checkpoint now (every rank takes part; rank 0 writes). A failed write (a full disk, a lost
+        connection) halts the run: the previous checkpoint is untouched and named in the message."""
+        try:
+            folder = save_checkpoint(self.state, self.run_location)
+        except OSError as error:
+            kept = f"the previous checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else "no earlier checkpoint exists"
+            reason = error.strerror or str(error)
+            raise RunHalted(f"could not save a checkpoint at step {self.state.timestamp.batch}: {reason}; {kept}", exit_code=1) from error
         self._last_saved_batch = self.state.timestamp.batch
+        if distributed.is_rank_zero():
+            self.last_checkpoint = folder
+            if self.keep_checkpoints:
+                prune_checkpoints(self.run_location, self.keep_checkpoints)
+            if self.after_save is not None:
+                self.after_save()
         return folder
+
+    # -- signals -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """While fitting, SIGTERM (preemption) and SIGINT (Ctrl-C) ask for a save-and-exit at the
+        next batch boundary; a second signal aborts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be installed from the main thread
+            return
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+        def handler(signum, frame):
+            if self._signal is not None:
+                raise KeyboardInterrupt
+            self._signal = signum
+            print(f"composerlite: got {signal.Signals(signum).name}; saving a checkpoint after this batch "
+                  "(send it again to abort without saving)", file=sys.stderr)
+
+        for signum in previous:
+            signal.signal(signum, handler)
+        try:
+            yield
+        finally:
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+    def _halt_if_signalled(self) -> None:
+        signum = distributed.all_reduce_max(self._signal or 0, self.state.device)  # ranks stop together
+        if not signum:
+            return
+        if self.state.timestamp.batch != self._last_saved_batch:
+            self.save()
+        self.engine.run_event(Event.FIT_END)
+        raise RunHalted(
+            f"stopped by {signal.Signals(signum).name} at step {self.state.timestamp.batch}; checkpoint saved in "
+            f"{self.last_checkpoint}. Continue with the same command plus --autoresume "
+            f"(--run-dir {self.run_location.url})",
+            exit_code=128 + signum,
+        )
 
     def preallocate_full_length(self) -> None:
         """One forward/backward at the full batch shape before training, so the caching allocator
@@ -319,7 +445,7 @@ class Trainer:
     def summary(self, final_train_loss: float) -> dict[str, Any]:
         timestamp = self.state.timestamp
         return {
-            "run_dir": str(self.state.run_dir),
+            "run_dir": self.run_location.url,
             "steps": timestamp.batch,
             "tokens": timestamp.token,
             "wall_s": timestamp.wall_clock_s,

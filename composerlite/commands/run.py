@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +16,15 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from composerlite import distributed
+from composerlite.checkpoint import newest_valid_checkpoint, read_step, read_verified, resolve_resume
 from composerlite.config import RunConfig, cpu_supports_bf16, load_config
 from composerlite.errors import UsageError
 from composerlite.loggers import ConsoleLogger, JSONLinesLogger, Logger
 from composerlite.registry import build_algorithm, split_spec
 from composerlite.schedule import WarmupDecaySchedule
-from composerlite.time import Time
+from composerlite.storage import Location, location
+from composerlite.time import Time, TimeUnit
 from composerlite.trainer import OptimizerConfig, Trainer, resolve_device, seed_everything
 
 # With no --max-duration, a CPU run is a demo that finishes in a few minutes on 2 cores.
@@ -33,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an algorithm, by name or path/to/file.py:Class; repeat for several")
     parser.add_argument("--data", help="text/jsonl/parquet file or folder, fsspec URL, or hf:NAME (default: embedded corpus)")
     parser.add_argument("--max-duration", help="training budget: 1000ba, 4.6e9tok, 2ep, 10min, ...")
-    parser.add_argument("--batch-size", type=int, help="global batch size in sequences")
-    parser.add_argument("--microbatch-size", type=int, help="sequences per forward/backward (gradient accumulation)")
+    parser.add_argument("--batch-size", type=int, help="global batch size in sequences (split evenly over torchrun's processes)")
+    parser.add_argument("--microbatch-size", help="sequences per forward/backward (gradient accumulation), or 'auto': "
+                        "start at the whole batch and halve on GPU out-of-memory")
     parser.add_argument("--seq-len", type=int, help="tokens per sequence")
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--weight-decay", type=float)
@@ -44,10 +51,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", help="auto, fp32, bf16 or fp16")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--run-dir", help="where metrics.jsonl, config.yaml and checkpoints go")
+    parser.add_argument("--run-dir", help="where metrics.jsonl, config.yaml and checkpoints go: a path or fsspec URL (s3://bucket/run)")
     parser.add_argument("--save-interval", help="checkpoint every 10ba, 0.5dur, 5min, ...")
     parser.add_argument("--eval-interval", help="evaluate every 0.25dur, 100ba, ...")
     parser.add_argument("--eval-batches", type=int, help="held-out batches per evaluation")
+    parser.add_argument("--resume", metavar="RUN_DIR_OR_CKPT",
+                        help="continue exactly from a checkpoint folder, or from the newest valid checkpoint of a run directory")
+    parser.add_argument("--autoresume", action="store_true", default=None,
+                        help="continue from the newest valid checkpoint in --run-dir if there is one, else start fresh")
+    parser.add_argument("--keep-checkpoints", type=int, metavar="K", help="keep only the newest K checkpoints (default: all)")
+    parser.add_argument("--on-nan", choices=["stop", "skip"],
+                        help="non-finite loss: stop (exit 1, last good checkpoint kept; default) or skip the step")
+    parser.add_argument("--parallel", choices=["ddp", "fsdp"], help="under torchrun: DDP (default) or FSDP2 sharding")
     parser.add_argument("--card-recipe", action="store_true", default=None,
                         help="the model card's full recipe: batch 512x1024, its LR, warmup and step count")
 
@@ -65,7 +80,7 @@ class RunPlan:
     dropout: float
     precision: str
     device: torch.device
-    run_dir: Path
+    run_dir: str  # a local path or an fsspec URL
     notes: list[str]
 
 
@@ -102,7 +117,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         precision = "bf16" if supported else "fp32"
     if precision == "fp16" and device.type == "cpu":
         raise UsageError("fp16 needs a GPU; use bf16 or fp32 on CPU")
-    run_dir = Path(config.run_dir or f"runs/{config.model}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    run_dir = config.run_dir or f"runs/{config.model}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     return RunPlan(
         config=config,
         max_duration=pick("max_duration", None),
@@ -132,42 +147,143 @@ def algorithm_specs(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
     return specs
 
 
-def prepare_run_dir(run_dir: Path) -> None:
-    if (run_dir / "metrics.jsonl").exists():
-        raise UsageError(f"run directory {run_dir} already holds a run; choose another --run-dir")
+def prepare_run_dir(run_dir: Location, continuing: bool) -> None:
+    """Refuse to mix two runs in one directory, and fail now (not at the first checkpoint) if it is unwritable."""
+    if run_dir.child("metrics.jsonl").exists() and not continuing:
+        raise UsageError(f"run directory {run_dir} already holds a run; choose another --run-dir, or continue it with --autoresume")
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        run_dir.makedirs()
+        probe = run_dir.child(".write-test")
+        probe.write_bytes(b"")
+        probe.remove()
     except OSError as error:
-        raise UsageError(f"cannot write to run directory {run_dir}: {error.strerror}") from None
+        raise UsageError(f"cannot write to run directory {run_dir}: {error.strerror or error}") from None
+
+
+def check_budget(plan: RunPlan) -> None:
+    """A budget in samples or tokens smaller than one batch would train zero steps."""
+    budget = Time.parse(plan.max_duration)
+    per_batch = {TimeUnit.SAMPLE: plan.batch_size, TimeUnit.TOKEN: plan.batch_size * plan.seq_len}.get(budget.unit)
+    if per_batch is not None and budget.value < per_batch:
+        raise UsageError(
+            f"--max-duration {plan.max_duration} is shorter than one step ({per_batch} {budget.unit.value} per batch of "
+            f"{plan.batch_size}x{plan.seq_len})"
+        )
+
+
+def checkpoint_to_resume(config: RunConfig, run_dir: Location) -> Location | None:
+    """`--autoresume`: the run directory's newest valid checkpoint, else `--resume`'s, else none."""
+    if config.autoresume:
+        newest = newest_valid_checkpoint(run_dir)
+        if newest is not None:
+            return newest
+    return resolve_resume(config.resume) if config.resume else None
+
+
+def check_same_model(checkpoint: Location, model: str) -> None:
+    """Compare the checkpoint's run config with this one before anything is written (weights are
+    checked again, by shape, when they load). Also verifies the checkpoint's files."""
+    read_verified(checkpoint)
+    saved_config = checkpoint.parent.parent.child("config.yaml")
+    if saved_config.exists():
+        saved_model = (yaml.safe_load(saved_config.read_bytes()) or {}).get("model")
+        if saved_model and saved_model != model:
+            raise UsageError(f"checkpoint {checkpoint} is a {saved_model} run; this run is {model}: pass --model {saved_model}")
+
+
+def truncate_metrics(metrics: Location, step: int) -> None:
+    """Drop records past `step`, so a resumed run's metrics.jsonl reads as one uninterrupted run."""
+    if not metrics.exists():
+        return
+    kept = [line for line in metrics.read_bytes().decode().splitlines(keepends=True)
+            if line.strip() and _record_step(line) <= step]
+    metrics.write_bytes("".join(kept).encode())
+
+
+def _record_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except ValueError:
+        return 1 << 62  # a line torn by a crash mid-write: past any checkpoint
+
+
+def local_metrics_file(run_dir: Location) -> Path:
+    """Where metrics.jsonl is appended: in the run directory, or for a remote one a local mirror
+    that is uploaded (atomically) after each checkpoint and at the end."""
+    if run_dir.is_local:
+        return Path(run_dir.path) / "metrics.jsonl"
+    cache = Path(os.environ.get("COMPOSERLITE_CACHE") or Path.home() / ".cache" / "composerlite")
+    mirror = cache / "runs" / hashlib.sha256(run_dir.url.encode()).hexdigest()[:20] / "metrics.jsonl"
+    mirror.parent.mkdir(parents=True, exist_ok=True)
+    remote = run_dir.child("metrics.jsonl")
+    mirror.write_bytes(remote.read_bytes() if remote.exists() else b"")
+    return mirror
 
 
 def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
     from composerlite.data import BatchStream, prepare_corpus
     from composerlite.models import build_model
 
-    console = console or Console(stderr=True)
     plan = plan_run(config)
+    rank_device = distributed.init(plan.device.type)
+    if rank_device is not None:
+        plan.device = rank_device
+    if config.microbatch_size == "auto" and distributed.world_size() > 1:
+        raise UsageError("--microbatch-size auto works in a single process only; give a number under torchrun")
+    plan.run_dir = distributed.broadcast_object(plan.run_dir)  # the default name has a timestamp
+    console = console or Console(stderr=True, quiet=not distributed.is_rank_zero())
+    check_budget(plan)
     algorithms = [build_algorithm(target, options) for target, options in algorithm_specs(config)]
+    per_rank_batch = distributed.per_rank_batch_size(plan.batch_size)
+    if not distributed.is_rank_zero():
+        distributed.barrier()  # rank 0 tokenizes and caches the corpus first; the others then read the cache
     corpus = prepare_corpus(config.data)
-    train_data = BatchStream(corpus.train_tokens, seq_len=plan.seq_len, batch_size=plan.batch_size, seed=config.seed)
-    eval_data = BatchStream(corpus.eval_tokens, seq_len=plan.seq_len, batch_size=plan.batch_size, seed=0, shuffle=False)
-    prepare_run_dir(plan.run_dir)
+    if distributed.is_rank_zero():
+        distributed.barrier()
+    shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
+    train_data = BatchStream(corpus.train_tokens, seq_len=plan.seq_len, batch_size=per_rank_batch, seed=config.seed, **shard)
+    eval_data = BatchStream(corpus.eval_tokens, seq_len=plan.seq_len, batch_size=per_rank_batch, seed=0, shuffle=False, **shard)
+    run_dir = location(plan.run_dir)
+    resume_from, problem = None, None
+    if distributed.is_rank_zero():  # only rank 0 reads run files; the others learn the outcome
+        try:
+            resume_from = checkpoint_to_resume(config, run_dir)
+            if resume_from is not None:
+                check_same_model(resume_from, config.model)
+        except UsageError as error:
+            problem = str(error)
+    resume_url, problem = distributed.broadcast_object((resume_from.url if resume_from else None, problem))
+    if problem is not None:
+        raise UsageError(problem)
+    resume_from = location(resume_url) if resume_url else None
+    if distributed.is_rank_zero():
+        prepare_run_dir(run_dir, continuing=config.autoresume or resume_from is not None)
+        # Records past the checkpoint are replayed by the resumed run; without one, none survive.
+        truncate_metrics(run_dir.child("metrics.jsonl"), read_step(resume_from) if resume_from else 0)
     for note in plan.notes:
         console.print(f"[yellow]{note}[/yellow]")
+    if resume_from is not None:
+        console.print(f"resuming from {resume_from}")
     resolved = {**config.model_dump(), "max_duration": plan.max_duration, "batch_size": plan.batch_size,
                 "seq_len": plan.seq_len, "lr": plan.lr, "warmup": plan.warmup, "dropout": plan.dropout,
-                "precision": plan.precision, "device": str(plan.device), "run_dir": str(plan.run_dir)}
-    (plan.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+                "precision": plan.precision, "device": str(plan.device), "run_dir": plan.run_dir,
+                "world_size": distributed.world_size()}
+    if distributed.is_rank_zero():
+        run_dir.child("config.yaml").write_bytes(yaml.safe_dump(resolved, sort_keys=False).encode())
     console.print(
         f"[bold]{config.model}[/bold] on {corpus.name} ({len(corpus.train_tokens):,} train tokens), "
         f"{plan.device} {plan.precision}, algorithms: {', '.join(a.name or type(a).__name__ for a in algorithms) or 'none'}"
+        + (f", {distributed.world_size()} processes ({config.parallel})" if distributed.world_size() > 1 else "")
     )
     seed_everything(config.seed)
     model = build_model(config.model, dropout=plan.dropout)
-    logger = Logger([ConsoleLogger(console), JSONLinesLogger(plan.run_dir / "metrics.jsonl")])
+    destinations, upload_metrics = [ConsoleLogger(console)], None
+    if distributed.is_rank_zero():
+        metrics_file = local_metrics_file(run_dir)
+        destinations.append(JSONLinesLogger(metrics_file))
+        if not run_dir.is_local:
+            upload_metrics = lambda: run_dir.child("metrics.jsonl").write_bytes(metrics_file.read_bytes())
+    logger = Logger(destinations)
     try:
         trainer = Trainer(
             model=model,
@@ -186,11 +302,20 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
             save_interval=config.save_interval,
             eval_interval=config.eval_interval,
             eval_batches=config.eval_batches,
+            load_path=resume_from,
+            keep_checkpoints=config.keep_checkpoints,
+            on_nan=config.on_nan,
+            parallel=config.parallel,
+            after_save=upload_metrics,
         )
         summary = trainer.fit()
     finally:
         logger.close()
-    print_summary(console, summary)
+        if upload_metrics is not None:
+            upload_metrics()
+    if distributed.is_rank_zero():
+        print_summary(console, summary)
+    distributed.shutdown()
     return summary
 
 

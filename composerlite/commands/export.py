@@ -1,0 +1,78 @@
+"""`composerlite export RUN_DIR --to hf DIR`: the run's newest valid checkpoint as a folder that
+`transformers.GPT2LMHeadModel.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load.
+
+Algorithms that change the architecture in a way plain GPT-2 cannot express (ALiBi, GLU, ...) declare
+`exportable_to_hf = False`; such runs are refused with a message instead of exporting a model
+that would load but compute something else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from composerlite.checkpoint import MODEL_FILE, model_tensors, read_verified, resolve_resume
+from composerlite.errors import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (local or fsspec URL) or one checkpoint folder in it")
+    parser.add_argument("--to", required=True, choices=["hf"], help="export format: hf = Hugging Face transformers folder")
+    parser.add_argument("output", metavar="DIR", help="new local folder to write (must not exist or be empty)")
+
+
+def main(args: argparse.Namespace) -> int:
+    folder = export_hf(args.run_dir, Path(args.output))
+    print(f"exported to {folder}: load it with GPT2LMHeadModel.from_pretrained({str(folder)!r})")
+    return 0
+
+
+def export_hf(run_dir: str, output: Path) -> Path:
+    from transformers import GPT2TokenizerFast
+
+    from composerlite.commands.run import algorithm_specs
+    from composerlite.config import validated
+    from composerlite.data.tokenizer import _gpt2_vocabulary_files
+    from composerlite.models import build_model
+    from composerlite.registry import algorithm_class
+
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise UsageError(f"export target {output} already exists and is not empty; choose a new folder")
+    checkpoint = resolve_resume(run_dir)
+    config_location = checkpoint.parent.parent.child("config.yaml")  # RUN_DIR/checkpoints/baNNN -> RUN_DIR
+    if not config_location.exists():
+        raise UsageError(f"cannot export {run_dir}: no config.yaml beside its checkpoints to say which model it is")
+    config = validated(yaml.safe_load(config_location.read_bytes()))
+    for target, _ in algorithm_specs(config):
+        cls = algorithm_class(target)
+        if not cls.exportable_to_hf:
+            raise UsageError(
+                f"cannot export {run_dir} to Hugging Face: algorithm '{cls.name or target}' changes the model in a way "
+                "GPT2LMHeadModel cannot load (train without it, or load the checkpoint with composerlite)"
+            )
+    model = build_model(config.model, dropout=config.dropout or 0.0)
+    tensors = model_tensors(read_verified(checkpoint)[MODEL_FILE])
+    expected = set(model.state_dict())
+    if set(tensors) != expected:
+        difference = sorted(set(tensors) ^ expected)[0]
+        raise UsageError(f"cannot export {checkpoint}: its weights do not match a plain {config.model} (e.g. '{difference}')")
+    model.load_state_dict(tensors)
+    vocab_bpe, encoder_json = _gpt2_vocabulary_files()
+    tokenizer = GPT2TokenizerFast(vocab_file=str(encoder_json), merges_file=str(vocab_bpe))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if output.exists():
+            output.rmdir()  # empty, checked above
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
