@@ -38,10 +38,8 @@ def check_composition(algorithms: list[Algorithm]) -> None:
         for capability in algorithm.provides:
             if capability in provider:
                 first = provider[capability]
-                pair = f"'{label}' is listed twice" if first == label else f"'{first}' and '{label}' both"
-                raise UsageError(
-                    f"algorithms {pair} take over {capability}, so one would undo the other; keep only one"
-                )
+                who = f"algorithm '{label}' is listed twice and takes" if first == label else f"algorithms '{first}' and '{label}' both take"
+                raise UsageError(f"{who} over {capability}, so one would undo the other; keep only one")
             provider[capability] = label
     for index, (algorithm, label) in enumerate(zip(algorithms, labels)):
         others = [(other, other_label) for i, (other, other_label) in enumerate(zip(algorithms, labels)) if i != index]

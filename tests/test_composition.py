@@ -7,7 +7,7 @@ import itertools
 import math
 
 import pytest
-from tinyrun import tiny_trainer
+from tinyrun import CHEAP_ON_CPU, tiny_trainer
 
 from composerlite import Algorithm, Event, Order
 from composerlite.composition import compose
@@ -114,16 +114,13 @@ def test_every_registered_algorithm_builds_with_its_defaults():
 
 
 PAIRS = list(itertools.combinations(sorted(registered_algorithms()), 2))
-# Options that keep one CPU step cheap without changing what composes with what: inductor's CPU
-# compile takes tens of seconds per pair, Dynamo's eager backend traces the same graph in about one.
-CHEAP = {"compile": {"backend": "eager"}}
 
 
 @pytest.mark.parametrize("first,second", PAIRS, ids=[f"{a}+{b}" for a, b in PAIRS])
 def test_every_pair_composes_and_trains_a_step_or_is_rejected_up_front(tmp_path, first, second):
     """Each pair either trains one step on gpt2-tiny (seq 16, batch 2) with a finite loss, or is
     refused while the Trainer is built (before any step) with a one-line UsageError."""
-    algorithms = [build_algorithm(first, CHEAP.get(first)), build_algorithm(second, CHEAP.get(second))]
+    algorithms = [build_algorithm(first, CHEAP_ON_CPU.get(first)), build_algorithm(second, CHEAP_ON_CPU.get(second))]
     try:
         trainer = tiny_trainer(tmp_path, algorithms, max_duration="1ba", vocab_size=512, evaluate=False)
     except UsageError as error:

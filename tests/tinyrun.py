@@ -20,6 +20,11 @@ from composerlite.trainer import OptimizerConfig, Trainer, seed_everything
 
 VOCAB = 50257
 
+# Options that keep a CPU test run cheap without changing what is being tested (which algorithms
+# compose, that state resumes): inductor's CPU compile takes tens of seconds per run, Dynamo's
+# eager backend traces the same graph in a few.
+CHEAP_ON_CPU = {"compile": {"backend": "eager"}}
+
 
 def tokens(n: int = 4096, seed: int = 0, vocab_size: int = VOCAB) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab_size, n).astype(np.uint16)
@@ -55,3 +60,14 @@ def tiny_trainer(run_dir: Path, algorithms=(), *, max_duration="2ba", seq_len=16
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def same(a, b) -> bool:
+    """Exact equality of nested state (tensors bit for bit, then lists, dicts and plain values)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a.cpu(), b.cpu())
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
