@@ -95,6 +95,11 @@ class ScoreModifiers:
         """Sum of every modifier's bias plus the causal part, [heads or 1, q, kv], finite (blocked =
         the dtype's minimum, as HF does, so a fully blocked padding row gives no NaN)."""
         is_causal = getattr(module, "is_causal", True)
+        if torch.compiler.is_compiling():
+            # Traced into the graph instead of cached: the compiled graph is already specialised
+            # per shape, and storing graph tensors in a Python dict is a side effect dynamo must
+            # not replay. (torch._dynamo.explain on an ALiBi gpt2-tiny: 1 graph, 0 breaks.)
+            return self._build_mask(module, q_length, kv_length, device, dtype, is_causal)
         layer = getattr(module, "layer_idx", None) if any(m.per_layer for m in self.modifiers) else None
         key = (q_length, kv_length, device, dtype, is_causal, layer)
         mask = self._masks.get(key)
@@ -103,19 +108,21 @@ class ScoreModifiers:
             return mask
         # A mask first built inside torch.inference_mode() could not be used later by autograd.
         with torch.inference_mode(False), torch.no_grad():
-            query_positions, key_positions = positions(q_length, kv_length, device)
-            total = torch.zeros((), device=device)
-            for modifier in self.modifiers:
-                total = total + modifier.bias(module, query_positions, key_positions)
-            if is_causal:
-                total = total + causal_bias(query_positions, key_positions)
-            mask = total.to(dtype).clamp_min(torch.finfo(dtype).min)
-            if mask.dim() == 2:
-                mask = mask.unsqueeze(0)
+            mask = self._build_mask(module, q_length, kv_length, device, dtype, is_causal)
         self._masks[key] = mask
         if len(self._masks) > MASK_CACHE_SIZE:
             self._masks.popitem(last=False)
         return mask
+
+    def _build_mask(self, module, q_length, kv_length, device, dtype, is_causal) -> torch.Tensor:
+        query_positions, key_positions = positions(q_length, kv_length, device)
+        total = torch.zeros((), device=device)
+        for modifier in self.modifiers:
+            total = total + modifier.bias(module, query_positions, key_positions)
+        if is_causal:
+            total = total + causal_bias(query_positions, key_positions)
+        mask = total.to(dtype).clamp_min(torch.finfo(dtype).min)
+        return mask.unsqueeze(0) if mask.dim() == 2 else mask
 
 
 def positions(q_length: int, kv_length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

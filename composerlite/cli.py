@@ -22,6 +22,7 @@ COMMANDS = {
     "report": ("report", "rebuild (and merge) benchmark reports from results.json folders"),
     "sweep": ("sweep", "scale_schedule ratios or an lr x batch-size grid, reported like a benchmark"),
     "scaling": ("scaling", "Kaplan's L(N, D) for the family; model size and tokens for a compute budget"),
+    "eval": ("eval", "held-out loss and perplexity of a run's latest checkpoint at any sequence length"),
     "throughput": ("throughput", "measure tokens/s, MFU and peak memory of a model + algorithms (random tokens)"),
 }
 
