@@ -80,8 +80,9 @@ def group_header(group: Group) -> list[tuple[str, str]]:
 
     batch = f"{value('batch_size')} × {value('seq_len')}"
     lines = [
-        ("Hardware", group.device + (f"; host CPU {hardware['cpu']} ({hardware['cpu_cores']} cores, "
-                                     f"{hardware['torch_threads']} torch threads); {hardware['platform']}" if hardware else "")),
+        ("Hardware", group.device + ("" if not hardware else (
+            ("" if group.device.startswith("CPU") else f"; host CPU {hardware['cpu']} ({hardware['cpu_cores']} cores)")
+            + f"; {hardware['torch_threads']} torch threads; {hardware['platform']}"))),
         ("Budget", f"{settings.get('max_duration')} per run (`{settings.get('model')}`), batch {batch} tokens, "
                    f"precision {value('precision')}; tokens trained per run: " + (", ".join(f"{t:,}" for t in tokens) or "-")),
         ("Data", f"{settings.get('data_name')} ({settings.get('data') or 'default corpus'}), "
