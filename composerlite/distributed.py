@@ -9,6 +9,7 @@ loss curve as one process with the same global batch (up to float summation orde
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import io
 import os
@@ -39,6 +40,8 @@ def init(device_type: str) -> torch.device | None:
         torch.cuda.set_device(device)
     # Long timeout: rank 0 may spend minutes tokenizing a corpus or writing a checkpoint to S3.
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), device_id=device)
+    # Torn down at exit, not after each run: later runs in the same process (tests, notebooks) reuse it.
+    atexit.register(shutdown)
     return device
 
 

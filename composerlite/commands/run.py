@@ -315,7 +315,6 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
             upload_metrics()
     if distributed.is_rank_zero():
         print_summary(console, summary)
-    distributed.shutdown()
     return summary
 
 
