@@ -38,7 +38,7 @@ class FusedKernelsOptions(pydantic.BaseModel):
     compile: bool | None = pydantic.Field(None, description="torch.compile the forward: default on CUDA only")
     compile_mode: str | None = pydantic.Field(None, description="torch.compile mode (default: Inductor's default)")
     compile_backend: str = pydantic.Field("inductor", description="torch.compile backend (eager: trace only, for checks)")
-    chunk_elements: int = pydantic.Field(2**25, ge=2**12, description="fused cross-entropy: logit elements per chunk")
+    chunk_elements: int | None = pydantic.Field(None, ge=2**12, description="fused cross-entropy: logit elements per chunk (default by device)")
 
     @pydantic.field_validator("exclude")
     @classmethod
@@ -75,7 +75,7 @@ class FusedKernels(Algorithm):
     order = Order.WRAP
 
     def __init__(self, exclude: list[str] | None = None, compile: bool | None = None, compile_mode: str | None = None,
-                 compile_backend: str = "inductor", chunk_elements: int = 2**25):
+                 compile_backend: str = "inductor", chunk_elements: int | None = None):
         self.options = FusedKernelsOptions(exclude=exclude or [], compile=compile, compile_mode=compile_mode,
                                            compile_backend=compile_backend, chunk_elements=chunk_elements)
         self.applied: list[str] = []
