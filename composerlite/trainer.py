@@ -428,7 +428,9 @@ class Trainer:
         unit = interval.unit
         now = self.state.fraction_done if unit is TimeUnit.DURATION else self.state.timestamp.get(unit)
         count = math.floor(now / interval.value + 1e-9) + 1
-        value = min(1.0, count * interval.value) if unit is TimeUnit.DURATION else count * interval.value
+        # Rounded so 3 x 0.1dur is due at 0.3, not at 0.30000000000000004 (one batch late).
+        value = round(count * interval.value, 9)
+        value = min(1.0, value) if unit is TimeUnit.DURATION else value
         return Time(value, unit)
 
     def _due(self, kind: str) -> bool:

@@ -121,3 +121,10 @@ def test_argparse_errors_are_one_line_exit_2():
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_yaml_algorithm_options_must_be_a_mapping(tmp_path, capsys):
+    recipe = tmp_path / "bad-options.yaml"
+    recipe.write_text("model: gpt2-tiny\nalgorithms:\n  - seq_len_warmup: 5\n")
+    assert run_cli("run", "--config", str(recipe), "--max-duration", "1ba") == 2
+    assert "options must be a mapping" in capsys.readouterr().err

@@ -199,3 +199,9 @@ def test_algorithm_time_is_reported(tmp_path, text_file):
     summary = trainer.fit()
     assert set(summary["seconds_per_algorithm"]) == {"shorten_every_other"}
     assert [r["seq_len"] for r in records(trainer, "train")] == [32, 8, 32, 8]
+
+
+def test_tenth_of_duration_evals_land_evenly(tmp_path, text_file):
+    trainer = make_trainer(tmp_path, text_file, max_duration="30ba", eval_interval="0.1dur", eval_batches=1)
+    trainer.fit()
+    assert [r["step"] for r in records(trainer, "eval")] == list(range(3, 31, 3))

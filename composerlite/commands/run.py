@@ -141,6 +141,8 @@ def algorithm_specs(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
             if len(entry) != 1:
                 raise UsageError(f"algorithm entry {entry} must be a single name: {{options}} mapping")
             (target, options), = entry.items()
+            if options is not None and not isinstance(options, dict):
+                raise UsageError(f"algorithm '{target}': options must be a mapping of key: value, not {options!r}")
             specs.append((target, dict(options or {})))
         else:
             specs.append(split_spec(entry))
