@@ -29,7 +29,7 @@ from composerlite.time import Time, TimeUnit
 from composerlite.trainer import OptimizerConfig, Trainer, resolve_device, seed_everything
 
 # With no --max-duration, a CPU run is a demo that finishes in a few minutes on 2 cores.
-CPU_DEMO = {"max_duration": "40ba", "batch_size": 8, "seq_len": 128}
+CPU_DEMO = {"max_duration": "20ba", "batch_size": 8, "seq_len": 128}
 GPU_DEFAULT = {"max_duration": "1000ba", "batch_size": 32, "seq_len": 1024}
 
 
