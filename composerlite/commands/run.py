@@ -23,7 +23,6 @@ from composerlite.errors import UsageError
 from composerlite.loggers import ConsoleLogger, JSONLinesLogger, Logger
 from composerlite.registry import build_algorithm, split_spec
 from composerlite.schedule import WarmupDecaySchedule
-from composerlite.speed_monitor import SpeedMonitor
 from composerlite.storage import Location, location
 from composerlite.time import Time, TimeUnit
 from composerlite.trainer import OptimizerConfig, Trainer, resolve_device, seed_everything
@@ -287,7 +286,6 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
         if not run_dir.is_local:
             upload_metrics = lambda: run_dir.child("metrics.jsonl").write_bytes(metrics_file.read_bytes())
     logger = Logger(destinations)
-    speed = SpeedMonitor(console=False)
     try:
         trainer = Trainer(
             model=model,
@@ -297,7 +295,6 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
             logger=logger,
             run_dir=plan.run_dir,
             algorithms=algorithms,
-            callbacks=[speed],
             optimizer=OptimizerConfig(lr=plan.lr, weight_decay=config.weight_decay),
             schedule=WarmupDecaySchedule(warmup=Time.parse(plan.warmup), decay=config.decay),
             microbatch_size=config.microbatch_size,
@@ -313,7 +310,7 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
             parallel=config.parallel,
             after_save=upload_metrics,
         )
-        summary = {**trainer.fit(), "speed": speed.summary}
+        summary = trainer.fit()
     finally:
         logger.close()
         if upload_metrics is not None:
@@ -330,11 +327,6 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     table.add_row("final train loss", f"{summary['final_train_loss']:.4f}")
     if "eval_loss" in summary:
         table.add_row("final eval loss / ppl", f"{summary['eval_loss']:.4f} / {summary['eval_ppl']:.2f}")
-    speed = summary.get("speed") or {}
-    if "throughput/mfu" in speed:
-        table.add_row("model FLOPs utilization", f"{speed['throughput/mfu']:.1%}")
-    if "memory/peak_gib" in speed:
-        table.add_row("peak memory", f"{speed['memory/peak_gib']:.2f} GiB ({speed['memory_kind']})")
     for name, seconds in summary["seconds_per_algorithm"].items():
         table.add_row(f"time in {name}", f"{seconds:.3f} s")
     table.add_row("run directory", summary["run_dir"])
