@@ -19,6 +19,13 @@ Two paths, picked per call:
   * any modifier needs the raw scores (`needs_scores = True`, e.g. soft-capping): an eager path
     computes the scores, applies every modifier in order, then the causal/padding mask.
 With no modifier the call is handed to transformers' own "sdpa" function unchanged.
+
+The mask builder registered for this attention name returns no mask at all for plain causal
+self-attention without padding or a KV cache (SDPA then runs `is_causal=True`: the flash kernel,
+half the score tiles skipped). Transformers' own sdpa builder only does that outside tracing in the
+releases before 5.2x: under torch.compile it materializes a [batch, 1, seq, seq] boolean mask,
+which rules out the flash kernel and computes the masked upper triangle too. `route_attention`
+puts a model on this path without adding a modifier (the `flash_attention` algorithm does).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface
+from transformers.masking_utils import AttentionMaskInterface, causal_mask_function
 
 ATTENTION_NAME = "composerlite"
 
@@ -163,7 +170,19 @@ def add_score_modifier(model: torch.nn.Module, modifier: ScoreModifier) -> None:
     container.add(modifier)
     for layer in layers:
         layer.score_modifiers = container
+    route_attention(model)
+
+
+def route_attention(model: torch.nn.Module) -> None:
+    """Send `model`'s attention through this module's function (transformers' sdpa when the model
+    has no score modifier) and its mask builder, which skips the causal mask whenever SDPA's
+    `is_causal` can stand in for it, compiled or not."""
     model.set_attn_implementation(ATTENTION_NAME)
+
+
+def has_score_modifiers(module: torch.nn.Module) -> bool:
+    container = getattr(module, "score_modifiers", None)
+    return bool(container is not None and container.modifiers)
 
 
 def remove_score_modifier(model: torch.nn.Module, name: str) -> ScoreModifier:
@@ -227,9 +246,25 @@ def _eager_attention(container: ScoreModifiers, module, query, key, value, atten
     return output.transpose(1, 2).contiguous(), weights
 
 
+def causal_mask_unless_plain(**kwargs) -> torch.Tensor | None:
+    """The registered mask builder: None for plain causal self-attention (no padding mask, queries
+    = keys, no cache offset), decided from Python values only, so it holds under torch.compile;
+    otherwise transformers' sdpa builder (a bool mask, True = attend, for padding or a KV cache)."""
+    q_offset = kwargs.get("q_offset", 0)
+    plain_causal = (
+        kwargs.get("allow_is_causal_skip", True)
+        and kwargs.get("attention_mask") is None
+        and kwargs.get("local_size") is None
+        and kwargs.get("mask_function", causal_mask_function) is causal_mask_function
+        and isinstance(q_offset, int) and q_offset == 0 and kwargs.get("kv_offset", 0) == 0
+        and kwargs["q_length"] == kwargs["kv_length"]
+    )
+    return None if plain_causal else _HF_SDPA_MASK(**kwargs)
+
+
 _HF_SDPA = AttentionInterface()["sdpa"]
+_HF_SDPA_MASK = AttentionMaskInterface()["sdpa"]
 AttentionInterface.register(ATTENTION_NAME, attention_forward)
 # Without a mask function of its own, transformers gives a custom attention name no mask at all
-# (padding would be silently dropped); HF's sdpa builder gives None for plain causal inputs and a
-# bool mask when there is padding, which is what `attention_forward` expects.
-AttentionMaskInterface.register(ATTENTION_NAME, AttentionMaskInterface()["sdpa"])
+# (padding would be silently dropped).
+AttentionMaskInterface.register(ATTENTION_NAME, causal_mask_unless_plain)

@@ -208,7 +208,8 @@ class Trainer:
         started = time.perf_counter()
         engine.run_event(Event.BATCH_START)
         engine.run_event(Event.BEFORE_TRAIN_BATCH)
-        state.model.train()
+        if not state.model.training:  # after an evaluation; the recursive walk costs ~1 ms a step
+            state.model.train()
         full_batch = state.batch
         batch_tokens = full_batch["input_ids"].numel()
         while True:
@@ -219,7 +220,9 @@ class Trainer:
                 if not self.auto_microbatch or state.microbatch_size == 1:
                     raise
                 self._halve_microbatch()
-        total_loss = distributed.all_reduce_mean(total_loss, state.device)  # every rank decides NaN alike
+        # The step's one host-device sync: the loss decides whether the step is taken, and it
+        # keeps the CPU at most one step ahead of the GPU.
+        total_loss = distributed.all_reduce_mean(total_loss.item(), state.device)  # every rank decides NaN alike
         finite = math.isfinite(total_loss)
         state.batch = full_batch
         self.scaler.unscale_(state.optimizer)
@@ -238,8 +241,8 @@ class Trainer:
             self.scaler.step(state.optimizer)
         self.scaler.update()
         state.optimizer.zero_grad(set_to_none=True)
-        if state.device.type == "cuda":
-            torch.cuda.synchronize()  # wall-clock budgets must count the GPU's work, not its queue
+        # No synchronize here: the optimizer's kernels overlap the next batch's CPU work, and the
+        # next step's loss read waits for them, so wall-clock budgets still count the GPU's work.
         timestamp.wall_clock_s += time.perf_counter() - started
         engine.run_event(Event.BATCH_END)
         self.logger.record(
@@ -264,10 +267,11 @@ class Trainer:
             )
         return total_loss
 
-    def _forward_backward(self, full_batch: dict[str, torch.Tensor], batch_tokens: int) -> float:
-        """Forward and backward over the microbatches of one batch; returns the batch's mean loss."""
+    def _forward_backward(self, full_batch: dict[str, torch.Tensor], batch_tokens: int) -> torch.Tensor:
+        """Forward and backward over the microbatches of one batch; returns the batch's mean loss
+        (a device scalar: reading it per microbatch would stall the GPU between microbatches)."""
         state, engine = self.state, self.engine
-        total_loss = 0.0
+        total_loss = torch.zeros((), dtype=torch.float32, device=state.device)
         microbatches = _split(full_batch, state.microbatch_size)
         for index, microbatch in enumerate(microbatches):
             state.batch = microbatch
@@ -286,7 +290,7 @@ class Trainer:
                 engine.run_event(Event.BEFORE_BACKWARD)
                 self.scaler.scale(state.loss * weight).backward()
                 engine.run_event(Event.AFTER_BACKWARD)
-            total_loss += state.loss.detach().float().item() * weight
+            total_loss += state.loss.detach().float() * weight
             state.outputs = None  # free activations' outputs before the next microbatch
         return total_loss
 

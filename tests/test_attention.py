@@ -14,6 +14,7 @@ from composerlite.attention import (
     add_score_modifier,
     attention_layers,
     remove_score_modifier,
+    route_attention,
     score_modifiers,
 )
 from composerlite.models import build_model
@@ -208,3 +209,42 @@ def test_mask_built_under_inference_mode_serves_training():
 def test_model_without_attention_layers_is_rejected():
     with pytest.raises(ValueError, match="no attention layers"):
         add_score_modifier(torch.nn.Linear(2, 2), ConstantBias(0.1))
+
+
+def sdpa_masks_when_compiled(model: torch.nn.Module, input_ids: torch.Tensor) -> list[str]:
+    """The attn_mask argument of every SDPA call in the graph Dynamo traces for `model`."""
+    masks = []
+
+    def capture(graph_module, example_inputs):
+        for node in graph_module.graph.nodes:
+            if node.op == "call_function" and "scaled_dot_product_attention" in str(node.target):
+                masks.append(str(node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)))
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    torch.compile(lambda x: model(input_ids=x).logits, backend=capture)(input_ids)
+    torch._dynamo.reset()
+    return masks
+
+
+def test_routed_attention_builds_no_causal_mask_under_compile(monkeypatch):
+    """Transformers before 5.2x never skip the causal mask while Dynamo traces (simulated here):
+    plain sdpa then gets a materialized mask (no flash kernel); the routed model gets none and its
+    logits stay equal, while padding still produces a mask."""
+    import transformers.masking_utils
+
+    monkeypatch.setattr(transformers.masking_utils, "_ignore_causal_mask_sdpa", lambda *args, **kwargs: False)
+    base = tiny()
+    routed = copy.deepcopy(base)
+    route_attention(routed)
+    input_ids = ids(2, 16)
+    base_masks = sdpa_masks_when_compiled(base, input_ids)
+    assert len(base_masks) == base.config.n_layer and "None" not in base_masks
+    assert sdpa_masks_when_compiled(routed, input_ids) == ["None"] * routed.config.n_layer
+    torch.testing.assert_close(routed(input_ids=input_ids).logits, base(input_ids=input_ids).logits, atol=1e-5, rtol=0)
+    mask = torch.ones_like(input_ids)
+    mask[0, :3] = 0
+    assert routed.config._attn_implementation == ATTENTION_NAME
+    expected = base(input_ids=input_ids, attention_mask=mask).logits
+    torch.testing.assert_close(routed(input_ids=input_ids, attention_mask=mask).logits[mask.bool()],
+                               expected[mask.bool()], atol=1e-5, rtol=0)

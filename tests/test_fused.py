@@ -91,6 +91,33 @@ def test_fused_cross_entropy_matches_reference_loss_and_gradients(valid):
         torch.testing.assert_close(loss_fn(HiddenStates(hidden, weight, valid), {"input_ids": ids}), reference)
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_fused_cross_entropy_traced_form_matches_reference(dynamic):
+    """Under torch.compile the loss is traced (no graph break) and chunked by whole sequences;
+    autograd derives the backward of the traced ops."""
+    torch.manual_seed(0)
+    hidden = torch.randn(5, 17, 24, requires_grad=True)
+    weight = torch.randn(1000, 24, requires_grad=True)
+    ids = torch.randint(0, 937, (5, 17))
+    loss_fn = FusedLinearCrossEntropyLoss(chunk_elements=2 * 17 * 1000, max_seq_len=17)  # chunks of 2, 2, 1 sequences
+    traced_ops = []
+
+    def capture(graph_module, example_inputs):
+        traced_ops.extend(str(node.target) for node in graph_module.graph.nodes if node.op == "call_function")
+        return graph_module.forward
+
+    compiled = torch.compile(loss_fn, backend=capture, fullgraph=True, dynamic=dynamic or None)
+    torch._dynamo.reset()
+    loss = compiled(HiddenStates(hidden, weight, 937), {"input_ids": ids})
+    assert sum("cross_entropy" in op for op in traced_ops) == 3  # the traced form, one per chunk
+    grads = torch.autograd.grad(loss, (hidden, weight))
+    reference = _reference(hidden, weight, ids, 937)
+    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
+    for got, want in zip(grads, torch.autograd.grad(reference, (hidden, weight))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
+
+
 def test_fused_cross_entropy_bf16_autocast_is_close():
     torch.manual_seed(0)
     hidden = torch.randn(2, 9, 32, requires_grad=True)

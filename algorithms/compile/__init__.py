@@ -60,7 +60,7 @@ def compile_fn(fn: Callable, *, mode: str | None, backend: str, fullgraph: bool,
 def apply_compile(state: State, mode: str | None = None, backend: str = "inductor", fullgraph: bool = False,
                   compile_loss: bool = True) -> list[str]:
     """Compile the run's forward (and loss); returns what was compiled. A loss_fn decorated with
-    `torch.compiler.disable` (the fused cross-entropy is) still runs uncompiled: Dynamo skips it."""
+    `torch.compiler.disable` still runs uncompiled: Dynamo skips it."""
     dynamic = any(getattr(algorithm, "dynamic_seq_len", False) for algorithm in state.algorithms)
     compiled = ["forward_fn"]
     state.forward_fn = compile_fn(state.forward_fn, mode=mode, backend=backend, fullgraph=fullgraph, dynamic_seq_len=dynamic)

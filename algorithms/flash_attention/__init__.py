@@ -2,8 +2,11 @@
 
 On CUDA, SDPA is restricted to the FlashAttention-2 and memory-efficient (xFormers) kernels, so
 attention never silently falls back to the math path that materializes the seq x seq scores (an
-unsupported case raises instead). A model still on transformers' "eager" attention is switched to
-"sdpa". Attention routed through composerlite's score-modifier hook (e.g. ALiBi) keeps its route:
+unsupported case raises instead). The model is routed through composerlite's attention hook
+(`composerlite.attention.route_attention`), which is transformers' SDPA function with a mask builder
+that never builds the causal mask for unpadded training batches: transformers releases before 5.2x
+build it whenever torch.compile traces the model, and an explicit mask rules out the flash kernel
+and its causal tile skipping. Attention routed through composerlite's score-modifier hook (e.g. ALiBi) keeps its route:
 that hook passes the bias to SDPA as an additive mask, which the memory-efficient kernel takes.
 
 When it helps: always on GPU (O(T) memory instead of O(T^2), fewer HBM passes); the longer the
@@ -22,6 +25,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from composerlite import Algorithm, Event, Logger, State
+from composerlite.attention import route_attention
 
 FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 
@@ -32,10 +36,11 @@ def _with_fused_kernels(forward: Callable, model: torch.nn.Module, batch: dict) 
 
 
 def apply_flash_attention(model: torch.nn.Module, forward_fn: Callable, device: torch.device) -> Callable:
-    """Put `model` on SDPA attention (unless a custom attention function is already routed) and,
+    """Route `model`'s attention through composerlite's attention hook (SDPA, no causal mask built
+    when `is_causal` can stand in for it) unless another custom function is already routed, and,
     on CUDA, return `forward_fn` wrapped to allow only the fused SDPA kernels."""
-    if getattr(model.config, "_attn_implementation", "sdpa") == "eager":
-        model.set_attn_implementation("sdpa")
+    if getattr(model.config, "_attn_implementation", "sdpa") in ("eager", "sdpa"):
+        route_attention(model)
     if device.type != "cuda":
         return forward_fn
     return functools.partial(_with_fused_kernels, forward_fn)

@@ -14,6 +14,14 @@ gradient is one compiled kernel).
 Sources: Liger-Kernel's FusedLinearCrossEntropy (Hsu et al., 2024, arXiv:2410.10989); Wijmans et
 al., 2024, "Cut Your Losses in Large-Vocabulary Language Models" (arXiv:2411.09009).
 
+Under torch.compile (the `compile` algorithm or the `fused_kernels` bundle compile the loss) the
+loss takes a traceable form instead: per chunk of whole sequences, the head GEMM and
+`F.cross_entropy` as plain differentiable ops, which Inductor fuses (the fp32 upcast, logsumexp and
+softmax-minus-one-hot read the 16-bit logits once; no fp32 logits are stored). Chunks stay at or
+below 2^30 logits, so no tensor reaches the 2^31 elements where a compiled kernel's 32-bit indexing
+fails (batch 64 x 1024 x 50304 is 3.3 G). The eager form runs its chunks as separate Python-level
+steps that a compiler cannot fuse, and the custom backward cannot be traced into the step's graph.
+
 Padded vocabularies: when the model's config has `unpadded_vocab_size` (set by `pad_vocab`), head
 rows past it are padding: their logits are masked to -inf, so they take no probability mass.
 """
@@ -24,6 +32,7 @@ from typing import Any, NamedTuple
 
 import pydantic
 import torch
+import torch.nn.functional as F
 
 from composerlite import Algorithm, Event, Logger, State
 
@@ -32,7 +41,8 @@ class FusedCrossEntropyOptions(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     chunk_elements: int | None = pydantic.Field(
         None, ge=2**12,
-        description="logit elements per chunk (tokens per chunk = this / vocab); default 2^28 on CUDA, 2^25 on CPU",
+        description="logit elements per chunk (tokens per chunk = this / vocab); default 2^28 on CUDA, 2^25 on CPU, "
+        "2^30 under torch.compile (whole sequences per chunk)",
     )
     compile_chunk: bool = pydantic.Field(
         True, description="on CUDA, run each chunk's softmax and gradient as one torch.compile'd kernel"
@@ -64,6 +74,21 @@ def default_chunk_elements(device: torch.device) -> int:
     must be large on a GPU (2^28 logits: ~7 chunks at 32 x 1024, 0.5 GB of bf16 logits each) and
     can be small on a CPU, where a cache-sized working set is what pays."""
     return 2**28 if device.type == "cuda" else 2**25
+
+
+# Compiled chunks: half of 2^31, the element count past which a kernel's 32-bit offsets overflow.
+COMPILED_CHUNK_ELEMENTS = 2**30
+
+
+def traceable_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, valid_vocab: int,
+                   sequences_per_chunk: int) -> torch.Tensor:
+    """Mean loss of `hidden` [batch, seq, d] against `targets` [batch, seq] as plain differentiable
+    ops, chunked over whole sequences, for torch.compile to fuse (autograd derives the backward)."""
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for h, t in zip(hidden.split(sequences_per_chunk), targets.split(sequences_per_chunk)):
+        logits = h.reshape(-1, h.size(-1)) @ weight.t()
+        total = total + F.cross_entropy(logits[:, :valid_vocab].float(), t.reshape(-1), reduction="sum")
+    return total / targets.numel()
 
 
 def chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, valid_vocab: int, scale: float):
@@ -116,9 +141,12 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 class FusedLinearCrossEntropyLoss:
     """`loss_fn(outputs: HiddenStates, batch) -> mean next-token loss`, chunked over tokens."""
 
-    def __init__(self, chunk_elements: int | None = None, compile_chunk: bool = True):
+    def __init__(self, chunk_elements: int | None = None, compile_chunk: bool = True, max_seq_len: int | None = None):
+        """`max_seq_len` bounds the sequence length when torch.compile traces it as a dynamic size
+        (sequence-length warmup): the chunking must be a static choice."""
         self.chunk_elements = chunk_elements
         self.compile_chunk = compile_chunk
+        self.max_seq_len = max_seq_len
         self._compiled = None  # compiled lazily on the first CUDA call; one per loss instance
 
     def _kernel(self, device: torch.device):
@@ -128,9 +156,10 @@ class FusedLinearCrossEntropyLoss:
             self._compiled = torch.compile(chunk_loss_and_grad, dynamic=False)
         return self._compiled
 
-    @torch.compiler.disable  # already fused; an outer torch.compile must not trace the chunk loop
     def __call__(self, outputs: HiddenStates, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden, weight, valid_vocab = outputs
+        if torch.compiler.is_compiling():
+            return self._traced(hidden, weight, batch["input_ids"], valid_vocab)
         hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))  # position t predicts token t + 1
         targets = batch["input_ids"][:, 1:].reshape(-1)
         device = hidden.device
@@ -146,11 +175,19 @@ class FusedLinearCrossEntropyLoss:
             return total / h.size(0)
 
 
+    def _traced(self, hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.Tensor, valid_vocab: int) -> torch.Tensor:
+        seq_len = hidden.size(1) if isinstance(hidden.size(1), int) else self.max_seq_len
+        if seq_len is None:
+            raise ValueError("a dynamic sequence length under torch.compile needs max_seq_len")
+        sequences = max(1, (self.chunk_elements or COMPILED_CHUNK_ELEMENTS) // (seq_len * weight.size(0)))
+        return traceable_loss(hidden[:, :-1], weight, input_ids[:, 1:], valid_vocab, sequences)
+
+
 def apply_fused_cross_entropy(state: State, chunk_elements: int | None = None, compile_chunk: bool = True) -> None:
     """Route the run's forward through the trunk and its loss through the chunked fused head.
     Eval uses the same pair, so eval loss is computed the same way."""
     state.forward_fn = hidden_states_forward
-    state.loss_fn = FusedLinearCrossEntropyLoss(chunk_elements, compile_chunk)
+    state.loss_fn = FusedLinearCrossEntropyLoss(chunk_elements, compile_chunk, max_seq_len=state.seq_len)
 
 
 class FusedCrossEntropy(Algorithm):

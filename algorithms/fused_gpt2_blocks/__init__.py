@@ -8,7 +8,8 @@ what a training step does not need:
     which HF evaluates as eight elementwise ops), applied straight to the biased GEMM output;
   * no dropout calls at all when the probability is 0;
   * attention straight to `scaled_dot_product_attention(is_causal=True)` when the model uses
-    plain "sdpa" and there is no mask or KV cache; otherwise the model's configured attention
+    plain SDPA (transformers' "sdpa", or composerlite's hook with no score modifier) and there is
+    no mask or KV cache; otherwise the model's configured attention
     function is called exactly as HF calls it (so ALiBi's score-modifier hook still applies, and
     padding masks and generation with a KV cache keep working).
 
@@ -27,6 +28,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
 from composerlite import Algorithm, Event, Logger, Order, State
+from composerlite.attention import ATTENTION_NAME, has_score_modifiers
 from composerlite.errors import UsageError
 from composerlite.surgery import replace_modules_by_type
 
@@ -56,7 +58,8 @@ class LeanAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq, head_dim], views
         dropout = self.attn_p if self.training else 0.0
         implementation = self.config._attn_implementation
-        if implementation == "sdpa" and attention_mask is None and past_key_values is None:
+        plain_sdpa = implementation == "sdpa" or (implementation == ATTENTION_NAME and not has_score_modifiers(self))
+        if plain_sdpa and attention_mask is None and past_key_values is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=self.scaling)
             y = y.transpose(1, 2)
         else:

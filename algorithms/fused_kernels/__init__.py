@@ -110,8 +110,8 @@ class FusedKernels(Algorithm):
                 state.optimizer_factory = fused_optimizer_factory(state.optimizer_factory)
             elif method == "compile":
                 self._before = dynamo_counts()
-                # the fused loss compiles its own per-chunk kernel; the forward is what Inductor gets
-                apply_compile(state, mode=self.options.compile_mode, backend=self.options.compile_backend, compile_loss=False)
+                # the loss too: the fused cross-entropy then takes its traceable form (one fused graph)
+                apply_compile(state, mode=self.options.compile_mode, backend=self.options.compile_backend)
         self.applied = methods
         logger.log_metrics({"fused_kernels/applied": ",".join(methods),
                             **{f"fused_kernels/skipped/{name}": why for name, why in self.skipped.items()}})
