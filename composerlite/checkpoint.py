@@ -2,8 +2,9 @@
 
 Layout of one checkpoint folder (`RUN_DIR/checkpoints/ba00000010/`, local or any fsspec URL):
     model.safetensors   the model's full state_dict (HF key names; tied weights stored once)
-    state.pt            optimizer, schedulers, timestamp, algorithm and callback state, every rank's
-                        RNG states; loaded with `torch.load(weights_only=True)`, which never unpickles code
+    state.pt            optimizer, schedulers, timestamp, algorithm and callback state (callbacks'
+                        by name), every rank's RNG states; loaded with `torch.load(weights_only=True)`,
+                        which never unpickles code
     manifest.json       size and sha256 of the two files above; written last, so a folder without it
                         is an unfinished save and a mismatch means the files were truncated or changed
 Each file is written atomically (`storage.write_atomic`). The data position needs no file of its own:
@@ -115,13 +116,26 @@ def training_state(state: State) -> dict[str, Any]:
         "schedulers": [scheduler.state_dict() for scheduler in state.schedulers],
         "algorithm_names": [_label(algorithm) for algorithm in state.algorithms],
         "algorithms": [algorithm.state_dict() for algorithm in state.algorithms],
-        "callbacks": [callback.state_dict() for callback in state.callbacks],
+        "callbacks": dict(zip(callback_keys(state.callbacks), (callback.state_dict() for callback in state.callbacks))),
         "rng": distributed.all_gather_object(rng_state()),  # one entry per rank
     }
 
 
 def _label(algorithm) -> str:
     return algorithm.name or type(algorithm).__name__
+
+
+def callback_keys(callbacks: list[Any]) -> list[str]:
+    """Stable names for callbacks' saved state: a `name` attribute or the class name; a repeated
+    name gets `#1`, `#2`, ... on its later copies. Keyed, not positional, so a run with other
+    callbacks (`composerlite eval` has none) still loads the checkpoint."""
+    keys: list[str] = []
+    seen: dict[str, int] = {}
+    for callback in callbacks:
+        name = getattr(callback, "name", None) or type(callback).__name__
+        keys.append(f"{name}#{seen[name]}" if name in seen else name)
+        seen[name] = seen.get(name, 0) + 1
+    return keys
 
 
 def save_checkpoint(state: State, run_dir: Location | str) -> Location | None:
@@ -269,8 +283,7 @@ def load_checkpoint(state: State, folder: Location | str) -> None:
         scheduler.load_state_dict(scheduler_state)
     for algorithm, algorithm_state in zip(state.algorithms, rest["algorithms"], strict=True):
         algorithm.load_state_dict(algorithm_state)
-    for callback, callback_state in zip(state.callbacks, rest["callbacks"], strict=True):
-        callback.load_state_dict(callback_state)
+    _restore_callbacks(state.callbacks, rest["callbacks"], folder)
     saved_rng = rest["rng"]
     if len(saved_rng) == distributed.world_size():
         restore_rng_state(saved_rng[distributed.rank()])
@@ -279,6 +292,22 @@ def load_checkpoint(state: State, folder: Location | str) -> None:
             f"composerlite: checkpoint was written by {len(saved_rng)} processes, this run has "
             f"{distributed.world_size()}: weights, optimizer and data position resume exactly, RNG streams do not"
         )
+
+
+def _restore_callbacks(callbacks: list[Any], saved: dict[str, Any] | list[Any], folder: Location) -> None:
+    """Each callback gets the state saved under its key; one without saved state keeps its fresh
+    state, and saved state no callback here claims is dropped, said once on stderr (empty state
+    is dropped silently: there is nothing to lose)."""
+    keys = callback_keys(callbacks)
+    if isinstance(saved, list):  # older checkpoints: a positional list, meaningful only for the same count
+        saved = dict(zip(keys, saved)) if len(saved) == len(keys) else {f"position {i}": s for i, s in enumerate(saved)}
+    for key, callback in zip(keys, callbacks):
+        if key in saved:
+            callback.load_state_dict(saved[key])
+    dropped = [key for key, value in saved.items() if key not in keys and value]
+    if dropped:
+        distributed.print_once(f"composerlite: checkpoint {folder} holds state of callbacks this run does not have "
+                               f"({', '.join(dropped)}); ignoring it")
 
 
 def _load_state(data: bytes, folder: Location) -> dict[str, Any]:
@@ -322,5 +351,3 @@ def _check_same_algorithms(state: State, saved: dict[str, Any], folder: Location
             f"checkpoint {folder} was trained with algorithms {saved['algorithm_names'] or 'none'}, "
             f"this run has {names or 'none'}: resume with the same --algo list"
         )
-    if len(saved["callbacks"]) != len(state.callbacks):
-        raise UsageError(f"checkpoint {folder} has {len(saved['callbacks'])} callbacks' state, this run has {len(state.callbacks)}")

@@ -153,6 +153,25 @@ def wrap(model: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Mo
     raise UsageError(f"unknown --parallel '{mode}'; choose one of: {', '.join(PARALLEL_MODES)}")
 
 
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside wrappers, however nested: DDP, DataParallel and FSDP1 keep it in
+    `.module`, torch.compile in `._orig_mod`. Read model attributes (`.config`) through this.
+    FSDP2's `fully_shard` changes the module's class in place, so there is nothing to unwrap."""
+    # Imported here: Dynamo and FSDP take about a second each to import, which a process that
+    # never wraps a model (the trainer has already imported them when it does) should not pay.
+    from torch._dynamo.eval_frame import OptimizedModule
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while True:
+        if isinstance(model, (DistributedDataParallel, DataParallel, FullyShardedDataParallel)):
+            model = model.module
+        elif isinstance(model, OptimizedModule):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def per_rank_batch_size(global_batch: int) -> int:
     size = world_size()
     if global_batch % size:

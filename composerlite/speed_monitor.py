@@ -1,11 +1,11 @@
 """`SpeedMonitor`: tokens/s, samples/s, MFU and peak memory, per step in metrics.jsonl and on the console.
 
-MFU (model FLOPs utilization, PaLM appendix B) = achieved model FLOPs/s / the device's peak.
+MFU (model FLOPs utilization, PaLM appendix B) = achieved model FLOPs/s / the devices' peak.
 Model FLOPs per token are `composerlite.models.flops_per_token` on the model actually trained
 (its measured parameter count, 6N + 12 L d T), less any vocabulary padding (padded rows are not
 model FLOPs, so `pad_vocab` cannot inflate MFU). The peak comes from `PEAK_FLOPS` (dense, no
-sparsity, by device name and precision) unless the user gives one (`peak_flops=`); with neither
-(e.g. a CPU) MFU is left out rather than guessed.
+sparsity, by device name and precision) unless the user gives one (`peak_flops=`, or the rate
+`measured_matmul_peak` measures); with neither (e.g. a CPU) MFU is left out rather than guessed.
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ from __future__ import annotations
 import collections
 import resource
 import sys
+import time
 from typing import Any
 
 import torch
 
+from composerlite import distributed
 from composerlite.algorithm import Callback
+from composerlite.trainer import PRECISIONS
 
 # Vendor dense peaks, FLOP/s, by a substring of torch.cuda.get_device_name() (first match wins:
 # more specific names first) and the run's precision. fp32 is the non-tensor-core rate (PyTorch
@@ -45,10 +48,48 @@ def peak_flops(device: torch.device, precision: str, table: dict[str, dict[str, 
     return None, f"no peak known for {name} {precision}"
 
 
+def matmul_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """fp32 on CPU (its bf16 matmuls are emulated on many CPUs); the precision's dtype on CUDA."""
+    return (PRECISIONS[precision] or torch.float32) if device.type == "cuda" else torch.float32
+
+
+def matmul_size(device: torch.device) -> int:
+    """`measured_matmul_peak`'s default: large enough to reach the device's matmul rate, small
+    enough to take well under a second (1024 on CPU, 8192 on CUDA)."""
+    return 8192 if device.type == "cuda" else 1024
+
+
+def measured_matmul_peak(device: torch.device | str, precision: str = "fp32", size: int | None = None,
+                         warmup: int = 2, reps: int = 5) -> float:
+    """FLOP/s of a `size` x `size` matmul on `device` (default `matmul_size`; dtype `matmul_dtype`):
+    the fastest of `reps` timed products after `warmup` untimed ones. A measured ceiling for MFU
+    where the vendor table has no entry (CPUs). Uses its own generator, so the training RNG
+    streams are untouched."""
+    device = torch.device(device)
+    n = size or matmul_size(device)
+    dtype = matmul_dtype(device, precision)
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.rand(n, n, generator=generator).to(device, dtype) for _ in range(2))
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        torch.matmul(a, b, out=out)
+    fastest = float("inf")
+    for _ in range(reps):
+        sync()  # a timing of the kernel itself, so here (unlike in SpeedMonitor) the GPU is waited for
+        start = time.perf_counter()
+        torch.matmul(a, b, out=out)
+        sync()
+        fastest = min(fastest, time.perf_counter() - start)
+    return 2.0 * n**3 / fastest
+
+
 def model_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token of the model as built, minus padded vocabulary rows."""
+    """Training FLOPs per token of the model as built, minus padded vocabulary rows. Reads through
+    DDP/FSDP/torch.compile wrappers (`distributed.unwrap_model`)."""
     from composerlite.models import flops_per_token
 
+    model = distributed.unwrap_model(model)
     config = model.config
     padded_rows = config.vocab_size - (getattr(config, "unpadded_vocab_size", None) or config.vocab_size)
     return flops_per_token(model, seq_len) - 6.0 * padded_rows * config.n_embd
@@ -66,79 +107,141 @@ class SpeedMonitor(Callback):
     """Logs `throughput/*` and `memory/*` into each step's metrics record.
 
     window          rates are averaged over the last `window` steps
-    warmup_steps    steps left out of the rates (compilation, allocator warmup); the CUDA memory
-                    peak is reset after them
+    warmup_steps    steps after FIT_START left out of the rates (compilation, allocator warmup;
+                    a resumed run warms up again); the CUDA memory peak is reset after them
     peak_flops      the device's peak FLOP/s, overriding the table (None: look it up)
-    console         print a one-line summary at the end of training
+    peak_source     what `peak_flops` is, for the record ("user", "measured: 1024x1024 matmul", ...)
+    console         print a one-line summary at the end of training (rank 0)
+
+    A step's time is the whole period between consecutive BATCH_END events (`time.perf_counter`):
+    data loading, logging and the algorithms' work count, evaluation and checkpoint saving do not.
+    The first measured step's period starts at the last warmup step's BATCH_END.
+    No `torch.cuda.synchronize` here: the trainer reads the loss (`.item()`) once per step, which
+    waits for that step's forward, so the GPU's queue never runs more than about a step ahead of
+    the CPU; over a window of steps the CPU-side period then equals the GPU's step time in steady
+    state, and a synchronize would only stall the pipeline it is measuring.
     """
 
-    def __init__(self, window: int = 20, warmup_steps: int = 1, peak_flops: float | None = None, console: bool = True):
+    def __init__(self, window: int = 20, warmup_steps: int = 1, peak_flops: float | None = None,
+                 peak_source: str = "user", console: bool = True):
         self.window = window
         self.warmup_steps = warmup_steps
         self.user_peak = peak_flops
+        self.user_peak_source = peak_source
         self.console = console
-        self.steps: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=window)
-        self.measured: list[tuple[float, int, int]] = []  # (seconds, tokens, samples) of each measured step
-        self._last = (0.0, 0, 0)
+        # (seconds, tokens, samples, model FLOPs) of the last `window` steps and of every measured step
+        self.steps: collections.deque[tuple[float, int, int, float]] = collections.deque(maxlen=window)
+        self.measured: list[tuple[float, int, int, float]] = []
         self.peak: float | None = None
         self.peak_source = ""
-        self.flops_per_token = 0.0
+        self.warmup_s = 0.0  # FIT_START to the last warmup step's BATCH_END, less eval and saves
+        self.excluded_s = 0.0  # evaluation and checkpoint time since FIT_START, left out of the timings
         self.summary: dict[str, Any] = {}
+        self._flops_per_token: dict[int, float] = {}  # by sequence length (seq_len_warmup varies it)
+        self._started = self._mark = 0.0  # perf_counter at FIT_START / at the previous BATCH_END
+        self._counts = (0, 0)  # timestamp tokens and samples at the previous BATCH_END
+        self._excluded = 0.0  # eval/checkpoint seconds inside the current period
+        self._eval_started: float | None = None
+        self._saving = False
+        self._seen = 0  # steps since FIT_START
+        self._world = 1
 
     def fit_start(self, state, logger) -> None:
         if self.user_peak is not None:
-            self.peak, self.peak_source = self.user_peak, "user"
+            self.peak, self.peak_source = self.user_peak, self.user_peak_source
         else:
             self.peak, self.peak_source = peak_flops(state.device, state.precision)
         if state.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(state.device)
-        t = state.timestamp
-        self._last = (t.wall_clock_s, t.token, t.sample)
+        self._world = distributed.world_size()  # timestamp counts are global: MFU is over all devices
+        self.steps.clear()
+        self.measured.clear()
+        self.warmup_s = self.excluded_s = self._excluded = 0.0
+        self._seen, self._saving = 0, False
+        self._started = self._mark = time.perf_counter()
+        self._counts = (state.timestamp.token, state.timestamp.sample)
 
     def batch_end(self, state, logger) -> None:
+        now = time.perf_counter()
+        seconds = now - self._mark - self._excluded
+        self._mark, self._excluded = now, 0.0
         t = state.timestamp
-        seconds, tokens, samples = t.wall_clock_s - self._last[0], t.token - self._last[1], t.sample - self._last[2]
-        self._last = (t.wall_clock_s, t.token, t.sample)
-        seq_len = int(state.batch["input_ids"].shape[1])
-        self.flops_per_token = model_flops_per_token(state.model, seq_len)
-        if t.batch <= self.warmup_steps:
-            if t.batch == self.warmup_steps and state.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(state.device)
+        tokens, samples = t.token - self._counts[0], t.sample - self._counts[1]
+        self._counts = (t.token, t.sample)
+        self._seen += 1
+        if self._seen <= self.warmup_steps:
+            if self._seen == self.warmup_steps:
+                self.warmup_s = now - self._started - self.excluded_s
+                if state.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(state.device)
             return
-        self.steps.append((seconds, tokens, samples))
-        self.measured.append((seconds, tokens, samples))
+        seq_len = int(state.batch["input_ids"].shape[1])
+        if seq_len not in self._flops_per_token:
+            self._flops_per_token[seq_len] = model_flops_per_token(state.model, seq_len)
+        step = (seconds, tokens, samples, tokens * self._flops_per_token[seq_len])
+        self.steps.append(step)
+        self.measured.append(step)
         logger.log_metrics(self.rates(self.steps, state.device))
+
+    # Time to leave out. A checkpoint is saved between BATCH_END and BATCH_CHECKPOINT, and saving
+    # is the only time a callback's state_dict is asked for; on such steps that whole span (the
+    # save, plus the step's metrics write) is excluded. Evaluation is bracketed by its own events.
+    def state_dict(self) -> dict[str, Any]:
+        self._saving = True
+        return {}
+
+    def batch_checkpoint(self, state, logger) -> None:
+        if self._saving:
+            self._exclude(time.perf_counter() - self._mark)
+            self._saving = False
+
+    def eval_start(self, state, logger) -> None:
+        self._eval_started = time.perf_counter()
+
+    def eval_end(self, state, logger) -> None:
+        if self._eval_started is not None:
+            self._exclude(time.perf_counter() - self._eval_started)
+            self._eval_started = None
+
+    def _exclude(self, seconds: float) -> None:
+        self._excluded += seconds
+        self.excluded_s += seconds
 
     def rates(self, steps, device: torch.device) -> dict[str, float]:
         seconds = sum(step[0] for step in steps)
-        tokens_per_s = sum(step[1] for step in steps) / seconds
+        flops_per_s = sum(step[3] for step in steps) / seconds
         metrics = {
-            "throughput/tokens_per_s": tokens_per_s,
+            "throughput/tokens_per_s": sum(step[1] for step in steps) / seconds,
             "throughput/samples_per_s": sum(step[2] for step in steps) / seconds,
-            "throughput/model_flops_per_s": tokens_per_s * self.flops_per_token,
+            "throughput/model_flops_per_s": flops_per_s,
         }
         if self.peak:
-            metrics["throughput/mfu"] = tokens_per_s * self.flops_per_token / self.peak
+            metrics["throughput/mfu"] = flops_per_s / (self.peak * self._world)
         metrics["memory/peak_gib"] = peak_memory_gib(device)[0]
         return metrics
 
     def fit_end(self, state, logger) -> None:
         if not self.measured:
             return
-        gib, kind = peak_memory_gib(state.device)
+        tokens = sum(step[1] for step in self.measured)
         self.summary = {
             **self.rates(self.measured, state.device),
             "measured_steps": len(self.measured),
             "step_ms": 1e3 * sum(step[0] for step in self.measured) / len(self.measured),
-            "flops_per_token": self.flops_per_token,
+            "flops_per_token": sum(step[3] for step in self.measured) / tokens if tokens else 0.0,
             "peak_flops": self.peak,
             "peak_flops_source": self.peak_source,
-            "memory_kind": kind,
+            "world_size": self._world,
+            "warmup_s": self.warmup_s,
+            "excluded_s": self.excluded_s,
+            "memory_kind": peak_memory_gib(state.device)[1],
         }
         if self.console:
-            mfu = f"  MFU {self.summary['throughput/mfu']:.1%}" if "throughput/mfu" in self.summary else ""
-            print(
-                f"speed: {self.summary['throughput/tokens_per_s']:,.0f} tokens/s  "
-                f"{self.summary['throughput/samples_per_s']:,.1f} samples/s{mfu}  peak memory {gib:.2f} GiB ({kind})",
-                file=sys.stderr,
-            )
+            distributed.print_once(self.summary_line())
+
+    def summary_line(self) -> str:
+        """One line: tokens/s, samples/s, MFU when known, peak memory."""
+        s = self.summary
+        mfu = f"  MFU {s['throughput/mfu']:.1%}" if "throughput/mfu" in s else ""
+        return (f"speed: {s['throughput/tokens_per_s']:,.0f} tokens/s  {s['throughput/samples_per_s']:,.1f} samples/s"
+                f"{mfu}  peak memory {s['memory/peak_gib']:.2f} GiB ({s['memory_kind']})")

@@ -23,6 +23,7 @@ from composerlite.errors import UsageError
 from composerlite.loggers import ConsoleLogger, JSONLinesLogger, Logger
 from composerlite.registry import build_algorithm, split_spec
 from composerlite.schedule import WarmupDecaySchedule
+from composerlite.speed_monitor import SpeedMonitor
 from composerlite.storage import Location, location
 from composerlite.time import Time, TimeUnit
 from composerlite.trainer import OptimizerConfig, Trainer, resolve_device, seed_everything
@@ -286,6 +287,9 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
         if not run_dir.is_local:
             upload_metrics = lambda: run_dir.child("metrics.jsonl").write_bytes(metrics_file.read_bytes())
     logger = Logger(destinations)
+    # Every run measures its speed (throughput/* and memory/peak_gib in metrics.jsonl); the summary
+    # line goes through this run's console (a benchmark sends that to the run's log file).
+    speed = SpeedMonitor(window=20, warmup_steps=1, console=False)
     try:
         trainer = Trainer(
             model=model,
@@ -295,6 +299,7 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
             logger=logger,
             run_dir=plan.run_dir,
             algorithms=algorithms,
+            callbacks=[speed],
             optimizer=OptimizerConfig(lr=plan.lr, weight_decay=config.weight_decay),
             schedule=WarmupDecaySchedule(warmup=Time.parse(plan.warmup), decay=config.decay),
             microbatch_size=config.microbatch_size,
@@ -310,12 +315,14 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
             parallel=config.parallel,
             after_save=upload_metrics,
         )
-        summary = trainer.fit()
+        summary = {**trainer.fit(), "speed": speed.summary}
     finally:
         logger.close()
         if upload_metrics is not None:
             upload_metrics()
     if distributed.is_rank_zero():
+        if speed.summary:
+            console.print(speed.summary_line())
         print_summary(console, summary)
     return summary
 
@@ -323,7 +330,16 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
     table = Table(title="run summary", show_header=False)
     table.add_row("steps / tokens", f"{summary['steps']:,} / {summary['tokens']:,}")
-    table.add_row("training time", f"{summary['wall_s']:.1f} s ({summary['tokens_per_s']:,.0f} tokens/s)")
+    table.add_row("time in training steps", f"{summary['wall_s']:.1f} s ({summary['tokens_per_s']:,.0f} tokens/s)")
+    speed = summary.get("speed") or {}
+    if speed:
+        table.add_row("throughput", f"{speed['throughput/tokens_per_s']:,.0f} tokens/s, {speed['throughput/samples_per_s']:,.1f} "
+                      f"samples/s ({speed['measured_steps']} steps after warmup, data and logging included)")
+        if "throughput/mfu" in speed:
+            table.add_row("model FLOPs utilization", f"{speed['throughput/mfu']:.1%} (peak {speed['peak_flops_source']})")
+        else:
+            table.add_row("model FLOPs utilization", f"unknown ({speed['peak_flops_source']})")
+        table.add_row("peak memory", f"{speed['memory/peak_gib']:.2f} GiB ({speed['memory_kind']})")
     table.add_row("final train loss", f"{summary['final_train_loss']:.4f}")
     if "eval_loss" in summary:
         table.add_row("final eval loss / ppl", f"{summary['eval_loss']:.4f} / {summary['eval_ppl']:.2f}")

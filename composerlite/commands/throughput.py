@@ -4,6 +4,8 @@ Trains on random tokens (no corpus needed) through the real Trainer, so algorith
 as in `composerlite run`; the first `--warmup-steps` (compilation, allocator growth) are left out.
 Prints a table and writes JSON: device name, torch version, date, tokens/s, samples/s, MFU, peak
 memory, and each algorithm's state (what it applied or skipped, compile graph breaks).
+`--measure-peak` times a square matmul on the device first and takes that as MFU's peak, which gives
+a CPU (absent from the vendor table) an MFU.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from rich.table import Table
 from composerlite.errors import UsageError
 from composerlite.loggers import Logger
 from composerlite.registry import build_algorithm, split_spec
-from composerlite.speed_monitor import SpeedMonitor, device_name
+from composerlite.speed_monitor import SpeedMonitor, device_name, matmul_dtype, matmul_size, measured_matmul_peak
 from composerlite.trainer import Trainer, resolve_device, seed_everything
 
 
@@ -58,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--dropout", type=float, default=0.0, help="dropout of the model (default 0)")
     parser.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU (overrides the table)")
+    parser.add_argument("--measure-peak", action="store_true",
+                        help="time a square matmul on the device first and use its FLOP/s as the MFU peak "
+                             "(gives CPUs an MFU; on GPUs a measured ceiling instead of the datasheet's)")
     parser.add_argument("--out", help="write the result as JSON here")
 
 
@@ -70,8 +75,10 @@ def defaults(device: torch.device, batch_size: int | None, seq_len: int | None, 
 
 def measure(model_name: str, algorithms: list[str], *, batch_size: int | None = None, seq_len: int | None = None,
             steps: int = 10, warmup_steps: int = 3, precision: str = "auto", device: str = "auto",
-            dropout: float = 0.0, peak_flops: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """Build, convert and train `model_name` for warmup + steps on random tokens; returns the record."""
+            dropout: float = 0.0, peak_flops: float | None = None, measure_peak: bool = False,
+            seed: int = 0) -> dict[str, Any]:
+    """Build, convert and train `model_name` for warmup + steps on random tokens; returns the record.
+    `measure_peak` times a matmul on the device first (`measured_matmul_peak`) and uses it as the peak."""
     from composerlite.models import build_model, get_spec
 
     try:
@@ -80,6 +87,8 @@ def measure(model_name: str, algorithms: list[str], *, batch_size: int | None = 
         raise UsageError(str(error)) from None
     if steps < 1 or warmup_steps < 0:
         raise UsageError("--steps must be at least 1 and --warmup-steps at least 0")
+    if measure_peak and peak_flops is not None:
+        raise UsageError("give --peak-flops or --measure-peak, not both")
     torch_device = resolve_device(device)
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device '{device}' requested but no CUDA GPU is available")
@@ -87,10 +96,16 @@ def measure(model_name: str, algorithms: list[str], *, batch_size: int | None = 
     if precision not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"unknown precision '{precision}'; choose auto, fp32, bf16 or fp16")
     algorithm_objects = [build_algorithm(*split_spec(spec)) for spec in algorithms]
+    matmul_peak, peak_source = None, "user"
+    if measure_peak:
+        size = matmul_size(torch_device)
+        matmul_peak = peak_flops = measured_matmul_peak(torch_device, precision, size)
+        peak_source = f"measured: {size}x{size} {str(matmul_dtype(torch_device, precision)).removeprefix('torch.')} matmul"
     seed_everything(seed)
     model = build_model(model_name, dropout=dropout, n_positions=max(1024, seq_len))
     data = RandomTokens(batch_size, seq_len, model.config.vocab_size, warmup_steps + steps, seed=seed)
-    monitor = SpeedMonitor(window=steps, warmup_steps=warmup_steps, peak_flops=peak_flops, console=False)
+    monitor = SpeedMonitor(window=steps, warmup_steps=warmup_steps, peak_flops=peak_flops, peak_source=peak_source,
+                           console=False)
     run_dir = Path(tempfile.mkdtemp(prefix="composerlite-throughput-"))
     try:
         trainer = Trainer(model=model, train_data=data, max_duration=f"{warmup_steps + steps}ba", logger=Logger([]),
@@ -100,7 +115,6 @@ def measure(model_name: str, algorithms: list[str], *, batch_size: int | None = 
         algorithm_states = [{"name": a.name or type(a).__name__, **a.state_dict()} for a in trainer.state.algorithms]
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    warmup_s = summary["wall_s"] - sum(step[0] for step in monitor.measured)
     record = {
         "model": model_name, "algorithms": algorithms, "batch_size": batch_size, "seq_len": seq_len,
         "precision": precision, "dropout": dropout, "steps": steps, "warmup_steps": warmup_steps,
@@ -114,8 +128,9 @@ def measure(model_name: str, algorithms: list[str], *, batch_size: int | None = 
         "model_flops_per_s": monitor.summary["throughput/model_flops_per_s"],
         "flops_per_token": monitor.summary["flops_per_token"],
         "peak_flops": monitor.summary["peak_flops"], "peak_flops_source": monitor.summary["peak_flops_source"],
+        "matmul_peak_flops": matmul_peak,
         "peak_memory_gib": monitor.summary["memory/peak_gib"], "memory_kind": monitor.summary["memory_kind"],
-        "warmup_s": warmup_s, "final_loss": summary["final_train_loss"],
+        "warmup_s": monitor.warmup_s, "final_loss": summary["final_train_loss"],
         "algorithm_state": algorithm_states,
     }
     del trainer, model
@@ -174,7 +189,7 @@ def write_json(path: str | os.PathLike, payload: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     record = measure(args.model, args.algorithms, batch_size=args.batch_size, seq_len=args.seq_len, steps=args.steps,
                      warmup_steps=args.warmup_steps, precision=args.precision, device=args.device,
-                     dropout=args.dropout, peak_flops=args.peak_flops)
+                     dropout=args.dropout, peak_flops=args.peak_flops, measure_peak=args.measure_peak)
     console = Console()
     console.print(table([record], title=f"throughput on {record['device_name']}, torch {record['torch']}"))
     for state in record["algorithm_state"]:
