@@ -138,12 +138,27 @@ def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
     else:
         target, _, options_text = spec.partition(":")
     options: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in options_text.split(","))):
+    for item in filter(None, (part.strip() for part in _top_level_items(options_text))):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"algorithm '{target}': option '{item}' is not key=value")
-        options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        try:
+            options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as error:
+            problem = str(getattr(error, "problem", None) or error).splitlines()[0]
+            raise UsageError(f"algorithm '{target}': option {key.strip()}={value!r} is not a valid value ({problem})") from None
     return target, options
+
+
+def _top_level_items(text: str) -> list[str]:
+    """`text` split at the commas outside [...] and {...}, so `exclude=[a,b],k=1` is two options."""
+    items, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            items.append(text[start:index])
+            start = index + 1
+    return [*items, text[start:]]
 
 
 def validate_options(cls: type[Algorithm], target: str, options: dict[str, Any]) -> dict[str, Any]:

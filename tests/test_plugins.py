@@ -108,6 +108,13 @@ def test_split_spec_forms():
     assert split_spec("gradient_clipping:clipping_threshold=0.5") == ("gradient_clipping", {"clipping_threshold": 0.5})
     assert split_spec("./a/b.py:Cls:x=1,y=true,z=null") == ("./a/b.py:Cls", {"x": 1, "y": True, "z": None})
     assert split_spec("./a/b.py:Cls") == ("./a/b.py:Cls", {})
+    assert split_spec("fused_kernels:exclude=[compile, pad_vocab],chunk_elements=4096") == (
+        "fused_kernels", {"exclude": ["compile", "pad_vocab"], "chunk_elements": 4096})
+
+
+def test_unparsable_option_value_is_a_one_line_usage_error():
+    with pytest.raises(UsageError, match=r"option exclude='\[compile' is not a valid value"):
+        split_spec("fused_kernels:exclude=[compile")
 
 
 def test_yaml_recipe_sets_algorithm_options_in_all_three_forms(tmp_path):

@@ -60,6 +60,11 @@ def test_gpu_benchmark_script_smoke_runs_on_cpu(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     payload = json.loads((tmp_path / "throughput_smoke.json").read_text())
     variants = {record["variant"] for record in payload["records"]}
-    assert variants == {"baseline", "fused_kernels", "fused_kernels@4"}
+    assert variants == {"baseline", "fused_kernels", "fused_kernels@4", "fused_kernels:exclude=[fused_cross_entropy]"}
     assert all("tokens_per_s" in record for record in payload["records"])
     assert any(record["batch_size"] == 4 for record in payload["records"])
+    ablated = next(r for r in payload["records"] if r["variant"].endswith("[fused_cross_entropy]"))
+    assert "fused_cross_entropy" in ablated["algorithm_state"][0]["skipped"]
+    profile = json.loads((tmp_path / "profile_smoke.json").read_text())
+    assert profile["step_ms"] > 0 and profile["top"] and all(row["ms_per_step"] >= 0 for row in profile["top"])
+    assert any("mm" in row["name"] for row in profile["top"])  # the GEMMs show up among a step's ops
