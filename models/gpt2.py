@@ -95,8 +95,10 @@ def count_parameters(model_or_spec: nn.Module | ModelSpec | str, *, non_embeddin
     """
     if isinstance(model_or_spec, nn.Module):
         total = sum(p.numel() for p in model_or_spec.parameters())  # parameters() dedups ties
-        t = model_or_spec.transformer
-        return total - (t.wte.weight.numel() + t.wpe.weight.numel() if non_embedding else 0)
+        if not non_embedding:
+            return total
+        t = model_or_spec.transformer  # wpe may have no parameters at all (ALiBi replaces it)
+        return total - sum(p.numel() for p in {*t.wte.parameters(), *t.wpe.parameters()})
     s = _as_spec(model_or_spec)
     d, f = s.d_model, s.d_ff
     # per block: ln_1, c_attn (qkv), attn c_proj, ln_2, c_fc, mlp c_proj -- weights + biases

@@ -20,7 +20,7 @@ from composerlite.composition import compose
 from composerlite.data import BatchStream
 from composerlite.errors import UsageError
 from composerlite.loggers import Logger
-from composerlite.models import ModelSpec, build_model
+from composerlite.models import ModelSpec, build_model, count_parameters
 from composerlite.registry import build_algorithm
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.time import Time
@@ -88,6 +88,9 @@ def test_apply_alibi_removes_wpe_and_runs_past_n_positions():
     assert model.config.n_positions == 48
     assert not any("wpe" in key for key in model.state_dict())
     assert [m.name for m in score_modifiers(model)] == ["alibi"]
+    # Kaplan's N: the same non-embedding count as before, the total less the wpe table
+    assert count_parameters(model, non_embedding=True) == count_parameters("gpt2-tiny", non_embedding=True)
+    assert count_parameters(model) == count_parameters(model, non_embedding=True) + 128 * model.config.n_embd
     logits = model(input_ids=torch.randint(0, 128, (1, 200))).logits  # 4x max_sequence_length, 12x the old table
     assert logits.shape == (1, 200, 128) and torch.isfinite(logits).all()
     model.double()
