@@ -68,8 +68,8 @@ def measured_matmul_peak(device: torch.device | str, precision: str = "fp32", si
     device = torch.device(device)
     n = size or matmul_size(device)
     dtype = matmul_dtype(device, precision)
-    generator = torch.Generator().manual_seed(0)
-    a, b = (torch.rand(n, n, generator=generator).to(device, dtype) for _ in range(2))
+    generator = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.rand(n, n, generator=generator, device=device, dtype=dtype) for _ in range(2))
     out = torch.empty(n, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
@@ -117,9 +117,9 @@ class SpeedMonitor(Callback):
     data loading, logging and the algorithms' work count, evaluation and checkpoint saving do not.
     The first measured step's period starts at the last warmup step's BATCH_END.
     No `torch.cuda.synchronize` here: the trainer reads the loss (`.item()`) once per step, which
-    waits for that step's forward, so the GPU's queue never runs more than about a step ahead of
-    the CPU; over a window of steps the CPU-side period then equals the GPU's step time in steady
-    state, and a synchronize would only stall the pipeline it is measuring.
+    waits for that step's forward and backward, so the GPU's queue never runs more than about a
+    step ahead of the CPU; over a window of steps the CPU-side period then equals the GPU's step
+    time in steady state, and a synchronize would only stall the pipeline it is measuring.
     """
 
     def __init__(self, window: int = 20, warmup_steps: int = 1, peak_flops: float | None = None,
