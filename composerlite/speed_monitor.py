@@ -142,7 +142,6 @@ class SpeedMonitor(Callback):
         self._counts = (0, 0)  # timestamp tokens and samples at the previous BATCH_END
         self._excluded = 0.0  # eval/checkpoint seconds inside the current period
         self._eval_started: float | None = None
-        self._saving = False
         self._seen = 0  # steps since FIT_START
         self._world = 1
 
@@ -157,7 +156,7 @@ class SpeedMonitor(Callback):
         self.steps.clear()
         self.measured.clear()
         self.warmup_s = self.excluded_s = self._excluded = 0.0
-        self._seen, self._saving = 0, False
+        self._seen = 0
         self._started = self._mark = time.perf_counter()
         self._counts = (state.timestamp.token, state.timestamp.sample)
 
@@ -183,17 +182,10 @@ class SpeedMonitor(Callback):
         self.measured.append(step)
         logger.log_metrics(self.rates(self.steps, state.device))
 
-    # Time to leave out. A checkpoint is saved between BATCH_END and BATCH_CHECKPOINT, and saving
-    # is the only time a callback's state_dict is asked for; on such steps that whole span (the
-    # save, plus the step's metrics write) is excluded. Evaluation is bracketed by its own events.
-    def state_dict(self) -> dict[str, Any]:
-        self._saving = True
-        return {}
-
+    # Time to leave out. The span from BATCH_END to BATCH_CHECKPOINT holds the checkpoint save when
+    # one is due (and the step's metrics write, microseconds); evaluation has its own events.
     def batch_checkpoint(self, state, logger) -> None:
-        if self._saving:
-            self._exclude(time.perf_counter() - self._mark)
-            self._saving = False
+        self._exclude(time.perf_counter() - self._mark)
 
     def eval_start(self, state, logger) -> None:
         self._eval_started = time.perf_counter()
