@@ -34,6 +34,9 @@ from composerlite.trainer import Trainer, resolve_device, seed_everything
 
 # Runtime calls that make the host wait for the device (a D2H copy waits for the stream too).
 SYNCHRONIZING = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+# CPU ops whose self time is matrix multiplication (MKL/oneDNN GEMMs; attention's GEMMs run inside
+# the SDPA kernels and are not counted). Their share of a step bounds what fusing the rest can gain.
+CPU_GEMM_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm")
 
 
 class StepProfiler(Callback):
@@ -61,13 +64,18 @@ def summarize(profiler: profile, device: torch.device, steps: int, top: int) -> 
                 for e in ranked[:top]]
         busy_ms = sum(e.self_device_time_total for e in on_device) / 1e3 / steps
         kernels = sum(e.count for e in on_device) / steps
+        extra = {}
     else:
         ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
         rows = [{"name": e.key[:160], "calls_per_step": e.count / steps, "ms_per_step": e.self_cpu_time_total / 1e3 / steps}
                 for e in ranked[:top]]
         busy_ms, kernels = None, None
+        gemm_ms = sum(e.self_cpu_time_total for e in events if e.key in CPU_GEMM_OPS) / 1e3 / steps
+        extra = {"gemm_ms_per_step": gemm_ms,
+                 "op_ms_per_step": sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::")) / 1e3 / steps}
     syncs = {e.key: e.count / steps for e in events if e.key.startswith(SYNCHRONIZING)}
-    return {"top": rows, "device_busy_ms_per_step": busy_ms, "device_ops_per_step": kernels, "synchronizing_calls_per_step": syncs}
+    return {"top": rows, "device_busy_ms_per_step": busy_ms, "device_ops_per_step": kernels,
+            "synchronizing_calls_per_step": syncs, **extra}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,9 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     if result["device_busy_ms_per_step"] is not None:
         result["device_busy_fraction"] = result["device_busy_ms_per_step"] / step_ms
+    if "gemm_ms_per_step" in result:  # Amdahl: with everything but the GEMMs free, the step takes gemm_ms
+        result["gemm_fraction"] = result["gemm_ms_per_step"] / step_ms
+        result["speedup_bound_at_same_gemm_time"] = step_ms / result["gemm_ms_per_step"]
     out = args.out or f"benchmarks/results/profile_{device.type}_{args.model}_{datetime.date.today()}.json"
     write_json(out, result)
     busy = f", device busy {result['device_busy_fraction']:.0%}" if "device_busy_fraction" in result else ""
+    if "gemm_fraction" in result:
+        busy = f", GEMMs {result['gemm_fraction']:.0%} of it (bound {result['speedup_bound_at_same_gemm_time']:.2f}x)"
     print(f"{args.model} {'+'.join(args.algorithms) or 'baseline'}: {step_ms:.1f} ms a step{busy}; syncs a step "
           f"{result['synchronizing_calls_per_step']}; wrote {out}")
     for row in result["top"][:10]:

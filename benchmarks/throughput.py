@@ -54,7 +54,8 @@ def run_matrix(args: argparse.Namespace, console: Console) -> tuple[list[dict], 
                 try:
                     record = measure(model, algorithms, batch_size=batch or args.batch_size, seq_len=args.seq_len,
                                      steps=args.steps, warmup_steps=args.warmup_steps, precision=args.precision,
-                                     device=args.device, dropout=args.dropout, peak_flops=args.peak_flops)
+                                     device=args.device, dropout=args.dropout, peak_flops=args.peak_flops,
+                                     measure_peak=args.measure_peak)
                 except Exception as error:  # noqa: BLE001 -- record it and keep measuring the rest
                     release_memory()
                     record = {"model": model, "algorithms": algorithms, "batch_size": batch or args.batch_size,
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--peak-flops", type=float)
+    parser.add_argument("--measure-peak", action="store_true", help="MFU against a matmul timed before each measurement")
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no new measurement after this")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/throughput_<device>_<date>.json)")
     parser.add_argument("--smoke", action="store_true", help="gpt2-tiny, 2 steps, batch 2 x 64: checks the script runs")
