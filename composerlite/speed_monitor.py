@@ -14,6 +14,7 @@ import collections
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -95,12 +96,32 @@ def model_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     return flops_per_token(model, seq_len) - 6.0 * padded_rows * config.n_embd
 
 
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a fresh peak-memory measurement; False where the platform cannot reset it (then the
+    CPU peak is the process's since it started)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:  # Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM) to its current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_memory_gib(device: torch.device) -> tuple[float, str]:
-    """(GiB, what it measures): the CUDA allocator's peak, or the process's peak RSS on CPU."""
+    """(GiB, what it measures): the CUDA allocator's peak, or the process's peak RSS on CPU (since
+    the last `reset_peak_memory` on Linux, else since the process started)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30, "cuda max_memory_allocated"
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20, "process peak RSS"
+    except OSError:
+        pass
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib * (1 if sys.platform != "darwin" else 1 / 1024) / 2**20, "process peak RSS"
+    return kib * (1 if sys.platform != "darwin" else 1 / 1024) / 2**20, "process peak RSS since start"
 
 
 class SpeedMonitor(Callback):
@@ -150,8 +171,7 @@ class SpeedMonitor(Callback):
             self.peak, self.peak_source = self.user_peak, self.user_peak_source
         else:
             self.peak, self.peak_source = peak_flops(state.device, state.precision)
-        if state.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(state.device)
+        reset_peak_memory(state.device)
         self._world = distributed.world_size()  # timestamp counts are global: MFU is over all devices
         self.steps.clear()
         self.measured.clear()
@@ -171,8 +191,7 @@ class SpeedMonitor(Callback):
         if self._seen <= self.warmup_steps:
             if self._seen == self.warmup_steps:
                 self.warmup_s = now - self._started - self.excluded_s
-                if state.device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(state.device)
+                reset_peak_memory(state.device)
             return
         seq_len = int(state.batch["input_ids"].shape[1])
         if seq_len not in self._flops_per_token:

@@ -9,6 +9,7 @@ import io
 import json
 import math
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,8 @@ from composerlite import Callback, cli, speed_monitor
 from composerlite.checkpoint import MANIFEST_FILE, STATE_FILE, callback_keys
 from composerlite.distributed import unwrap_model
 from composerlite.models import build_model
-from composerlite.speed_monitor import SpeedMonitor, measured_matmul_peak, model_flops_per_token
+from composerlite.speed_monitor import (SpeedMonitor, measured_matmul_peak, model_flops_per_token, peak_memory_gib,
+                                       reset_peak_memory)
 from tinyrun import same, tiny_trainer
 
 
@@ -186,3 +188,17 @@ def test_throughput_measure_peak_gives_cpu_an_mfu(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["throughput", "--model", "gpt2-tiny", "--measure-peak", "--peak-flops", "1e12"]) == 2
     assert capsys.readouterr().err.strip().startswith("composerlite: error: give --peak-flops or --measure-peak")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak RSS can only be reset on Linux")
+def test_cpu_peak_memory_resets():
+    """After a reset the CPU peak is the current RSS again, not an earlier, larger peak."""
+    cpu = torch.device("cpu")
+    assert reset_peak_memory(cpu)
+    before, kind = peak_memory_gib(cpu)
+    block = torch.ones(2**27)  # 0.5 GiB, touched
+    during = peak_memory_gib(cpu)[0]
+    del block
+    assert during > before + 0.4 and kind == "process peak RSS"
+    reset_peak_memory(cpu)
+    assert peak_memory_gib(cpu)[0] < during - 0.4

@@ -32,7 +32,7 @@ DEFINITIONS = [
     "Speedup = reference's time to the reference loss / the method's time to it, per seed, then averaged "
     "(Composer's definition). A method that does not reach the reference loss with every seed has no speedup: "
     "the table says in how many seeds it got there.",
-    "Peak memory: CUDA max allocated on a GPU; on CPU the process's peak resident set size during the run.",
+    "Peak memory: CUDA max allocated on a GPU; on CPU the process's peak resident set size. Both count from the end of the run's first (warmup) step.",
 ]
 
 

@@ -49,7 +49,7 @@ class RunRecord(pydantic.BaseModel):
     train: dict[str, Any]  # steps, tokens, wall_s, first/final/min train loss
     tokens_per_s: float
     peak_memory_bytes: int | None
-    peak_memory_kind: str  # what the number measures ("CUDA max allocated", "process peak RSS", ...)
+    peak_memory_kind: str  # what the number measures ("cuda max_memory_allocated", "process peak RSS", ...)
     device: str  # the label runs are grouped by in reports: a GPU's name, or the CPU's
     hardware: dict[str, Any]
     versions: dict[str, str]

@@ -32,6 +32,7 @@ from composerlite.bench.results import (BenchResults, EvalPoint, Method, RunReco
 from composerlite.config import RunConfig, validated
 from composerlite.errors import UsageError
 from composerlite.registry import build_algorithm, split_spec
+from composerlite.speed_monitor import peak_memory_gib, reset_peak_memory
 from composerlite.trainer import resolve_device
 
 BASELINE = "baseline"
@@ -139,31 +140,6 @@ def versions() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     return found
-
-
-def reset_peak_memory(device: torch.device) -> bool:
-    """Start a fresh peak-memory measurement; False where the platform cannot reset it."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return True
-    try:  # Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM)
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_memory(device: torch.device, was_reset: bool) -> tuple[int | None, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), "CUDA max allocated"
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                kind = "process peak RSS" if was_reset else "process peak RSS since start"
-                return int(line.split()[1]) * 1024, kind
-    except OSError:
-        pass
-    return None, "not measured"
 
 
 # -- following a run -------------------------------------------------------------------------
@@ -318,7 +294,7 @@ def run_one(out: Path, base: RunConfig, method: Method, seed: int, device: torch
     config = validated(values)
     log_path = out / "logs" / f"{run_dir.parent.name}-{run_dir.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    was_reset = reset_peak_memory(device)
+    reset_peak_memory(device)
     follower = MetricsFollower(run_dir / "metrics.jsonl", on_record)
     follower.start()
     try:
@@ -326,7 +302,8 @@ def run_one(out: Path, base: RunConfig, method: Method, seed: int, device: torch
             summary = run(config, console=Console(file=log, width=120, force_terminal=False))
     finally:
         follower.stop()
-    memory, memory_kind = peak_memory(device, was_reset)
+    memory_gib, memory_kind = peak_memory_gib(device)
+    memory = int(memory_gib * 2**30)
     evals, train = read_metrics(run_dir)
     if not evals:
         raise UsageError(f"{method.label} seed {seed} finished without an evaluation; check --eval-interval")
