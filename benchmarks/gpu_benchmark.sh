@@ -37,7 +37,7 @@ PY
 
 if [[ $SMOKE == 1 ]]; then
   python3 benchmarks/throughput.py --smoke --device cpu --variants baseline fused_kernels fused_kernels@4 \
-      fused_kernels:exclude=[fused_cross_entropy] --out "$OUT/throughput_smoke.json" 2>&1 | tee "$OUT/throughput_smoke.log"
+      'fused_kernels:exclude=[fused_cross_entropy]' --out "$OUT/throughput_smoke.json" 2>&1 | tee "$OUT/throughput_smoke.log"
   STATUS=${PIPESTATUS[0]}
   python3 benchmarks/profile_step.py --smoke --algo fused_kernels --out "$OUT/profile_smoke.json" || STATUS=1
   exit "$STATUS"
@@ -46,7 +46,7 @@ fi
 # Most important first: the budget stops starting new runs, never cuts one in half.
 # 1. the targets: baseline, the bundle at batch 32 and 64, both models
 python3 benchmarks/throughput.py --device cuda --precision bf16 --models gpt2-52m gpt2-125m --seq-len 1024 --batch-size 32 \
-    --steps 10 --warmup-steps 3 --budget-s 200 \
+    --steps 10 --warmup-steps 3 --budget-s 240 \
     --variants baseline fused_kernels fused_kernels@64 \
     --out "$OUT/throughput_gpu.json" 2>&1 | tee "$OUT/throughput_gpu.log"
 STATUS=${PIPESTATUS[0]}
@@ -56,17 +56,17 @@ timeout 120 python3 benchmarks/profile_step.py --device cuda --model gpt2-52m --
     --out "$OUT/profile_gpu_52m.json" 2>&1 | tee "$OUT/profile_gpu.log"
 
 # 3. one method at a time off the bundle, to see what each contributes now (budget permitting)
-LEFT=$((330 - (SECONDS - START)))
+LEFT=$((380 - (SECONDS - START)))
 if [[ $LEFT -gt 60 ]]; then
   python3 benchmarks/throughput.py --device cuda --precision bf16 --models gpt2-52m --seq-len 1024 --batch-size 32 \
       --steps 10 --warmup-steps 3 --budget-s "$LEFT" \
-      --variants fused_kernels:exclude=[fused_cross_entropy] fused_kernels:exclude=[flash_attention] \
-                 fused_kernels:exclude=[fused_gpt2_blocks] compile \
+      --variants 'fused_kernels:exclude=[fused_cross_entropy]' 'fused_kernels:exclude=[flash_attention]' \
+                 'fused_kernels:exclude=[fused_gpt2_blocks]' compile \
       --out "$OUT/throughput_gpu_ablation.json" 2>&1 | tee "$OUT/throughput_gpu_ablation.log"
 fi
 
 ANCHORS="${ANCHORS_DIR:-shared/anchors}"
-LEFT=$((450 - (SECONDS - START)))
+LEFT=$((480 - (SECONDS - START)))
 if [[ -f "$ANCHORS/gpu_ceiling.py" && $LEFT -gt 120 ]]; then
   echo "== reference ceiling (hand-written minimal GPT-2), ${LEFT}s left =="
   timeout "$LEFT" python3 "$ANCHORS/gpu_ceiling.py" 2>&1 | tee "$OUT/gpu_ceiling.log"
