@@ -40,8 +40,13 @@ def test_throughput_command_writes_json(tmp_path, capsys):
 def test_throughput_bad_input_is_one_line_exit_2(capsys):
     assert main(["throughput", "--model", "gpt2-huge"]) == 2
     assert main(["throughput", "--model", "gpt2-tiny", "--algo", "no_such_algo"]) == 2
+    assert main(["throughput", "--model", "gpt2-tiny", "--batch-size", "0"]) == 2  # not "use the default"
+    assert main(["throughput", "--model", "gpt2-tiny", "--seq-len", "-3"]) == 2
+    assert main(["throughput", "--model", "gpt2-tiny", "--algo", "compile:mode=bogus"]) == 2
+    assert main(["throughput", "--model", "gpt2-tiny", "--algo", "fused_kernels:compile_backend=nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("composerlite: error:") for line in err)
+    assert len(err) == 6 and all(line.startswith("composerlite: error:") for line in err)
+    assert "unknown compile mode 'bogus'" in err[4] and "unknown compile backend 'nope'" in err[5]
 
 
 def test_peak_table_and_padding_free_flops():

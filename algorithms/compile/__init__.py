@@ -24,6 +24,21 @@ import torch._dynamo
 from composerlite import Algorithm, Event, Logger, Order, State
 
 
+def check_mode(mode: str | None) -> str | None:
+    """A torch.compile mode this PyTorch knows (the list differs across versions)."""
+    known = ["default", *torch._inductor.list_mode_options()]
+    if mode is not None and mode not in known:
+        raise ValueError(f"unknown compile mode {mode!r}; this PyTorch has {', '.join(dict.fromkeys(known))}")
+    return mode
+
+
+def check_backend(backend: str) -> str:
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ValueError(f"unknown compile backend {backend!r}; e.g. inductor, aot_eager, eager")
+    return backend
+
+
 class CompileOptions(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     mode: str | None = pydantic.Field(
@@ -32,6 +47,16 @@ class CompileOptions(pydantic.BaseModel):
     backend: str = pydantic.Field("inductor", description="torch.compile backend (inductor; eager/aot_eager trace only)")
     fullgraph: bool = pydantic.Field(False, description="fail on any graph break instead of falling back")
     compile_loss: bool = pydantic.Field(True, description="also compile State.loss_fn (a fused loss that disables Dynamo runs as it is)")
+
+    @pydantic.field_validator("mode")
+    @classmethod
+    def _known_mode(cls, mode: str | None) -> str | None:
+        return check_mode(mode)
+
+    @pydantic.field_validator("backend")
+    @classmethod
+    def _known_backend(cls, backend: str) -> str:
+        return check_backend(backend)
 
 
 def dynamo_counts() -> dict[str, int]:

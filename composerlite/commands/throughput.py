@@ -70,7 +70,11 @@ def defaults(device: torch.device, batch_size: int | None, seq_len: int | None, 
     gpu = device.type == "cuda"
     if precision == "auto":
         precision = "bf16" if gpu and torch.cuda.is_bf16_supported() else "fp32"
-    return batch_size or (32 if gpu else 4), seq_len or (1024 if gpu else 256), precision
+    batch_size = (32 if gpu else 4) if batch_size is None else batch_size
+    seq_len = (1024 if gpu else 256) if seq_len is None else seq_len
+    if batch_size < 1 or seq_len < 2:
+        raise UsageError(f"--batch-size must be at least 1 and --seq-len at least 2 (got {batch_size} and {seq_len})")
+    return batch_size, seq_len, precision
 
 
 def measure(model_name: str, algorithms: list[str], *, batch_size: int | None = None, seq_len: int | None = None,
