@@ -42,7 +42,7 @@ class RunConfig(pydantic.BaseModel):
     max_duration: str | None = None
     batch_size: int | None = pydantic.Field(None, gt=0)
     microbatch_size: int | Literal["auto"] | None = None  # "auto": halve on CUDA out-of-memory
-    seq_len: int | None = pydantic.Field(None, gt=0)
+    seq_len: int | None = pydantic.Field(None, ge=2, description="tokens per sequence (2 at least: each position predicts the next)")
     lr: float | None = pydantic.Field(None, gt=0)
     weight_decay: float = pydantic.Field(0.0, ge=0)
     warmup: str | None = None

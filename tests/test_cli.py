@@ -65,6 +65,7 @@ def test_yaml_recipe_with_flags_on_top(tmp_path, text_file):
         (["--max-duration", "10 parsecs"], "invalid max_duration"),
         (["--max-duration", "0.5dur"], "cannot be in 'dur'"),
         (["--batch-size", "0"], "invalid batch_size"),
+        (["--seq-len", "1"], "invalid seq_len"),  # no next token to predict: the loss would be NaN
         (["--lr", "-1"], "invalid lr"),
         (["--precision", "fp8"], "invalid precision"),
         (["--device", "tpu"], "unknown device 'tpu'"),
