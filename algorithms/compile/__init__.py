@@ -15,7 +15,7 @@ Source: Ansel et al., 2024, "PyTorch 2" (ASPLOS).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import pydantic
 import torch
@@ -39,24 +39,19 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+# Option types that other algorithms' options reuse (fused_kernels), checked when the options are.
+CompileMode = Annotated[str | None, pydantic.AfterValidator(check_mode)]
+CompileBackend = Annotated[str, pydantic.AfterValidator(check_backend)]
+
+
 class CompileOptions(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
-    mode: str | None = pydantic.Field(
+    mode: CompileMode = pydantic.Field(
         None, description="torch.compile mode: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs"
     )
-    backend: str = pydantic.Field("inductor", description="torch.compile backend (inductor; eager/aot_eager trace only)")
+    backend: CompileBackend = pydantic.Field("inductor", description="torch.compile backend (inductor; eager/aot_eager trace only)")
     fullgraph: bool = pydantic.Field(False, description="fail on any graph break instead of falling back")
     compile_loss: bool = pydantic.Field(True, description="also compile State.loss_fn (a fused loss that disables Dynamo runs as it is)")
-
-    @pydantic.field_validator("mode")
-    @classmethod
-    def _known_mode(cls, mode: str | None) -> str | None:
-        return check_mode(mode)
-
-    @pydantic.field_validator("backend")
-    @classmethod
-    def _known_backend(cls, backend: str) -> str:
-        return check_backend(backend)
 
 
 def dynamo_counts() -> dict[str, int]:

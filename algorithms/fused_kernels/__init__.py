@@ -20,7 +20,7 @@ import pydantic
 import torch
 
 from composerlite import Algorithm, Event, Logger, Order, State
-from composerlite.algorithms.compile import apply_compile, check_backend, check_mode, dynamo_counts
+from composerlite.algorithms.compile import CompileBackend, CompileMode, apply_compile, dynamo_counts
 from composerlite.algorithms.flash_attention import apply_flash_attention
 from composerlite.algorithms.fused_adamw import fused_optimizer_factory
 from composerlite.algorithms.fused_cross_entropy import apply_fused_cross_entropy
@@ -36,19 +36,9 @@ class FusedKernelsOptions(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     exclude: list[str] = pydantic.Field(default_factory=list, description=f"methods to leave off, of: {', '.join(METHODS)}")
     compile: bool | None = pydantic.Field(None, description="torch.compile the forward: default on CUDA only")
-    compile_mode: str | None = pydantic.Field(None, description="torch.compile mode (default: Inductor's default)")
-    compile_backend: str = pydantic.Field("inductor", description="torch.compile backend (eager: trace only, for checks)")
+    compile_mode: CompileMode = pydantic.Field(None, description="torch.compile mode (default: Inductor's default)")
+    compile_backend: CompileBackend = pydantic.Field("inductor", description="torch.compile backend (eager: trace only, for checks)")
     chunk_elements: int | None = pydantic.Field(None, ge=2**12, description="fused cross-entropy: logit elements per chunk (default by device)")
-
-    @pydantic.field_validator("compile_mode")
-    @classmethod
-    def _known_mode(cls, mode: str | None) -> str | None:
-        return check_mode(mode)
-
-    @pydantic.field_validator("compile_backend")
-    @classmethod
-    def _known_backend(cls, backend: str) -> str:
-        return check_backend(backend)
 
     @pydantic.field_validator("exclude")
     @classmethod
