@@ -23,7 +23,7 @@ from composerlite.registry import registered_algorithms, split_spec
 
 RECIPES = Path(__file__).resolve().parent.parent / "benchmarks" / "recipes"
 TINY = ["--model", "gpt2-tiny", "--budget", "2ba", "--batch-size", "2", "--seq-len", "16", "--eval-batches", "1",
-        "--device", "cpu", "--precision", "fp32"]
+        "--device", "cpu", "--precision", "fp32", "--seeds", "1"]
 
 
 def test_parse_algos_keeps_option_commas_and_plugins():
@@ -54,33 +54,66 @@ def test_bad_input_fails_before_training(tmp_path, capsys):
     assert not (out / "runs").exists()
 
 
-def test_bench_end_to_end_and_rerun_skips_finished(tmp_path, text_file):
+CALIBRATION = Path(__file__).resolve().parent.parent / "benchmarks" / "plugins" / "calibration.py"
+
+
+def test_bench_end_to_end_and_rerun_skips_finished(tmp_path, text_file, capsys):
     out = tmp_path / "bench"
-    command = ["bench", "--algos", "baseline,seq_len_warmup", "--data", str(text_file), "--out", str(out), *TINY]
+    noop = f"{CALIBRATION}:NoOp"
+    command = ["bench", "--algos", f"baseline,seq_len_warmup,{noop}", "--data", str(text_file), "--out", str(out),
+               *TINY, "--seeds", "2"]
     assert cli(command) == 0
     results = load_results(out)
-    assert [(run.method, run.seed) for run in results.runs] == [("baseline", 17), ("seq_len_warmup", 17)]
+    # Interleaved: the method order rotates by one per seed, the reference's repeat included.
+    assert [(run.method, run.seed) for run in results.runs] == [
+        ("baseline", 17), ("seq_len_warmup", 17), (noop, 17), ("baseline (repeat)", 17),
+        ("seq_len_warmup", 18), (noop, 18), ("baseline (repeat)", 18), ("baseline", 18)]
     for run in results.runs:
         folder = out / run.run_dir
         assert (folder / "metrics.jsonl").exists() and (folder / "config.yaml").exists()
         assert run.config == yaml.safe_load((folder / "config.yaml").read_text())
         assert run.train["steps"] == 2 and run.tokens_per_s > 0 and run.evals[-1].step == 2
+        assert len(run.step_seconds) == 2 and all(seconds > 0 for seconds in run.step_seconds)
+        assert sum(run.step_tokens) == run.train["tokens"]
         assert {"torch", "transformers", "composerlite", "python"} <= set(run.versions)
         assert run.peak_memory_bytes > 0 and run.device.startswith("CPU")
+    by_name = {(run.method, run.seed): run for run in results.runs}
+    baseline, warmup = by_name[("baseline", 17)], by_name[("seq_len_warmup", 17)]
+    assert 0 < warmup.evals[-1].flops < baseline.evals[-1].flops  # shorter sequences: fewer FLOPs spent
+    assert by_name[(noop, 17)].evals == [point.model_copy(update={"wall_s": other.wall_s})
+                                         for point, other in zip(baseline.evals, by_name[(noop, 17)].evals)]
+    assert set(results.references) == {"unigram", "bigram"} and results.references["bigram"] > 0
     assert results.settings["max_duration"] == "2ba" and results.settings["data_name"] == "corpus"
     assert results.commands[0]["command"].startswith("composerlite bench --algos baseline,seq_len_warmup")
+    printed = capsys.readouterr().err
+    assert "no different" in printed and "Timing noise (A/A)" in printed  # the verdict table is printed
     markdown = (out / "report.md").read_text()
-    assert "| baseline | 1 |" in markdown and "1.00×" in markdown
+    noop_row = next(line for line in markdown.splitlines() if line.startswith(f"| {noop} | 2 |"))
+    assert noop_row.count("no different 1.00× [1.00, 1.00]") == 2  # tokens and FLOPs: exactly the baseline
     assert "data:image/png;base64," in (out / "report.html").read_text()
-    assert all((out / "plots" / name).exists() for name in ("loss_vs_time.png", "loss_vs_tokens.png", "pareto.png"))
+    assert all((out / "plots" / name).exists() for name in ("loss_vs_time.png", "loss_vs_tokens.png",
+                                                            "loss_vs_flops.png", "speedups.png"))
 
     before = (out / "results.json").read_text()
     assert cli(command) == 0  # everything finished: nothing is trained again
     after = load_results(out)
     assert [r.model_dump() for r in after.runs] == json.loads(before)["runs"] and len(after.commands) == 2
-    assert sorted(p.name for p in (out / "runs").glob("*/*")) == ["seed17", "seed17"]
 
-    assert cli([*command[:-len(TINY)], *TINY[:-2], "--precision", "bf16"]) == 2  # other settings: refused
+
+def test_target_loss_race_stops_at_the_target(tmp_path, text_file):
+    out = tmp_path / "race"
+    tiny = list(TINY)
+    tiny[tiny.index("--budget") + 1] = "12ba"
+    assert cli(["bench", "--algos", "baseline", "--data", str(text_file), "--out", str(out), *tiny,
+                "--seeds", "2", "--reference-repeats", "0", "--eval-interval", "4ba", "--target-loss", "10.5"]) == 0
+    results = load_results(out)
+    for run in results.runs:
+        losses = [point.eval_loss for point in run.evals]
+        assert losses[-1] <= 10.5 and all(loss > 10.5 for loss in losses[:-1])  # stopped at the first eval reaching it
+        assert run.train["steps"] < 12
+    assert "### Race to the target" in (out / "report.md").read_text()
+    assert cli(["bench", "--algos", "baseline", "--out", str(out), *TINY, "--target-loss", "-1"]) == 2
+    assert cli(["bench", "--algos", "baseline", "--out", str(out), *TINY, "--seeds", "0"]) == 2
 
 
 def test_interrupted_benchmark_resumes_without_losing_anything(tmp_path, text_file):
@@ -99,7 +132,7 @@ def test_interrupted_benchmark_resumes_without_losing_anything(tmp_path, text_fi
         return real_run(config, console)
 
     with pytest.raises(KeyboardInterrupt):
-        run_bench(out, base, methods, [17], "first", run=interrupted)
+        run_bench(out, base, methods, [17], "first", run=interrupted, reference_repeats=0)
     assert [run.method for run in load_results(out).runs] == ["baseline"]
 
     resumed = []
@@ -108,7 +141,7 @@ def test_interrupted_benchmark_resumes_without_losing_anything(tmp_path, text_fi
         resumed.append(Path(config.run_dir))
         return real_run(config, console)
 
-    results = run_bench(out, base, methods, [17], "second", run=counting)
+    results = run_bench(out, base, methods, [17], "second", run=counting, reference_repeats=0)
     assert resumed == [out / "runs" / "seq_len_warmup" / "seed17-retry1"]  # baseline was not rerun
     assert (out / "runs" / "seq_len_warmup" / "seed17" / "metrics.jsonl").read_text().count("\n") == 1  # kept
     assert [run.method for run in results.runs] == ["baseline", "seq_len_warmup"]

@@ -1,96 +1,184 @@
-"""The report builder on synthetic results with known answers: speedups, 'never reached', merging."""
+"""Verdicts and reports on synthetic results with known answers: costs to a target on three axes,
+speedup intervals and verdicts (a no-op is "no different", a time-burner "slower"), the A/A noise
+floor, races with their p-value, merging, and refusing other results formats."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
 import pytest
 
-from composerlite.bench.analysis import Stat, crossing, group_results, pareto_front, summarize
-from composerlite.bench.report import build_report, format_row
+from composerlite.bench.analysis import (crossing, group_results, loss_at, one_sided_p_value, race_records,
+                                         speedup_of, summarize, t_quantile)
+from composerlite.bench.report import build_report, verdict_row
 from composerlite.bench.results import BenchResults, EvalPoint, Method, RunRecord, load_results, save_results
 from composerlite.cli import main as cli
 from composerlite.errors import UsageError
 
 SETTINGS = {"model": "gpt2-tiny", "max_duration": "20ba", "data": None, "data_name": "synthetic",
             "data_id": "synthetic-0", "train_tokens": 1000, "eval_tokens": 100}
-
-# (wall_s, tokens, loss) per eval, per method and seed. Targets: seed 1 -> 3.0, seed 2 -> 3.2.
+REFERENCES = {"unigram": 6.0, "bigram": 4.0}
+SEEDS = (1, 2, 3)
+# Each method's eval curve as (tokens, loss); time = tokens x seconds-per-token, FLOPs = tokens x 10.
 CURVES = {
-    ("baseline", 1): [(10, 1000, 4.0), (20, 2000, 3.0)],  # reaches 3.0 at 20 s
-    ("baseline", 2): [(10, 1000, 4.0), (20, 2000, 3.2)],  # reaches 3.2 at 20 s
-    ("fast", 1): [(5, 1000, 3.5), (10, 2000, 2.5)],  # 3.0 halfway: 7.5 s, 1500 tokens -> 20/7.5
-    ("fast", 2): [(5, 1000, 3.0), (10, 2000, 2.8)],  # below 3.2 at its first eval: 5 s -> 20/5
-    ("never", 1): [(8, 1000, 3.5), (16, 2000, 3.1)],  # never reaches 3.0
-    ("never", 2): [(8, 1000, 3.5), (16, 2000, 3.1)],  # reaches 3.2 at 8 + 8 * 0.3/0.4 = 14 s
+    "baseline": [(1000, 4.0), (2000, 3.0)],
+    "noop": [(1000, 4.0), (2000, 3.0)],  # the same curve: changes nothing
+    "sleeper": [(1000, 4.0), (2000, 3.0)],  # the same curve, 1.43x the time per token
+    "fast": [(1000, 3.5), (2000, 2.5)],  # reaches 3.0 at 1500 tokens
+    "never": [(1000, 3.5), (2000, 3.1)],  # never reaches 3.0
 }
+SECONDS_PER_TOKEN = {"sleeper": 0.01 / 0.7}
+# Run-to-run timing noise: a fixed multiplier per (method, seed), within ±3%.
+NOISE = {("baseline", 1): 1.00, ("baseline", 2): 1.02, ("baseline", 3): 0.99,
+         ("baseline (repeat)", 1): 1.01, ("baseline (repeat)", 2): 0.98, ("baseline (repeat)", 3): 1.02,
+         ("noop", 1): 0.98, ("noop", 2): 1.03, ("noop", 3): 1.00}
 
 
-def record(method: str, seed: int, device: str = "CPU: test") -> RunRecord:
-    curve = CURVES[(method, seed)]
+def record(method: str, seed: int, device: str = "CPU: test", curve=None) -> RunRecord:
+    curve = curve or CURVES[method.removesuffix(" (repeat)")]
+    per_token = SECONDS_PER_TOKEN.get(method, 0.01) * NOISE.get((method, seed), 1.0)
     return RunRecord(
         method=method, seed=seed, run_dir=f"runs/{method}/seed{seed}",
-        config={"algorithms": [] if method == "baseline" else [method], "batch_size": 2, "seq_len": 500},
-        evals=[EvalPoint(step=10 * (i + 1), tokens=tokens, wall_s=wall, eval_loss=loss)
-               for i, (wall, tokens, loss) in enumerate(curve)],
-        train={"steps": 20, "tokens": 2000, "wall_s": curve[-1][0], "first_loss": 5.0, "final_loss": 3.0, "min_loss": 3.0},
-        tokens_per_s=2000 / curve[-1][0], peak_memory_bytes=2**20, peak_memory_kind="test", device=device,
+        config={"algorithms": [] if method.startswith("baseline") else [method], "batch_size": 2, "seq_len": 500},
+        evals=[EvalPoint(step=2 * (i + 1), tokens=tokens, wall_s=tokens * per_token, flops=tokens * 10.0, eval_loss=loss)
+               for i, (tokens, loss) in enumerate(curve)],
+        train={"steps": 4, "tokens": 2000, "wall_s": curve[-1][0] * per_token, "first_loss": 5.0, "final_loss": 3.0,
+               "min_loss": 3.0},
+        step_seconds=[500 * per_token] * 4, step_tokens=[500] * 4,
+        tokens_per_s=1 / per_token, peak_memory_bytes=2**20, peak_memory_kind="test", device=device,
         hardware={"cpu": "test", "cpu_cores": 2, "torch_threads": 2, "platform": "test"},
         versions={"torch": "x"}, finished_at="2024-01-01T00:00:00",
     )
 
 
-def results(device: str = "CPU: test", methods=("baseline", "fast", "never"), settings=SETTINGS) -> BenchResults:
-    return BenchResults(settings=dict(settings), reference="baseline",
-                        methods=[Method(label=m, algorithms=() if m == "baseline" else (m,)) for m in methods],
+def results(device: str = "CPU: test", methods=("baseline", "noop", "sleeper", "fast", "never"),
+            settings=SETTINGS) -> BenchResults:
+    listed = [Method(label=m, algorithms=() if m == "baseline" else (m,)) for m in methods]
+    listed.append(Method(label="baseline (repeat)", repeat_of="baseline"))
+    return BenchResults(settings=dict(settings), reference="baseline", references=REFERENCES, methods=listed,
                         commands=[{"command": "composerlite bench ...", "started": "2024-01-01T00:00:00"}],
-                        runs=[record(m, seed, device) for m in methods for seed in (1, 2)])
+                        runs=[record(m.label, seed, device) for m in listed for seed in SEEDS])
 
 
-def test_crossing_interpolates_linearly():
-    points = [EvalPoint(step=1, tokens=100, wall_s=1.0, eval_loss=5.0), EvalPoint(step=2, tokens=200, wall_s=3.0, eval_loss=4.0)]
-    assert crossing(points, 4.25) == pytest.approx((2.5, 175.0))
-    assert crossing(points, 6.0) == (1.0, 100.0)  # below at the first eval: that eval's time
+def summaries_of(bench: BenchResults) -> dict:
+    (group,) = group_results([(".", bench)])
+    return {summary.method: summary for summary in summarize(group)}
+
+
+def test_crossing_interpolates_every_axis():
+    points = [EvalPoint(step=1, tokens=100, wall_s=1.0, flops=1e3, eval_loss=5.0),
+              EvalPoint(step=2, tokens=200, wall_s=3.0, flops=2e3, eval_loss=4.0)]
+    assert crossing(points, 4.25) == pytest.approx({"wall_s": 2.5, "tokens": 175.0, "flops": 1750.0})
+    assert crossing(points, 6.0) == {"wall_s": 1.0, "tokens": 100.0, "flops": 1e3}  # below at the first eval
     assert crossing(points, 3.9) is None
 
 
-def test_pareto_front():
-    points = [(10, 3.0), (5, 3.5), (7, 3.6), (12, 2.9), (12, 3.5)]
-    assert pareto_front(points) == [1, 0, 3]
+def test_speedup_interval_is_a_student_t_interval_on_log_ratios():
+    logs = [math.log(1.2), math.log(1.3), math.log(1.25)]
+    result = speedup_of(logs)
+    mean, half = statistics.fmean(logs), t_quantile(0.975, 2) * statistics.stdev(logs) / math.sqrt(3)
+    assert t_quantile(0.975, 2) == pytest.approx(4.303, abs=1e-3)  # the textbook value
+    assert (result.point, result.low, result.high) == pytest.approx((math.exp(mean), math.exp(mean - half), math.exp(mean + half)))
+    assert result.verdict == "faster"
+    assert speedup_of([-x for x in logs]).verdict == "slower"
+    assert speedup_of([0.1, -0.1, 0.05]).verdict == "no different"
+    # The noise floor widens an interval that three lucky seeds made narrow.
+    assert speedup_of([0.05, 0.051, 0.052]).verdict == "faster"
+    assert speedup_of([0.05, 0.051, 0.052], noise_variance=0.05**2).verdict == "no different"
+    assert speedup_of([0.3]).verdict == "needs 2+ seeds" and speedup_of([0.3]).low is None
 
 
-def test_known_speedups_and_never_reached():
-    (group,) = group_results([(".", results())])
-    summaries = {s.method: s for s in summarize(group)}
-    assert summaries["baseline"].speedup == Stat(1.0, 0.0)
-    fast = summaries["fast"]
-    assert fast.speedup.mean == pytest.approx((20 / 7.5 + 20 / 5) / 2)
-    assert fast.speedup.spread == pytest.approx(statistics.stdev([20 / 7.5, 20 / 5]))
-    assert fast.time_to_target.mean == pytest.approx((7.5 + 5) / 2)
-    assert fast.tokens_to_target.mean == pytest.approx((1500 + 1000) / 2)
-    assert fast.final_loss.mean == pytest.approx(2.65)
-    assert fast.final_ppl.mean == pytest.approx((math.exp(2.5) + math.exp(2.8)) / 2)
+def test_noop_is_no_different_and_sleeper_is_slower():
+    summaries = summaries_of(results())
+    noop, sleeper, fast = summaries["noop"], summaries["sleeper"], summaries["fast"]
+    for axis in ("tokens", "flops"):  # deterministic axes: a no-op is exactly 1
+        assert (noop.speedups[axis].point, noop.speedups[axis].low, noop.speedups[axis].high) == (1.0, 1.0, 1.0)
+        assert noop.speedups[axis].verdict == "no different" and sleeper.speedups[axis].verdict == "no different"
+    assert noop.speedups["wall_s"].verdict == "no different"
+    assert noop.speedups["wall_s"].low < 1 < noop.speedups["wall_s"].high
+    assert sleeper.speedups["wall_s"].verdict == "slower"
+    assert sleeper.speedups["wall_s"].high < 1
+    assert fast.speedups["tokens"].point == pytest.approx(2000 / 1500) and fast.speedups["tokens"].verdict == "faster"
+    assert fast.cost_to_target["tokens"].mean == pytest.approx(1500)
+    assert fast.cost_to_target["flops"].mean == pytest.approx(15000)
     never = summaries["never"]
-    assert (never.reached, never.compared, never.speedup, never.time_to_target) == (1, 2, None, None)
-    row = format_row(never)
-    assert row[-1] == row[-2] == row[-3] == "never reached (1/2 seeds)"
-    assert format_row(fast)[-1] == f"{fast.speedup.mean:.2f}× ± {fast.speedup.spread:.2f}"
+    assert (never.reached, never.compared, never.cost_to_target) == (0, 3, None)
+    assert never.speedups["wall_s"].verdict == "not reached (0/3 seeds)"
+    assert summaries["baseline"].speedups["wall_s"].verdict == "reference"
+
+
+def test_aa_noise_floors_the_wall_clock_interval():
+    """The noop's seeds happen to agree closely with each other here; the A/A spread still widens its interval."""
+    bench = results(methods=("baseline", "noop"))
+    aa = summaries_of(bench)["baseline (repeat)"].speedups["wall_s"]
+    noop = summaries_of(bench)["noop"].speedups["wall_s"]
+    ratios = [math.log(NOISE[("baseline", s)] / NOISE[("noop", s)]) for s in SEEDS]
+    aa_squares = [math.log(NOISE[("baseline", s)] / NOISE[("baseline (repeat)", s)]) ** 2 for s in SEEDS]
+    variance = max(statistics.variance(ratios), statistics.fmean(aa_squares))
+    half = t_quantile(0.975, 2) * math.sqrt(variance / 3)
+    assert noop.high == pytest.approx(math.exp(statistics.fmean(ratios) + half))
+    assert aa.verdict == "no different"
+
+
+def test_verdict_cells_never_show_a_point_alone():
+    row = verdict_row(summaries_of(results())["noop"])
+    assert row[0] == "noop" and row[2].startswith("no different ") and "[" in row[2]
+    assert verdict_row(summaries_of(results())["baseline (repeat)"])[0] == "baseline (repeat) (A/A)"
+
+
+def test_race_records_and_p_value():
+    bench = results(methods=("baseline", "fast", "never"), settings={**SETTINGS, "target_loss": 3.2})
+    (group,) = group_results([(".", bench)])
+    records = {r.method: r for r in race_records(group)}
+    assert records["fast"].mean_cost["tokens"] == pytest.approx(1300)  # 3.5 -> 2.5 between 1000 and 2000
+    assert records["never"].mean_cost["tokens"] == pytest.approx(1750)
+    assert records["fast"].budget_tokens == pytest.approx(1300)
+    assert records["fast"].p_value == 1.0  # every seed exactly at the target there: not below it
+    statistic = (3.05 - 3.2) / (0.05 / math.sqrt(3))  # Student t with 2 degrees of freedom has a closed-form CDF
+    assert one_sided_p_value([3.0, 3.1, 3.05], 3.2) == pytest.approx(0.5 + statistic / (2 * math.sqrt(2 + statistic**2)))
+    assert one_sided_p_value([3.3, 3.4, 3.5], 3.2) > 0.9
+    assert one_sided_p_value([3.0], 3.2) is None
+    target_missed = results(methods=("baseline", "never"), settings={**SETTINGS, "target_loss": 1.0})
+    (group,) = group_results([(".", target_missed)])
+    assert all(r.mean_cost is None and r.p_value is None for r in race_records(group))
+    summaries = {s.method: s for s in summarize(group)}
+    assert summaries["never"].speedups["tokens"].verdict == "not reached (0/3 seeds)"
+    evals = record("fast", 1).evals
+    assert loss_at(evals, 1500) == pytest.approx(3.0) and loss_at(evals, 5000) == 2.5
 
 
 def test_report_files(tmp_path):
     save_results(tmp_path, results())
     build_report([tmp_path], tmp_path)
     markdown = (tmp_path / "report.md").read_text()
-    assert "never reached (1/2 seeds)" in markdown
-    assert f"{(20 / 7.5 + 20 / 5) / 2:.2f}×" in markdown
+    assert "### Verdicts" in markdown and "| noop | 3 | no different" in markdown
+    assert "slower" in markdown and "not reached (0/3 seeds)" in markdown
+    assert "Timing noise (A/A)" in markdown and "unigram 6.000, bigram 4.000" in markdown
     assert "20ba per run" in markdown and "synthetic" in markdown and "CPU: test" in markdown
-    for name in ("loss_vs_time.png", "loss_vs_tokens.png", "pareto.png"):
+    names = ("loss_vs_time.png", "loss_vs_tokens.png", "loss_vs_flops.png", "speedups.png")
+    for name in names:
         assert (tmp_path / "plots" / name).read_bytes().startswith(b"\x89PNG")
         assert f"](plots/{name})" in markdown
     page = (tmp_path / "report.html").read_text()
-    assert page.count("src='data:image/png;base64,") == 3 and "plots/" not in page.split("<h2>Runs")[0]
-    assert "never reached (1/2 seeds)" in page
+    assert page.count("src='data:image/png;base64,") == len(names) and "plots/" not in page.split("<h2>Runs")[0]
+
+
+def test_report_says_when_the_reference_learned_nothing(tmp_path):
+    bench = results(methods=("baseline", "noop"))
+    bench.references = {"unigram": 2.0, "bigram": 1.5}
+    save_results(tmp_path, bench)
+    build_report([tmp_path], tmp_path)
+    assert "ABOVE the unigram" in (tmp_path / "report.md").read_text()
+
+
+def test_report_rebuilds_exactly(tmp_path):
+    save_results(tmp_path, results())
+    build_report([tmp_path], tmp_path)
+    first = [line for line in (tmp_path / "report.md").read_text().splitlines() if not line.startswith("_Built")]
+    build_report([tmp_path], tmp_path)
+    assert [line for line in (tmp_path / "report.md").read_text().splitlines() if not line.startswith("_Built")] == first
 
 
 def test_merge_keeps_devices_apart(tmp_path):
@@ -99,7 +187,7 @@ def test_merge_keeps_devices_apart(tmp_path):
     groups = build_report([tmp_path / "cpu", tmp_path / "gpu"], tmp_path / "merged")
     assert sorted(group.device for group in groups) == ["CPU: test", "NVIDIA H100"]
     markdown = (tmp_path / "merged" / "report.md").read_text()
-    assert markdown.count("| fast | 2 | 2.6500") == 2 and "Warning" not in markdown  # one table row per device
+    assert markdown.count("| fast | 3 | faster") == 2 and "Warning" not in markdown  # one row per device
     assert "../cpu/runs/fast/seed1" in markdown  # run folders stay reachable from the merged report
 
 
@@ -123,6 +211,7 @@ def test_merge_refuses_duplicate_runs(tmp_path):
 def test_report_cli(tmp_path, capsys):
     save_results(tmp_path / "a", results())
     assert cli(["report", str(tmp_path / "a")]) == 0
+    assert "no different" in capsys.readouterr().out  # the verdict table is printed
     assert (tmp_path / "a" / "report.html").exists()
     assert cli(["report", str(tmp_path / "a"), str(tmp_path / "a")]) == 2  # merging needs --out
     assert cli(["report", str(tmp_path / "missing")]) == 2
@@ -130,3 +219,7 @@ def test_report_cli(tmp_path, capsys):
     (tmp_path / "bad" / "results.json").write_text("{not json")
     assert cli(["report", str(tmp_path / "bad")]) == 2
     assert "not a composerlite results file" in capsys.readouterr().err
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text(json.dumps({"format": 1, "runs": []}))
+    assert cli(["report", str(tmp_path / "old")]) == 2
+    assert "results format 1" in capsys.readouterr().err

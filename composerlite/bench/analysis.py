@@ -1,19 +1,22 @@
-"""From run records to the numbers in a report: groups, per-method statistics, time to a target
-loss, speedups and the quality/time Pareto frontier.
+"""From run records to verdicts: groups, per-method statistics, the cost of reaching a target loss on
+three axes (wall-clock, tokens, model FLOPs), speedups with 95% intervals, and a verdict each.
 
-Definitions (also printed under every report's table):
-- A *group* is the runs that share settings (model, budget, data, batch, eval set), reference
-  method and device. Speedups are only computed inside a group: a baseline timed on one machine
-  says nothing about a method timed on another.
-- *Target* for seed s: the reference method's final eval loss with seed s (same seed: same
-  initialisation and data order). Time and tokens to the target are read off the run's eval
-  curve at its first crossing, interpolated linearly between the two eval points around it; a
-  run already below the target at its first eval is credited that eval's time (no
-  extrapolation towards zero).
-- *Speedup* for seed s = reference time to target / method time to target (Composer's
-  definition); the reference's own speedup is 1 by construction. Reported as mean over seeds;
-  a method whose run with some seed never reaches that seed's target gets no number.
-- Spread is the sample standard deviation over seeds (shown from two seeds on).
+Definitions (also printed under every report's tables):
+- A *group* is the runs that share settings (model, budget, data, batch, eval set, target),
+  reference method and device. Speedups are only computed inside a group.
+- *Target* for seed s: `--target-loss` when the benchmark races to one, else the reference
+  method's final eval loss with seed s (same seed: same initialisation and data order).
+- *Cost to target* on an axis (training seconds, tokens, model FLOPs): read off the run's eval
+  curve at its first crossing of the target, interpolated linearly between the two eval points
+  around it; a run already below it at its first eval is credited that eval's cost.
+- *Speedup* for seed s = reference cost / method cost. Over the seeds, the report gives the
+  geometric mean and a 95% Student-t interval on the mean log speedup. On the wall-clock axis the
+  variance used is the larger of the seeds' own variance and the run-to-run timing noise measured
+  by the reference's repeat (the A/A comparison: same seed, same work, so any difference in its
+  time is the machine's noise), so three lucky seeds cannot make noise look like a speedup.
+- *Verdict*: "faster" if the whole interval is above 1, "slower" if it is below 1, otherwise
+  "no different". Tokens and FLOPs to target are deterministic for a seed, so a method that
+  changes nothing has the speedup 1 exactly on those axes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ from typing import Any, Iterable
 from composerlite.bench.results import BenchResults, EvalPoint, RunRecord
 from composerlite.errors import UsageError
 
+CONFIDENCE = 0.95
+AXES = ("wall_s", "tokens", "flops")  # EvalPoint fields a target's cost is measured in
+AXIS_NAMES = {"wall_s": "wall-clock", "tokens": "tokens", "flops": "FLOPs"}
+FASTER, NO_DIFFERENT, SLOWER = "faster", "no different", "slower"
+
 
 @dataclasses.dataclass
 class Group:
@@ -36,12 +44,18 @@ class Group:
     device: str
     kind: str
     methods: list[str]  # in the order the benchmark listed them, reference first
+    repeats: dict[str, str]  # repeat label -> the method it repeats (the A/A comparison)
+    references: dict[str, float]  # count-based reference losses of the corpus (unigram, bigram)
     runs: list[RunRecord]
     commands: list[dict[str, str]]
     sources: list[str]  # the result folders the runs came from
 
     def runs_of(self, method: str) -> list[RunRecord]:
         return sorted((run for run in self.runs if run.method == method), key=lambda run: run.seed)
+
+    @property
+    def target_loss(self) -> float | None:
+        return self.settings.get("target_loss")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,85 +69,230 @@ class Stat:
         return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None)
 
 
+@dataclasses.dataclass(frozen=True)
+class Speedup:
+    """A speedup over the seeds: geometric mean, 95% interval and verdict; or why there is none."""
+
+    point: float | None
+    low: float | None
+    high: float | None
+    seeds: int
+    verdict: str  # faster / no different / slower, or the reason there is no verdict
+
+    @property
+    def decided(self) -> bool:
+        return self.verdict in (FASTER, NO_DIFFERENT, SLOWER)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """Per-step throughput of a method over all its runs: median and the 10th-90th percentile."""
+
+    median: float
+    p10: float
+    p90: float
+
+
 @dataclasses.dataclass
 class MethodSummary:
     method: str
+    repeat_of: str | None
     seeds: list[int]
     final_loss: Stat
-    final_ppl: Stat
-    tokens_per_s: Stat
     wall_s: Stat  # training time of the whole run
     tokens: Stat  # tokens trained in the whole run
+    step_tokens_per_s: Spread | None
     peak_memory_bytes: int | None  # largest over seeds
-    compared: int  # seeds that have a reference run to compare with
+    compared: int  # seeds with a reference run to compare with
     reached: int  # of those, how many reached the target
-    time_to_target: Stat | None  # None unless every compared seed reached it
-    tokens_to_target: Stat | None
-    speedup: Stat | None
+    cost_to_target: dict[str, Stat] | None  # per axis, over seeds; None unless every compared seed reached it
+    speedups: dict[str, Speedup]  # per axis
 
 
-def crossing(evals: list[EvalPoint], target: float) -> tuple[float, float] | None:
-    """(wall_s, tokens) where the eval curve first reaches `target`, or None if it never does."""
+def crossing(evals: list[EvalPoint], target: float) -> dict[str, float] | None:
+    """Cost on every axis where the eval curve first reaches `target`, or None if it never does."""
     previous = None
     for point in evals:
         if point.eval_loss <= target:
-            if previous is None:
-                return point.wall_s, float(point.tokens)
+            if previous is None or previous.eval_loss == point.eval_loss:
+                return {axis: float(getattr(point, axis)) for axis in AXES}
             fraction = (previous.eval_loss - target) / (previous.eval_loss - point.eval_loss)
-            return (previous.wall_s + fraction * (point.wall_s - previous.wall_s),
-                    previous.tokens + fraction * (point.tokens - previous.tokens))
+            return {axis: getattr(previous, axis) + fraction * (getattr(point, axis) - getattr(previous, axis))
+                    for axis in AXES}
         previous = point
     return None
 
 
-def summarize(group: Group) -> list[MethodSummary]:
+def t_quantile(probability: float, degrees_of_freedom: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(probability, degrees_of_freedom))
+
+
+def speedup_of(log_ratios: list[float], noise_variance: float = 0.0, confidence: float = CONFIDENCE) -> Speedup:
+    """Geometric-mean speedup with a Student-t interval on the mean log ratio. `noise_variance` is a
+    floor for the per-seed variance (the A/A timing noise on the wall-clock axis)."""
+    n = len(log_ratios)
+    if n == 0:
+        return Speedup(None, None, None, 0, "no seed reached the target")
+    mean = statistics.fmean(log_ratios)
+    if n == 1:
+        return Speedup(math.exp(mean), None, None, 1, "needs 2+ seeds")
+    variance = max(statistics.variance(log_ratios), noise_variance)
+    half_width = t_quantile(0.5 + confidence / 2, n - 1) * math.sqrt(variance / n)
+    low, high = math.exp(mean - half_width), math.exp(mean + half_width)
+    verdict = FASTER if low > 1.0 else SLOWER if high < 1.0 else NO_DIFFERENT
+    return Speedup(math.exp(mean), low, high, n, verdict)
+
+
+def timing_noise_variance(group: Group, targets: dict[int, float]) -> float:
+    """Mean squared log ratio of the reference's time to target against its repeat's, over seeds (the
+    true ratio is exactly 1: same seed, same work). 0 without a repeat."""
+    repeats = [label for label, of in group.repeats.items() if of == group.reference]
     reference = {run.seed: run for run in group.runs_of(group.reference)}
+    squares = []
+    for label in repeats:
+        for run in group.runs_of(label):
+            if run.seed in reference and run.seed in targets:
+                a, b = crossing(reference[run.seed].evals, targets[run.seed]), crossing(run.evals, targets[run.seed])
+                if a and b and a["wall_s"] > 0 and b["wall_s"] > 0:
+                    squares.append(math.log(a["wall_s"] / b["wall_s"]) ** 2)
+    return statistics.fmean(squares) if squares else 0.0
+
+
+def seed_targets(group: Group) -> dict[int, float]:
+    """The loss each seed races to: the benchmark's target, or the reference's final loss per seed."""
+    reference = group.runs_of(group.reference)
+    if group.target_loss is not None:
+        return {run.seed: group.target_loss for run in group.runs}
+    return {run.seed: run.final_eval_loss for run in reference}
+
+
+def summarize(group: Group) -> list[MethodSummary]:
+    targets = seed_targets(group)
+    reference = {run.seed: run for run in group.runs_of(group.reference)}
+    noise = timing_noise_variance(group, targets)
     summaries = []
     for method in group.methods:
         runs = group.runs_of(method)
         if not runs:
             continue
-        times, tokens, speedups, compared = [], [], [], 0
+        costs: list[dict[str, float]] = []
+        log_ratios: dict[str, list[float]] = {axis: [] for axis in AXES}
+        compared = 0
         for run in runs:
             baseline = reference.get(run.seed)
-            if baseline is None:
+            if baseline is None or run.seed not in targets:
                 continue
             compared += 1
-            target = baseline.final_eval_loss
-            hit, baseline_hit = crossing(run.evals, target), crossing(baseline.evals, target)
+            hit, baseline_hit = crossing(run.evals, targets[run.seed]), crossing(baseline.evals, targets[run.seed])
             if hit is None:
                 continue
-            times.append(hit[0])
-            tokens.append(hit[1])
-            speedups.append(baseline_hit[0] / hit[0] if hit[0] > 0 else math.inf)
-        all_reached = compared > 0 and len(times) == compared
+            costs.append(hit)
+            if baseline_hit is None:
+                continue
+            for axis in AXES:
+                if hit[axis] > 0 and baseline_hit[axis] > 0:
+                    log_ratios[axis].append(math.log(baseline_hit[axis] / hit[axis]))
+        all_reached = compared > 0 and len(costs) == compared
+        speedups = {}
+        for axis in AXES:
+            if method == group.reference:
+                speedups[axis] = Speedup(1.0, None, None, compared, "reference")
+            elif compared == 0:
+                speedups[axis] = Speedup(None, None, None, 0, "no reference run")
+            elif not all_reached:
+                speedups[axis] = Speedup(None, None, None, compared, f"not reached ({len(costs)}/{compared} seeds)")
+            else:
+                speedups[axis] = speedup_of(log_ratios[axis], noise if axis == "wall_s" else 0.0)
         summaries.append(MethodSummary(
             method=method,
+            repeat_of=group.repeats.get(method),
             seeds=[run.seed for run in runs],
             final_loss=Stat.of(run.final_eval_loss for run in runs),
-            final_ppl=Stat.of(math.exp(min(run.final_eval_loss, 50.0)) for run in runs),
-            tokens_per_s=Stat.of(run.tokens_per_s for run in runs),
             wall_s=Stat.of(run.train["wall_s"] for run in runs),
             tokens=Stat.of(run.train["tokens"] for run in runs),
+            step_tokens_per_s=step_spread(runs),
             peak_memory_bytes=max((run.peak_memory_bytes or 0 for run in runs), default=0) or None,
             compared=compared,
-            reached=len(times),
-            time_to_target=Stat.of(times) if all_reached else None,
-            tokens_to_target=Stat.of(tokens) if all_reached else None,
-            speedup=Stat.of(speedups) if all_reached else None,
+            reached=len(costs),
+            cost_to_target={axis: Stat.of(cost[axis] for cost in costs) for axis in AXES} if all_reached else None,
+            speedups=speedups,
         ))
     return summaries
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both time and loss (lower is better), by time."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
-    front, best = [], math.inf
-    for index in order:
-        if points[index][1] < best:
-            front.append(index)
-            best = points[index][1]
-    return front
+def step_spread(runs: list[RunRecord]) -> Spread | None:
+    """Tokens/s of single training steps over all runs (each run's first step, which warms up, left out)."""
+    import numpy as np
+
+    rates = [tokens / seconds for run in runs
+             for tokens, seconds in list(zip(run.step_tokens, run.step_seconds))[1:] if seconds > 0]
+    if not rates:
+        return None
+    p10, median, p90 = np.percentile(rates, [10, 50, 90])
+    return Spread(float(median), float(p10), float(p90))
+
+
+@dataclasses.dataclass(frozen=True)
+class RaceRecord:
+    """A `--target-loss` race for one method: cost to the target per seed, and whether the mean run
+    of that length reaches it (one-sided t-test, as the public GPT-2 speedrun judges records)."""
+
+    method: str
+    target: float
+    costs: dict[int, dict[str, float] | None]  # seed -> cost on every axis, None if not reached
+    mean_cost: dict[str, float] | None  # over seeds, when every seed reached the target
+    budget_tokens: float | None  # the most tokens any seed needed: the length the record claims
+    loss_at_budget: list[float]  # each seed's held-out loss after budget_tokens
+    p_value: float | None  # H0: the mean held-out loss after budget_tokens is >= target
+
+
+def race_records(group: Group) -> list[RaceRecord]:
+    if group.target_loss is None:
+        return []
+    records = []
+    for method in group.methods:
+        runs = group.runs_of(method)
+        if not runs:
+            continue
+        costs = {run.seed: crossing(run.evals, group.target_loss) for run in runs}
+        reached = [cost for cost in costs.values() if cost is not None]
+        mean_cost = {axis: statistics.fmean(c[axis] for c in reached) for axis in AXES} if len(reached) == len(runs) else None
+        budget, losses, p_value = None, [], None
+        if mean_cost is not None:
+            budget = max(cost["tokens"] for cost in reached)
+            losses = [loss_at(run.evals, budget) for run in runs]
+            p_value = one_sided_p_value(losses, group.target_loss)
+        records.append(RaceRecord(method, group.target_loss, costs, mean_cost, budget, losses, p_value))
+    return records
+
+
+def loss_at(evals: list[EvalPoint], tokens: float) -> float:
+    """Eval loss after `tokens`, interpolated between evals. A run that stopped earlier (it reached
+    the target first) contributes its last eval: conservative, since the loss was still falling."""
+    previous = evals[0]
+    if tokens <= previous.tokens:
+        return previous.eval_loss
+    for point in evals[1:]:
+        if point.tokens >= tokens:
+            fraction = (tokens - previous.tokens) / (point.tokens - previous.tokens)
+            return previous.eval_loss + fraction * (point.eval_loss - previous.eval_loss)
+        previous = point
+    return previous.eval_loss
+
+
+def one_sided_p_value(losses: list[float], target: float) -> float | None:
+    """p-value of a one-sided one-sample t-test of H0 "mean loss >= target" (the speedrun's test)."""
+    if len(losses) < 2:
+        return None
+    mean, spread = statistics.fmean(losses), statistics.stdev(losses)
+    if spread == 0:
+        return 0.0 if mean < target else 1.0
+    from scipy.stats import t
+
+    statistic = (mean - target) / (spread / math.sqrt(len(losses)))
+    return float(t.cdf(statistic, len(losses) - 1))
 
 
 def group_results(sources: list[tuple[str, BenchResults]], allow_mixed: bool = False) -> list[Group]:
@@ -152,15 +311,17 @@ def group_results(sources: list[tuple[str, BenchResults]], allow_mixed: bool = F
             )
     groups: dict[tuple, Group] = {}
     for name, results in sources:
+        repeats = {method.label: method.repeat_of for method in results.methods if method.repeat_of}
         for run in results.runs:
             key = (json.dumps(results.settings, sort_keys=True, default=str), results.reference, results.kind, run.device)
             group = groups.get(key)
             if group is None:
                 group = groups[key] = Group(results.settings, results.reference, run.device, results.kind,
-                                            [], [], [], [])
+                                            [], {}, dict(results.references), [], [], [])
             if any(other.method == run.method and other.seed == run.seed for other in group.runs):
                 raise UsageError(f"{name} and another folder both hold '{run.method}' seed {run.seed} on {run.device}")
             group.runs.append(run.model_copy(update={"run_dir": str(Path(name) / run.run_dir)}))
+            group.repeats.update(repeats)
             if name not in group.sources:
                 group.sources.append(name)
                 group.commands.extend(results.commands)

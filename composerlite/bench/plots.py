@@ -8,11 +8,13 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from composerlite.bench.analysis import Group, MethodSummary, pareto_front
+from composerlite.bench.analysis import AXES, AXIS_NAMES, Group, MethodSummary, seed_targets
 
 LINESTYLES = ["-", "--", ":", "-."]
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
           "tab:gray", "tab:olive", "tab:cyan"]
+X_LABELS = {"wall_s": "training time (s, evaluation excluded)", "tokens": "tokens trained",
+            "flops": "model FLOPs spent"}
 
 
 def method_colors(groups: list[Group]) -> dict[str, str]:
@@ -29,8 +31,9 @@ def group_labels(groups: list[Group]) -> list[str]:
 
 
 def plot_curves(groups: list[Group], x: str, path: Path) -> None:
-    """Eval loss against `x` ("wall_s" or "tokens"): the mean over seeds, shaded from the best to the
-    worst seed at each evaluation. Seeds are aligned by evaluation index (same eval schedule)."""
+    """Eval loss against `x` ("wall_s", "tokens" or "flops"): the mean over seeds, shaded from the best
+    to the worst seed at each evaluation (seeds aligned by evaluation index, up to the shortest run),
+    with the target and the unigram/bigram reference lines."""
     colors, suffixes = method_colors(groups), group_labels(groups)
     figure = Figure(figsize=(8, 5), dpi=110)
     axes = figure.subplots()
@@ -42,38 +45,53 @@ def plot_curves(groups: list[Group], x: str, path: Path) -> None:
             length = min(len(run.evals) for run in runs)
             xs = [sum(getattr(run.evals[i], x) for run in runs) / len(runs) for i in range(length)]
             losses = [[run.evals[i].eval_loss for run in runs] for i in range(length)]
-            axes.plot(xs, [sum(values) / len(values) for values in losses], style, marker="o", markersize=3,
+            axes.plot(xs, [sum(values) / len(values) for values in losses], style, marker="o", markersize=2,
                       color=colors[method], label=f"{method}{suffix}" + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
             if len(runs) > 1:
                 axes.fill_between(xs, [min(v) for v in losses], [max(v) for v in losses], color=colors[method], alpha=0.2)
-    axes.set_xlabel("training time (s, evaluation excluded)" if x == "wall_s" else "tokens trained")
+        targets = seed_targets(group)
+        if targets:
+            target = sum(targets.values()) / len(targets)
+            axes.axhline(target, color="black", linestyle=style, linewidth=1,
+                         label=f"target {target:.3f}{suffix}" + ("" if group.target_loss is not None else " (reference's final, mean)"))
+        for name, color in (("unigram", "tab:gray"), ("bigram", "tab:olive")):
+            if name in group.references:
+                axes.axhline(group.references[name], color=color, linestyle=":", linewidth=1.2,
+                             label=f"{name} model {group.references[name]:.2f}{suffix}")
+    axes.set_xlabel(X_LABELS[x])
     axes.set_ylabel("held-out eval loss (nats/token)")
-    axes.set_title(f"eval loss vs {'wall-clock time' if x == 'wall_s' else 'tokens'}")
+    axes.set_title(f"held-out loss vs {AXIS_NAMES[x]}")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path)
 
 
-def plot_pareto(groups: list[Group], summaries: list[list[MethodSummary]], path: Path) -> None:
-    """Final eval loss against training time per method (error bars: std over seeds), with the
-    frontier of methods no other method beats on both."""
+def plot_speedups(groups: list[Group], summaries: list[list[MethodSummary]], path: Path) -> None:
+    """Each method's speedup over the reference on each axis: the point and its 95% interval as a
+    whisker, on a log scale with 1x (no difference) marked. Methods without an interval are left out."""
     colors, suffixes = method_colors(groups), group_labels(groups)
-    figure = Figure(figsize=(8, 5), dpi=110)
+    figure = Figure(figsize=(8, 1.5 + 0.45 * sum(len(s) for s in summaries) * len(AXES)), dpi=110)
     axes = figure.subplots()
-    for style, suffix, group_summaries in zip(cycle(LINESTYLES), suffixes, summaries):
-        points = [(s.wall_s.mean, s.final_loss.mean) for s in group_summaries]
-        for summary, (time, loss) in zip(group_summaries, points):
-            axes.errorbar(time, loss, xerr=summary.wall_s.spread, yerr=summary.final_loss.spread, fmt="o",
-                          color=colors[summary.method], capsize=3, label=f"{summary.method}{suffix}")
-            axes.annotate(summary.method, (time, loss), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        front = [points[i] for i in pareto_front(points)]
-        axes.plot([p[0] for p in front], [p[1] for p in front], style, color="black", alpha=0.5, linewidth=1,
-                  drawstyle="steps-post", label=f"Pareto frontier{suffix}")
-    axes.set_xlabel("training time of the run (s)")
-    axes.set_ylabel("final held-out eval loss (nats/token)")
-    axes.set_title("quality vs time (lower left is better)")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    labels, row = [], 0
+    for suffix, group, group_summaries in zip(suffixes, groups, summaries):
+        for summary in group_summaries:
+            if summary.method == group.reference:
+                continue
+            for offset, axis in enumerate(AXES):
+                speedup = summary.speedups[axis]
+                if speedup.low is not None:
+                    axes.errorbar(speedup.point, row, xerr=[[speedup.point - speedup.low], [speedup.high - speedup.point]],
+                                  fmt="o", color=colors[summary.method], capsize=3, markersize=4)
+                    axes.annotate(speedup.verdict, (speedup.high, row), textcoords="offset points", xytext=(5, -3), fontsize=7)
+                labels.append(f"{summary.method}{suffix}: {AXIS_NAMES[axis]}")
+                row += 1
+    axes.axvline(1.0, color="black", linewidth=1)
+    axes.set_xscale("log")
+    axes.set_yticks(range(len(labels)), labels, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel("speedup over the reference at the target (log scale; > 1 is faster)")
+    axes.set_title("speedups with 95% intervals")
+    axes.grid(alpha=0.3, axis="x")
     figure.tight_layout()
     figure.savefig(path)

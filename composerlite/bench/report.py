@@ -1,5 +1,6 @@
 """Reports: `report.md` (PNG plots beside it in plots/) and a self-contained `report.html` (the same
-plots embedded as base64), built from result folders. Both come from the same rows, so they agree."""
+plots embedded as base64), built from result folders. Both come from the same rows, so they agree,
+and `print_verdicts` shows the same verdict table on the console."""
 
 from __future__ import annotations
 
@@ -9,30 +10,55 @@ import html
 import os
 from pathlib import Path
 
-from composerlite.bench.analysis import (Group, MethodSummary, Stat, group_results, is_mixed,
-                                         summarize)
-from composerlite.bench.plots import plot_curves, plot_pareto
+from rich.console import Console
+from rich.table import Table
+
+from composerlite.bench.analysis import (AXES, AXIS_NAMES, CONFIDENCE, Group, MethodSummary, RaceRecord,
+                                         Speedup, Stat, group_results, is_mixed, race_records, summarize)
+from composerlite.bench.plots import plot_curves, plot_speedups
 from composerlite.bench.results import load_results, write_atomic
 
 PLOTS = {
-    "loss_vs_time.png": "Eval loss vs training wall-clock time",
-    "loss_vs_tokens.png": "Eval loss vs tokens",
-    "pareto.png": "Quality vs time: final eval loss against training time, with the Pareto frontier",
+    "loss_vs_time.png": "Held-out loss vs training wall-clock time (mean over seeds, band: best to worst seed)",
+    "loss_vs_tokens.png": "Held-out loss vs tokens trained",
+    "loss_vs_flops.png": "Held-out loss vs model FLOPs spent",
+    "speedups.png": "Speedup over the reference at the target loss, with 95% intervals, per axis",
 }
-COLUMNS = ["method", "seeds", "final eval loss", "final ppl", "tokens/s", "training time",
-           "peak memory", "time to reference loss", "tokens to reference loss", "speedup"]
+VERDICT_COLUMNS = ["method", "seeds", *(f"{AXIS_NAMES[axis]}: verdict, speedup [95% CI]" for axis in AXES)]
+RUN_SUMMARY_COLUMNS = ["method", "final eval loss", "tokens/s per step: median [p10-p90]", "training time",
+                       "peak memory", "time to target", "tokens to target", "FLOPs to target"]
+RACE_COLUMNS = ["method", "reached", "time to target (mean)", "tokens to target (mean)", "FLOPs to target (mean)",
+                "every seed reached it within", "mean loss there", "p (mean loss >= target)"]
 DEFINITIONS = [
-    "Loss is mean next-token cross-entropy (nats/token) on the held-out split, the same tokens for every run; "
-    "ppl = exp(loss). Values are mean ± sample standard deviation over seeds (± from two seeds on).",
-    "Training time counts training steps only (evaluation and checkpointing excluded); tokens/s is tokens "
-    "trained / training time.",
-    "Reference loss for seed s: the reference method's final eval loss with seed s. Time and tokens to reach it are "
-    "read at the first eval where the loss is at or below it, interpolated linearly between that eval and the one "
-    "before; a run already below it at its first eval is credited that eval's time.",
-    "Speedup = reference's time to the reference loss / the method's time to it, per seed, then averaged "
-    "(Composer's definition). A method that does not reach the reference loss with every seed has no speedup: "
-    "the table says in how many seeds it got there.",
-    "Peak memory: CUDA max allocated on a GPU; on CPU the process's peak resident set size. Both count from the end of the run's first (warmup) step.",
+    "Loss is mean next-token cross-entropy (nats/token) on the held-out split, the same tokens for every run. "
+    "Final losses are mean ± sample standard deviation over seeds.",
+    "Target for seed s: the benchmark's --target-loss when it races to one, else the reference method's final eval "
+    "loss with seed s. The cost to reach it (training seconds, tokens, model FLOPs) is read at the first eval at or "
+    "below it, interpolated linearly between that eval and the one before.",
+    "Speedup for seed s = the reference's cost to the target / the method's cost; the table shows the geometric mean "
+    f"over seeds and a {CONFIDENCE:.0%} Student-t interval on the mean log speedup (n-1 degrees of freedom).",
+    "Wall-clock intervals use the larger of the seeds' own variance and the run-to-run timing noise of the A/A "
+    "comparison: the reference runs twice per seed (its repeat row), same seed and same work, so their difference "
+    "in time is the machine's noise. Runs are interleaved: the order of methods rotates by one for each seed.",
+    "Verdict: faster if the whole interval lies above 1, slower if below 1, else no different (then the point "
+    "figure means nothing on its own). Tokens and FLOPs to target are deterministic for a seed and independent of "
+    "the hardware: a method that changes nothing gets exactly 1 on them.",
+    "Model FLOPs: 6 x parameters + 12 x layers x width x sequence length per token (forward and backward), on the "
+    "model as converted by the method, at each batch's actual sequence length; added up over the steps.",
+    "Training time counts training steps only (evaluation and checkpointing excluded). tokens/s per step is each "
+    "step's tokens / its time over all runs of the method (each run's first step left out).",
+    "Unigram and bigram references: held-out loss of an add-one unigram and an interpolated Kneser-Ney bigram model "
+    "estimated on the training split (whole held-out split). A model above the unigram line has not learned more "
+    "than word frequencies.",
+    "Race (--target-loss): each run stops at its first eval at or below the target, or at the budget (a cap). "
+    "Evaluations grow dense near the target (every 1% of the steps once the last two evals, extrapolated, reach it "
+    "within 1.5 regular intervals), so the crossing is bracketed within 1% of the steps. The record is the mean cost "
+    "over seeds; its length is the most tokens any seed needed, and p is a one-sided t-test over seeds of H0 'the mean "
+    "held-out loss after that many tokens is at or above the target', the test the public GPT-2 speedrun judges "
+    "records by (p < 0.01 there). A run that stopped earlier counts its last eval (conservative: its loss was still "
+    "falling).",
+    "Peak memory: CUDA max allocated on a GPU; on CPU the process's peak resident set size. Both count from the end "
+    "of the run's first (warmup) step.",
 ]
 
 
@@ -45,11 +71,10 @@ def build_report(folders: list[Path], out: Path, allow_mixed: bool = False) -> l
     (out / "plots").mkdir(parents=True, exist_ok=True)
     summaries = [summarize(group) for group in groups]
     if any(group.runs for group in groups):
-        plot_curves(groups, "wall_s", out / "plots" / "loss_vs_time.png")
-        plot_curves(groups, "tokens", out / "plots" / "loss_vs_tokens.png")
-        plot_pareto(groups, summaries, out / "plots" / "pareto.png")
-    sections = [(group_header(group), [format_row(s) for s in group_summaries])
-                for group, group_summaries in zip(groups, summaries)]
+        for axis, name in (("wall_s", "loss_vs_time.png"), ("tokens", "loss_vs_tokens.png"), ("flops", "loss_vs_flops.png")):
+            plot_curves(groups, axis, out / "plots" / name)
+        plot_speedups(groups, summaries, out / "plots" / "speedups.png")
+    sections = [group_section(group, group_summaries) for group, group_summaries in zip(groups, summaries)]
     runs = [run_row(group, run) for group in groups for run in group.runs]
     title = _title(groups)
     warning = ("These folders differ in their settings (budget, data, model or batch); each is its own group "
@@ -67,7 +92,7 @@ def _title(groups: list[Group]) -> str:
 
 
 def group_header(group: Group) -> list[tuple[str, str]]:
-    """(label, text) lines stated above the group's table: budget, hardware, data, eval set, versions."""
+    """(label, text) lines stated above the group's tables: budget, hardware, data, references, versions."""
     first = group.runs[0] if group.runs else None
     settings = group.settings
     hardware = first.hardware if first else {}
@@ -79,12 +104,16 @@ def group_header(group: Group) -> list[tuple[str, str]]:
         return values.pop() if len(values) == 1 else "varies by method"
 
     batch = f"{value('batch_size')} × {value('seq_len')}"
+    target = (f"race to held-out loss {group.target_loss} (budget {settings.get('max_duration')} is the cap)"
+              if group.target_loss is not None else "each seed's reference final eval loss")
     lines = [
         ("Hardware", group.device + ("" if not hardware else (
             ("" if group.device.startswith("CPU") else f"; host CPU {hardware['cpu']} ({hardware['cpu_cores']} cores)")
             + f"; {hardware['torch_threads']} torch threads; {hardware['platform']}"))),
         ("Budget", f"{settings.get('max_duration')} per run (`{settings.get('model')}`), batch {batch} tokens, "
-                   f"precision {value('precision')}; tokens trained per run: " + (", ".join(f"{t:,}" for t in tokens) or "-")),
+                   f"precision {value('precision')}; tokens trained per run: " + (", ".join(f"{t:,}" for t in tokens[:6]) or "-")
+                   + (" ..." if len(tokens) > 6 else "")),
+        ("Target", target),
         ("Data", f"{settings.get('data_name')} ({settings.get('data') or 'default corpus'}), "
                  f"{settings.get('train_tokens', 0):,} train tokens; eval: up to {value('eval_batches')} batches of {batch} "
                  f"held-out tokens every {value('eval_interval')}"),
@@ -93,6 +122,8 @@ def group_header(group: Group) -> list[tuple[str, str]]:
         ("Shared algorithms", ", ".join(str(a) for a in settings.get("algorithms") or []) or "none (baseline = plain training)"),
         ("Reference", f"{group.reference}; seeds {', '.join(str(s) for s in sorted({r.seed for r in group.runs}))}"),
     ]
+    if group.references:
+        lines.append(("Count-based references", reference_text(group)))
     if first:
         lines.append(("Versions", ", ".join(f"{name} {version}" for name, version in first.versions.items())))
     for command in group.commands:
@@ -102,45 +133,120 @@ def group_header(group: Group) -> list[tuple[str, str]]:
     return lines
 
 
-def _stat(stat: Stat | None, digits: int, suffix: str = "") -> str:
+def reference_text(group: Group) -> str:
+    unigram, bigram = group.references["unigram"], group.references["bigram"]
+    text = f"unigram {unigram:.3f}, bigram {bigram:.3f} nats/token on the held-out split"
+    runs = group.runs_of(group.reference)
+    if runs:
+        final = sum(run.final_eval_loss for run in runs) / len(runs)
+        text += (f"; the reference ends at {final:.3f}, {unigram - final:+.2f} nats below the unigram"
+                 if final < unigram else f"; the reference ends at {final:.3f}, ABOVE the unigram: it has not learned "
+                 "more than word frequencies, so no quality verdict can be read from this benchmark")
+    return text
+
+
+def _stat(stat: Stat | None, digits: int, suffix: str = "", scale: float = 1.0) -> str:
     if stat is None:
         return "-"
-    text = f"{stat.mean:,.{digits}f}{suffix}"
-    return text + (f" ± {stat.spread:,.{digits}f}" if stat.spread is not None else "")
+    text = f"{stat.mean / scale:,.{digits}f}{suffix}"
+    return text + (f" ± {stat.spread / scale:,.{digits}f}" if stat.spread is not None else "")
 
 
-def format_row(summary: MethodSummary) -> list[str]:
-    if summary.compared == 0:
-        to_target = tokens_to_target = speedup = "no reference run"
-    elif summary.time_to_target is None:
-        to_target = tokens_to_target = speedup = f"never reached ({summary.reached}/{summary.compared} seeds)"
-    else:
-        to_target = _stat(summary.time_to_target, 1, " s")
-        tokens_to_target = _stat(summary.tokens_to_target, 0)
-        speedup = _stat(summary.speedup, 2, "×")
+def interval_text(speedup: Speedup) -> str:
+    """The point figure only ever with its interval."""
+    return f"{speedup.point:.2f}× [{speedup.low:.2f}, {speedup.high:.2f}]"
+
+
+def verdict_cell(speedup: Speedup) -> str:
+    """'faster 1.21× [1.05, 1.39]', or the reason there is no verdict."""
+    if speedup.point is None or speedup.low is None:
+        return speedup.verdict
+    return f"{speedup.verdict} {interval_text(speedup)}"
+
+
+def verdict_row(summary: MethodSummary) -> list[str]:
+    name = summary.method + (" (A/A)" if summary.repeat_of else "")
+    return [name, str(len(summary.seeds)), *(verdict_cell(summary.speedups[axis]) for axis in AXES)]
+
+
+def summary_row(summary: MethodSummary) -> list[str]:
     memory = f"{summary.peak_memory_bytes / 2**20:,.0f} MiB" if summary.peak_memory_bytes else "-"
-    ppl_digits = 2 if summary.final_ppl.mean < 1000 else 0
-    return [summary.method, str(len(summary.seeds)), _stat(summary.final_loss, 4), _stat(summary.final_ppl, ppl_digits),
-            _stat(summary.tokens_per_s, 0), _stat(summary.wall_s, 1, " s"), memory, to_target, tokens_to_target, speedup]
+    spread = summary.step_tokens_per_s
+    speed = f"{spread.median:,.0f} [{spread.p10:,.0f}-{spread.p90:,.0f}]" if spread else "-"
+    costs = summary.cost_to_target
+    if costs is None:
+        reached = f"not reached ({summary.reached}/{summary.compared} seeds)" if summary.compared else "no reference run"
+        to_target = [reached] * 3
+    else:
+        to_target = [_stat(costs["wall_s"], 1, " s"), _stat(costs["tokens"], 0), _stat(costs["flops"], 3, " PF", 1e15)]
+    return [summary.method, _stat(summary.final_loss, 4), speed, _stat(summary.wall_s, 1, " s"), memory, *to_target]
+
+
+def race_row(record: RaceRecord) -> list[str]:
+    reached = sum(cost is not None for cost in record.costs.values())
+    mean = record.mean_cost
+    costs = ([f"{mean['wall_s']:.1f} s", f"{mean['tokens']:,.0f}", f"{mean['flops'] / 1e15:.3f} PF"] if mean
+             else ["not reached"] * 3)
+    budget = "-" if record.budget_tokens is None else f"{record.budget_tokens:,.0f} tokens"
+    loss = f"{sum(record.loss_at_budget) / len(record.loss_at_budget):.4f}" if record.loss_at_budget else "-"
+    p_value = "-" if record.p_value is None else f"{record.p_value:.3g}"
+    return [record.method, f"{reached}/{len(record.costs)} seeds", *costs, budget, loss, p_value]
+
+
+def group_section(group: Group, summaries: list[MethodSummary]) -> dict:
+    return {"header": group_header(group),
+            "tables": [("Verdicts", VERDICT_COLUMNS, [verdict_row(s) for s in summaries]),
+                       ("Runs by method", RUN_SUMMARY_COLUMNS, [summary_row(s) for s in summaries])]
+            + ([("Race to the target", RACE_COLUMNS, [race_row(r) for r in race_records(group)])]
+               if group.target_loss is not None else []),
+            "noise": noise_text(summaries)}
+
+
+def noise_text(summaries: list[MethodSummary]) -> str | None:
+    repeats = [s for s in summaries if s.repeat_of]
+    if not repeats or repeats[0].speedups["wall_s"].low is None:
+        return None
+    aa = repeats[0].speedups["wall_s"]
+    return (f"Timing noise (A/A): the reference against its own repeat measured {interval_text(aa)} on wall-clock "
+            f"over {aa.seeds} seeds; wall-clock differences inside that range are this machine's noise.")
 
 
 def run_row(group: Group, run) -> list[str]:
     algorithms = ", ".join(str(a) for a in run.config.get("algorithms") or []) or "none"
     return [run.method, str(run.seed), group.device, algorithms, f"{run.train['steps']:,}", f"{run.train['tokens']:,}",
-            f"{run.train['wall_s']:.1f} s", f"{run.final_eval_loss:.4f}", run.run_dir]
+            f"{run.train['wall_s']:.1f} s", f"{run.final_eval_loss:.4f}", run.finished_at, run.run_dir]
 
 
-RUN_COLUMNS = ["method", "seed", "device", "algorithms", "steps", "tokens", "training time", "final eval loss", "run folder"]
+RUN_COLUMNS = ["method", "seed", "device", "algorithms", "steps", "tokens", "training time", "final eval loss",
+               "finished", "run folder"]
+
+
+def print_verdicts(groups: list[Group], console: Console) -> None:
+    """The verdict table(s) on the console, as in the report."""
+    for group in groups:
+        table = Table(title=f"{group.settings.get('model')} · {group.settings.get('max_duration')} · {group.device}")
+        for column in VERDICT_COLUMNS:
+            table.add_column(column, justify="right")
+        summaries = summarize(group)
+        for summary in summaries:
+            table.add_row(*verdict_row(summary))
+        console.print(table)
+        for line in filter(None, [noise_text(summaries), group.references and reference_text(group)]):
+            console.print(line)
 
 
 def markdown(title, warning, sections, plots, runs) -> str:
     lines = [f"# {title}", "", f"_Built {datetime.datetime.now():%Y-%m-%d %H:%M} by `composerlite report`._", ""]
     if warning:
         lines += [f"> **Warning:** {warning}", ""]
-    for header, rows in sections:
-        for label, text in header:
+    for section in sections:
+        for label, text in section["header"]:
             lines.append(f"- **{label}:** {text}")
-        lines += ["", *_md_table(COLUMNS, rows), ""]
+        lines.append("")
+        for heading, columns, rows in section["tables"]:
+            lines += [f"### {heading}", "", *_md_table(columns, rows), ""]
+        if section["noise"]:
+            lines += [section["noise"], ""]
     for name in plots:
         lines += [f"![{PLOTS[name]}](plots/{name})", ""]
     lines += ["## How the numbers are computed", "", *(f"- {text}" for text in DEFINITIONS), "",
@@ -161,9 +267,13 @@ def html_page(title, warning, sections, plots: dict[str, Path], runs) -> str:
              "<code>composerlite report</code>; self-contained (plots embedded).</p>"]
     if warning:
         parts.append(f"<p class='warning'><b>Warning:</b> {e(warning)}</p>")
-    for header, rows in sections:
-        parts.append("<ul>" + "".join(f"<li><b>{e(label)}:</b> {_inline_code(text)}</li>" for label, text in header) + "</ul>")
-        parts.append(_html_table(COLUMNS, rows))
+    for section in sections:
+        parts.append("<ul>" + "".join(f"<li><b>{e(label)}:</b> {_inline_code(text)}</li>"
+                                      for label, text in section["header"]) + "</ul>")
+        for heading, columns, rows in section["tables"]:
+            parts.append(f"<h3>{e(heading)}</h3>" + _html_table(columns, rows))
+        if section["noise"]:
+            parts.append(f"<p>{e(section['noise'])}</p>")
     for name, path in plots.items():
         data = base64.b64encode(path.read_bytes()).decode()
         parts.append(f"<figure><img alt='{e(PLOTS[name])}' src='data:image/png;base64,{data}'>"
@@ -185,7 +295,7 @@ def _html_table(columns: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}code{background:#f3f3f3;padding:0 3px}
 .muted{color:#777}.warning{background:#fff3cd;padding:0.5em}figure{margin:1em 0}img{max-width:100%}"""

@@ -18,15 +18,17 @@ import pydantic
 from composerlite.errors import UsageError
 
 RESULTS_FILE = "results.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: FLOPs at evals, per-step times, reference repeats, reference losses
 
 
 class EvalPoint(pydantic.BaseModel):
-    """One held-out evaluation. `wall_s` is training time only (evaluation is not counted)."""
+    """One held-out evaluation. `wall_s` is training time only (evaluation is not counted); `flops`
+    the model FLOPs trained so far (the steps' `model_flops` added up)."""
 
     step: int
     tokens: int
     wall_s: float
+    flops: float
     eval_loss: float
 
 
@@ -38,6 +40,7 @@ class Method(pydantic.BaseModel):
     label: str
     algorithms: tuple[str, ...] = ()
     overrides: dict[str, Any] = pydantic.Field(default_factory=dict)
+    repeat_of: str | None = None  # a second timing of that method (the A/A noise measurement)
 
 
 class RunRecord(pydantic.BaseModel):
@@ -47,6 +50,8 @@ class RunRecord(pydantic.BaseModel):
     config: dict[str, Any]  # the run's resolved config.yaml
     evals: list[EvalPoint]
     train: dict[str, Any]  # steps, tokens, wall_s, first/final/min train loss
+    step_seconds: list[float]  # each training step's time, in order
+    step_tokens: list[int]  # each training step's tokens (sequence-length methods vary them)
     tokens_per_s: float
     peak_memory_bytes: int | None
     peak_memory_kind: str  # what the number measures ("cuda max_memory_allocated", "process peak RSS", ...)
@@ -65,6 +70,7 @@ class BenchResults(pydantic.BaseModel):
     kind: str = "bench"  # "bench" or "sweep"
     settings: dict[str, Any]  # what every run shares: model, budget, data, batch, eval set, ...
     reference: str  # the method others are measured against (speedup 1.0)
+    references: dict[str, float] = pydantic.Field(default_factory=dict)  # unigram/bigram held-out losses
     methods: list[Method]
     commands: list[dict[str, str]] = pydantic.Field(default_factory=list)  # each invocation: command, started
     runs: list[RunRecord] = pydantic.Field(default_factory=list)
@@ -77,6 +83,13 @@ def load_results(folder: Path) -> BenchResults:
     path = Path(folder) / RESULTS_FILE
     if not path.is_file():
         raise UsageError(f"no {RESULTS_FILE} in {folder}")
+    try:
+        found = json.loads(path.read_text()).get("format")
+    except (ValueError, AttributeError) as error:
+        raise UsageError(f"{path} is not a composerlite results file: {str(error).splitlines()[0]}") from None
+    if found != FORMAT_VERSION:
+        raise UsageError(f"{path} has results format {found!r}, this composerlite reads format {FORMAT_VERSION}: "
+                         "rerun the benchmark with this version (its runs lack what verdicts need)")
     try:
         return BenchResults.model_validate_json(path.read_text())
     except (pydantic.ValidationError, ValueError) as error:

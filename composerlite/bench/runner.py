@@ -1,5 +1,10 @@
-"""Run a benchmark: every method x seed as an ordinary `composerlite run`, one after another, under
-the same settings, recording each finished run in `results.json` and rebuilding the report.
+"""Run a benchmark: every method x seed as an ordinary `composerlite run` under the same settings,
+recording each finished run in `results.json` and rebuilding the report.
+
+Runs are interleaved so the machine's drift cannot become a method's result: seeds outermost, and
+the order of methods rotated by one for each seed, so no method always runs first or last. The
+reference method runs twice per seed (its repeat labelled "<reference> (repeat)"): same seed, same
+work, so the difference in their times is the run-to-run timing noise the verdicts account for.
 
 Layout of a benchmark folder:
     results.json                  every finished run (see results.py); the resume point
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
@@ -26,7 +32,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from composerlite.bench.report import build_report
+from composerlite.bench.report import build_report, print_verdicts
 from composerlite.bench.results import (BenchResults, EvalPoint, Method, RunRecord, load_results,
                                         save_results)
 from composerlite.config import RunConfig, validated
@@ -36,6 +42,7 @@ from composerlite.speed_monitor import peak_memory_gib, reset_peak_memory
 from composerlite.trainer import resolve_device
 
 BASELINE = "baseline"
+REPEAT_SUFFIX = " (repeat)"
 # RunConfig keys that differ between a benchmark's runs; all others go into its `settings`. The
 # shared recipe's own `algorithms` are part of every method (the card's gradient clipping, say).
 PER_RUN_KEYS = ("seed", "run_dir")
@@ -177,33 +184,72 @@ class MetricsFollower(threading.Thread):
 
 
 def read_metrics(run_dir: Path) -> tuple[list[EvalPoint], list[dict[str, Any]]]:
-    """Eval points and train records of a finished run (the last record per step wins, for resumed runs)."""
-    evals: dict[int, EvalPoint] = {}
+    """Eval points and train records of a finished run (the last record per step wins, for resumed
+    runs). An eval point's FLOPs are the `model_flops` of the steps up to it, added up."""
+    evals: dict[int, dict[str, Any]] = {}
     train: dict[int, dict[str, Any]] = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         if record.get("event") == "eval":
-            evals[record["step"]] = EvalPoint(**{key: record[key] for key in EvalPoint.model_fields})
+            evals[record["step"]] = record
         elif record.get("event") == "train":
             train[record["step"]] = record
-    return [evals[step] for step in sorted(evals)], [train[step] for step in sorted(train)]
+    steps = sorted(train)
+    flops_after = dict(zip(steps, itertools.accumulate(train[step].get("model_flops", 0.0) for step in steps)))
+    points = [EvalPoint(flops=flops_after.get(step, 0.0), **{key: evals[step][key] for key in ("step", "tokens", "wall_s", "eval_loss")})
+              for step in sorted(evals)]
+    return points, [train[step] for step in steps]
+
+
+def step_costs(train: list[dict[str, Any]]) -> tuple[list[float], list[int]]:
+    """Each step's seconds and tokens, from the records' running totals."""
+    seconds, tokens, wall, count = [], [], 0.0, 0
+    for record in train:
+        seconds.append(round(record["wall_s"] - wall, 6))
+        tokens.append(record["tokens"] - count)
+        wall, count = record["wall_s"], record["tokens"]
+    return seconds, tokens
 
 
 # -- the benchmark ---------------------------------------------------------------------------
 
-def bench_settings(base: RunConfig) -> dict[str, Any]:
-    """What all runs share, with the data identified by content (its cache key), not just by name."""
+def bench_settings(base: RunConfig) -> tuple[dict[str, Any], dict[str, float]]:
+    """What all runs share, with the data identified by content (its cache key), not just by name;
+    and the corpus's count-based reference losses (cached with its tokens)."""
     from composerlite.data import prepare_corpus
+    from composerlite.data.references import reference_losses
+    from composerlite.data.tokenizer import GPT2Tokenizer
 
     corpus = prepare_corpus(base.data)
     settings = {key: value for key, value in base.model_dump().items() if key not in PER_RUN_KEYS}
-    return {**settings, "data_name": corpus.name, "data_id": corpus.cache_path.name,
-            "train_tokens": int(len(corpus.train_tokens)), "eval_tokens": int(len(corpus.eval_tokens))}
+    references = reference_losses(corpus, GPT2Tokenizer.vocab_size)
+    return ({**settings, "data_name": corpus.name, "data_id": corpus.cache_path.name,
+             "train_tokens": int(len(corpus.train_tokens)), "eval_tokens": int(len(corpus.eval_tokens))},
+            {"unigram": references.unigram, "bigram": references.bigram})
+
+
+def with_reference_repeats(methods: list[Method], reference: str, repeats: int) -> list[Method]:
+    """The methods plus `repeats` extra timings of the reference, placed last so the rotation spreads them."""
+    found = [method for method in methods if method.label == reference]
+    if not found or repeats == 0:
+        return methods
+    extra = [found[0].model_copy(update={"label": reference + REPEAT_SUFFIX + (f" {i + 1}" if repeats > 1 else ""),
+                                         "repeat_of": reference}) for i in range(repeats)]
+    return [*methods, *(method for method in extra if method.label not in {m.label for m in methods})]
+
+
+def run_order(methods: list[Method], seeds: list[int]) -> list[tuple[Method, int]]:
+    """Seeds outermost; the methods' order rotated by one per seed (so none is always first or last)."""
+    order = []
+    for index, seed in enumerate(seeds):
+        shift = index % len(methods)
+        order += [(method, seed) for method in methods[shift:] + methods[:shift]]
+    return order
 
 
 def open_results(out: Path, base: RunConfig, methods: list[Method], reference: str, kind: str) -> BenchResults:
     """The folder's results (refusing one made with other settings), or a fresh record."""
-    settings = bench_settings(base)
+    settings, references = bench_settings(base)
     if (out / "results.json").exists():
         results = load_results(out)
         changed = [key for key in sorted(set(settings) | set(results.settings))
@@ -218,7 +264,7 @@ def open_results(out: Path, base: RunConfig, methods: list[Method], reference: s
                 raise UsageError(f"{out} already has a method '{method.label}' with other algorithms or options")
         results.methods += [method for method in methods if method.label not in known]
         return results
-    return BenchResults(kind=kind, settings=settings, reference=reference, methods=methods)
+    return BenchResults(kind=kind, settings=settings, reference=reference, references=references, methods=methods)
 
 
 def run_folder(out: Path, method: Method, seed: int) -> tuple[Path, bool]:
@@ -237,10 +283,10 @@ def run_folder(out: Path, method: Method, seed: int) -> tuple[Path, bool]:
 
 def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int], command: str,
               reference: str = BASELINE, kind: str = "bench", console: Console | None = None,
-              run: Callable[..., dict[str, Any]] | None = None) -> BenchResults:
-    """Run every (method, seed) not yet in `out/results.json`; seeds outermost, so a stopped benchmark
-    has compared all methods on its first seeds. `run(config, console)` trains one run; by default
-    `composerlite run`'s."""
+              run: Callable[..., dict[str, Any]] | None = None, reference_repeats: int = 1) -> BenchResults:
+    """Run every (method, seed) not yet in `out/results.json`, interleaved (`run_order`), the
+    reference `reference_repeats` extra times per seed; a stopped benchmark has compared all methods
+    on its first seeds. `run(config, console)` trains one run; by default `composerlite run`'s."""
     if run is None:
         from composerlite.commands.run import run
 
@@ -249,11 +295,12 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
     check_methods(base, methods)
     if reference not in {method.label for method in methods}:
         console.print(f"[yellow]no '{reference}' method: the report will have no speedups[/yellow]")
+    methods = with_reference_repeats(methods, reference, reference_repeats)
     out.mkdir(parents=True, exist_ok=True)
     results = open_results(out, base, methods, reference, kind)
     results.commands.append({"command": command, "started": datetime.datetime.now().isoformat(timespec="seconds")})
     save_results(out, results)
-    todo = [(method, seed) for seed in seeds for method in methods if not results.finished(method.label, seed)]
+    todo = [(method, seed) for method, seed in run_order(methods, seeds) if not results.finished(method.label, seed)]
     skipped = len(methods) * len(seeds) - len(todo)
     if skipped:
         console.print(f"{skipped} run(s) already finished in {out}; running the other {len(todo)}")
@@ -274,7 +321,8 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
                                    f"{record.tokens_per_s:,.0f} tokens/s, {record.train['wall_s']:.1f} s")
             build_report([out], out)
         progress.update(task, completed=max(len(todo), 1), status="")
-    build_report([out], out)
+    groups = build_report([out], out)
+    print_verdicts(groups, console)
     return results
 
 
@@ -308,6 +356,7 @@ def run_one(out: Path, base: RunConfig, method: Method, seed: int, device: torch
     if not evals:
         raise UsageError(f"{method.label} seed {seed} finished without an evaluation; check --eval-interval")
     losses = [record["loss"] for record in train]
+    step_seconds, step_tokens = step_costs(train)
     return RunRecord(
         method=method.label,
         seed=seed,
@@ -316,6 +365,8 @@ def run_one(out: Path, base: RunConfig, method: Method, seed: int, device: torch
         evals=evals,
         train={"steps": summary["steps"], "tokens": summary["tokens"], "wall_s": summary["wall_s"],
                "first_loss": losses[0], "final_loss": losses[-1], "min_loss": min(losses)},
+        step_seconds=step_seconds,
+        step_tokens=step_tokens,
         tokens_per_s=summary["tokens_per_s"],
         peak_memory_bytes=memory,
         peak_memory_kind=memory_kind,

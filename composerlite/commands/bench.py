@@ -1,5 +1,9 @@
-"""`composerlite bench`: every method under the same budget, data, eval set and seeds; then a report
-of quality against time with speedups over the baseline. Rerunning the same command resumes."""
+"""`composerlite bench`: every method under the same budget, data, eval set and seeds, interleaved,
+the baseline repeated for an A/A timing-noise measurement; then a report of verdicts (speedups with
+95% intervals on wall-clock, tokens and FLOPs to a target loss). Rerunning the same command resumes.
+
+A bare `composerlite bench` on a machine without a GPU runs `CPU_PRESET`: a setting measured to
+learn well past the corpus's unigram model within a few minutes per run on 2 CPU cores."""
 
 from __future__ import annotations
 
@@ -10,8 +14,13 @@ from pathlib import Path
 from composerlite.config import RunConfig, load_config
 from composerlite.errors import UsageError
 
-# Ten evaluations per run: enough points to read the time to the baseline's loss off the curve.
-BENCH_EVAL_INTERVAL = "0.1dur"
+# Twenty evaluations per run: enough points to read the cost of the baseline's loss off the curve.
+BENCH_EVAL_INTERVAL = "0.05dur"
+DEFAULT_ALGOS = "baseline,seq_len_warmup,alibi"
+DEFAULT_SEEDS = 3
+# The CPU preset (benchmarks/results/cpu-preset-search/ holds the measurements it was chosen by).
+CPU_PRESET = {"model": "gpt2-tiny", "max_duration": "600000tok", "batch_size": 8, "seq_len": 128, "lr": 1e-2,
+              "warmup": "20ba", "dropout": 0.0, "precision": "fp32", "eval_batches": 8}
 
 
 def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,8 +28,12 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe for the shared settings; flags override it. Its algorithms "
                         "are part of every method, the baseline included")
     parser.add_argument("--model", help="family member (see `composerlite models`)")
-    parser.add_argument("--budget", help="each run's budget: 60ba, 2e6tok, 10min, ... (same for every method)")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per method: --seed, --seed+1, ... (default 1)")
+    parser.add_argument("--budget", help="each run's budget: 60ba, 2e6tok, 10min, ... (same for every method); "
+                        "with --target-loss, the cap")
+    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
+                        help=f"seeds per method: --seed, --seed+1, ... (default {DEFAULT_SEEDS}; verdicts need 2+)")
+    parser.add_argument("--target-loss", type=float, help="race: each run trains until its held-out loss reaches this "
+                        "(evaluating densely near it) or the budget runs out")
     parser.add_argument("--seed", type=int, help="first seed (default: the run default)")
     parser.add_argument("--data", help="text/jsonl/parquet file or folder, fsspec URL, or hf:NAME (default: embedded corpus)")
     parser.add_argument("--out", help="benchmark folder; rerun with the same --out to resume (default: bench-MODEL-BUDGET)")
@@ -38,9 +51,11 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algos", required=True, metavar="A,B,...",
+    parser.add_argument("--algos", default=DEFAULT_ALGOS, metavar="A,B,...",
                         help="methods to compare, comma-separated: baseline, registered names with options "
-                             "(seq_len_warmup:duration=0.3), or path/to/file.py:Class")
+                             f"(seq_len_warmup:duration=0.3), or path/to/file.py:Class (default {DEFAULT_ALGOS})")
+    parser.add_argument("--reference-repeats", type=int, default=1, metavar="N",
+                        help="extra runs of the baseline per seed, for the A/A timing-noise measurement (default 1)")
     parser.add_argument("--recipe", dest="recipes", action="append", default=[], metavar="NAME=A+B+...",
                         help="a named method combining several algorithms; repeat for several")
     add_shared_arguments(parser)
@@ -49,18 +64,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 SHARED_KEYS = {"model": "model", "budget": "max_duration", "seed": "seed", "data": "data", "batch_size": "batch_size",
                "microbatch_size": "microbatch_size", "seq_len": "seq_len", "lr": "lr", "warmup": "warmup",
                "dropout": "dropout", "precision": "precision", "device": "device", "eval_interval": "eval_interval",
-               "eval_batches": "eval_batches", "save_interval": "save_interval"}
+               "eval_batches": "eval_batches", "save_interval": "save_interval", "target_loss": "target_loss"}
 
 
 def base_config(args: argparse.Namespace) -> RunConfig:
-    """The recipe (if any) with the flags over it; the settings all runs share."""
-    overrides = {key: getattr(args, flag) for flag, key in SHARED_KEYS.items()}
+    """The recipe (if any) with the flags over it; the settings all runs share. Without a recipe,
+    model and budget, a machine without a GPU gets `CPU_PRESET` under the flags given."""
+    overrides = {key: getattr(args, flag, None) for flag, key in SHARED_KEYS.items()}
+    if args.config is None and args.model is None and args.budget is None and not _has_gpu(args.device):
+        overrides = {**CPU_PRESET, **{key: value for key, value in overrides.items() if value is not None}}
     config = load_config(args.config, overrides)
     if config.max_duration is None:
         raise UsageError("give every run the same budget with --budget (e.g. 60ba, 2e6tok, 10min)")
     if "eval_interval" not in config.model_fields_set:
         config = config.model_copy(update={"eval_interval": BENCH_EVAL_INTERVAL})
     return config
+
+
+def _has_gpu(device: str | None) -> bool:
+    if device is not None:
+        return device.startswith("cuda")
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def seeds_of(args: argparse.Namespace, config: RunConfig) -> list[int]:
@@ -91,8 +117,10 @@ def main(args: argparse.Namespace) -> int:
     from composerlite.bench.runner import parse_algos, parse_recipe, run_bench
 
     config = base_config(args)
+    if args.reference_repeats < 0:
+        raise UsageError("--reference-repeats must be 0 or more")
     methods = parse_algos(args.algos) + [parse_recipe(text) for text in args.recipes]
     out = out_dir(args, config, "bench")
-    run_bench(out, config, methods, seeds_of(args, config), command_line(args))
+    run_bench(out, config, methods, seeds_of(args, config), command_line(args), reference_repeats=args.reference_repeats)
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0

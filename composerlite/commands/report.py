@@ -7,7 +7,6 @@ import argparse
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from composerlite.errors import UsageError
 
@@ -20,8 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from composerlite.bench.analysis import summarize
-    from composerlite.bench.report import COLUMNS, build_report, format_row
+    from composerlite.bench.report import build_report, print_verdicts
 
     folders = [Path(folder) for folder in args.folders]
     if args.out is None and len(folders) > 1:
@@ -29,12 +27,6 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else folders[0]
     groups = build_report(folders, out, allow_mixed=args.allow_mixed)
     console = Console()
-    for group in groups:
-        table = Table(title=f"{group.settings.get('model')} · {group.settings.get('max_duration')} · {group.device}")
-        for column in COLUMNS:
-            table.add_column(column, justify="right")
-        for summary in summarize(group):
-            table.add_row(*format_row(summary))
-        console.print(table)
+    print_verdicts(groups, console)
     console.print(f"wrote {out / 'report.md'}, {out / 'report.html'} and plots in {out / 'plots'}")
     return 0
