@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +225,17 @@ def test_report_cli(tmp_path, capsys):
     (tmp_path / "old" / "results.json").write_text(json.dumps({"format": 1, "runs": []}))
     assert cli(["report", str(tmp_path / "old")]) == 2
     assert "results format 1" in capsys.readouterr().err
+
+
+RECORDS = sorted((Path(__file__).resolve().parent.parent / "benchmarks" / "results").glob("*/results.json"))
+
+
+@pytest.mark.parametrize("results_file", RECORDS, ids=lambda path: path.parent.name)
+def test_committed_records_rebuild_exactly(results_file, tmp_path):
+    """`composerlite report` on a committed record reproduces its report.md (all but the build time)."""
+    copy = tmp_path / results_file.parent.name
+    shutil.copytree(results_file.parent, copy, ignore=shutil.ignore_patterns("plots", "runs", "logs"))
+    (copy / "report.md").unlink()
+    build_report([copy], copy)
+    strip = lambda text: [line for line in text.splitlines() if not line.startswith("_Built")]
+    assert strip((copy / "report.md").read_text()) == strip((results_file.parent / "report.md").read_text())

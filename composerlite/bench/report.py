@@ -145,11 +145,12 @@ def reference_text(group: Group) -> str:
     return text
 
 
-def _stat(stat: Stat | None, digits: int, suffix: str = "", scale: float = 1.0) -> str:
+def _stat(stat: Stat | None, digits: int, suffix: str = "", style: str = "f") -> str:
+    """mean ± spread; style "e" for quantities spanning many magnitudes (FLOPs)."""
     if stat is None:
         return "-"
-    text = f"{stat.mean / scale:,.{digits}f}{suffix}"
-    return text + (f" ± {stat.spread / scale:,.{digits}f}" if stat.spread is not None else "")
+    number = f"{{:,.{digits}{style}}}" if style == "f" else f"{{:.{digits}{style}}}"
+    return number.format(stat.mean) + suffix + (f" ± {number.format(stat.spread)}" if stat.spread is not None else "")
 
 
 def interval_text(speedup: Speedup) -> str:
@@ -178,14 +179,14 @@ def summary_row(summary: MethodSummary) -> list[str]:
         reached = f"not reached ({summary.reached}/{summary.compared} seeds)" if summary.compared else "no reference run"
         to_target = [reached] * 3
     else:
-        to_target = [_stat(costs["wall_s"], 1, " s"), _stat(costs["tokens"], 0), _stat(costs["flops"], 3, " PF", 1e15)]
+        to_target = [_stat(costs["wall_s"], 1, " s"), _stat(costs["tokens"], 0), _stat(costs["flops"], 3, style="e")]
     return [summary.method, _stat(summary.final_loss, 4), speed, _stat(summary.wall_s, 1, " s"), memory, *to_target]
 
 
 def race_row(record: RaceRecord) -> list[str]:
     reached = sum(cost is not None for cost in record.costs.values())
     mean = record.mean_cost
-    costs = ([f"{mean['wall_s']:.1f} s", f"{mean['tokens']:,.0f}", f"{mean['flops'] / 1e15:.3f} PF"] if mean
+    costs = ([f"{mean['wall_s']:.1f} s", f"{mean['tokens']:,.0f}", f"{mean['flops']:.3e}"] if mean
              else ["not reached"] * 3)
     budget = "-" if record.budget_tokens is None else f"{record.budget_tokens:,.0f} tokens"
     loss = f"{sum(record.loss_at_budget) / len(record.loss_at_budget):.4f}" if record.loss_at_budget else "-"
