@@ -100,17 +100,20 @@ def test_bench_end_to_end_and_rerun_skips_finished(tmp_path, text_file, capsys):
     assert [r.model_dump() for r in after.runs] == json.loads(before)["runs"] and len(after.commands) == 2
 
 
-def test_target_loss_race_stops_at_the_target(tmp_path, text_file):
+def test_target_loss_race_evaluates_densely_and_stops_at_the_target(tmp_path):
+    text = tmp_path / "verse.txt"
+    text.write_text(" ".join(["In the beginning God created the heaven and the earth."] * 300))
     out = tmp_path / "race"
     tiny = list(TINY)
-    tiny[tiny.index("--budget") + 1] = "12ba"
-    assert cli(["bench", "--algos", "baseline", "--data", str(text_file), "--out", str(out), *tiny,
-                "--seeds", "2", "--reference-repeats", "0", "--eval-interval", "4ba", "--target-loss", "10.5"]) == 0
+    tiny[tiny.index("--budget") + 1] = "60ba"
+    assert cli(["bench", "--algos", "baseline", "--data", str(text), "--out", str(out), *tiny, "--lr", "3e-3",
+                "--seeds", "1", "--reference-repeats", "0", "--eval-interval", "10ba", "--target-loss", "2.5"]) == 0
     results = load_results(out)
     for run in results.runs:
-        losses = [point.eval_loss for point in run.evals]
-        assert losses[-1] <= 10.5 and all(loss > 10.5 for loss in losses[:-1])  # stopped at the first eval reaching it
-        assert run.train["steps"] < 12
+        steps, losses = [point.step for point in run.evals], [point.eval_loss for point in run.evals]
+        assert losses[-1] <= 2.5 and all(loss > 2.5 for loss in losses[:-1])  # stopped at the first eval reaching it
+        assert run.train["steps"] == steps[-1] < 60
+        assert steps[:2] == [10, 20] and steps[-1] - steps[-2] == 1  # regular, then every step near the target
     assert "### Race to the target" in (out / "report.md").read_text()
     assert cli(["bench", "--algos", "baseline", "--out", str(out), *TINY, "--target-loss", "-1"]) == 2
     assert cli(["bench", "--algos", "baseline", "--out", str(out), *TINY, "--seeds", "0"]) == 2
