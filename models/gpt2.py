@@ -1,7 +1,8 @@
 """The GPT-2 family composerlite trains, its builder, and FLOP accounting.
 
 The three card models are the MosaicML Composer v0.8 GPT-2 runs on OpenWebText
-(8xA100); gpt2-tiny exists so tests and CPU demos run in seconds.
+(8xA100); gpt2-tiny exists so tests and CPU demos run in seconds, and gpt2-cpu is the model of
+the CPU benchmark preset (`composerlite bench` without a GPU).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class ModelSpec:
 
 FAMILY: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("gpt2-tiny", 2, 64, 256, 2),
+    # Built for the CPU benchmark preset: wider than gpt2-tiny, so it learns past word counts in
+    # a few hundred thousand tokens, and still small enough for minutes per run on 2 cores.
+    ModelSpec("gpt2-cpu", 4, 128, 512, 4),
     ModelSpec("gpt2-52m", 8, 512, 2048, 8,
               card_tokens=4.6e9, card_final_loss=3.43, card_ppl=30.88, card_predicted_ppl=32.54,
               card_hours_8xa100=2 + 44 / 60, recipe=Recipe(steps=9000, lr=1.5e-3, warmup_batches=90)),
@@ -70,8 +74,10 @@ def _as_spec(name_or_spec: str | ModelSpec) -> ModelSpec:
 
 
 def build_model(name_or_spec: str | ModelSpec, *, vocab_size: int = 50257, n_positions: int = 1024,
-                dropout: float = 0.1, attn_implementation: str = "sdpa") -> GPT2LMHeadModel:
+                dropout: float = 0.1, attn_implementation: str = "sdpa",
+                tie_word_embeddings: bool = True) -> GPT2LMHeadModel:
     """A freshly initialised GPT2LMHeadModel (HF init; deterministic under torch.manual_seed).
+    `tie_word_embeddings=False` gives the lm_head its own matrix (what `untied_head` trains).
 
     `_from_config` is the transformers-5 way to choose the attention kernel: it validates the
     name (e.g. ImportError for flash_attention_2 without flash-attn) and sets
@@ -81,7 +87,7 @@ def build_model(name_or_spec: str | ModelSpec, *, vocab_size: int = 50257, n_pos
     config = GPT2Config(
         n_layer=spec.n_layer, n_embd=spec.d_model, n_inner=spec.d_ff, n_head=spec.n_heads,
         activation_function="gelu_new", resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
-        n_positions=n_positions, vocab_size=vocab_size, tie_word_embeddings=True,
+        n_positions=n_positions, vocab_size=vocab_size, tie_word_embeddings=tie_word_embeddings,
     )
     return GPT2LMHeadModel._from_config(config, attn_implementation=attn_implementation)
 

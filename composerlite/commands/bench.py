@@ -19,7 +19,7 @@ BENCH_EVAL_INTERVAL = "0.05dur"
 DEFAULT_ALGOS = "baseline,seq_len_warmup,alibi"
 DEFAULT_SEEDS = 3
 # The CPU preset (benchmarks/results/cpu-preset-search/ holds the measurements it was chosen by).
-CPU_PRESET = {"model": "gpt2-tiny", "max_duration": "600000tok", "batch_size": 8, "seq_len": 128, "lr": 1e-2,
+CPU_PRESET = {"model": "gpt2-cpu", "max_duration": "400000tok", "batch_size": 8, "seq_len": 128, "lr": 1e-2,
               "warmup": "20ba", "dropout": 0.0, "precision": "fp32", "eval_batches": 8}
 
 
