@@ -1,4 +1,5 @@
-"""One attention function where score modifications stack (ALiBi now; sliding windows, soft-capping later).
+"""One attention function where score modifications stack (ALiBi, sliding windows), and where
+queries and keys can be transformed first (rotary position embeddings, QK-norm).
 
 A GPT-2 layer computes  softmax(q·kᵀ · scaling + mask) · v.  Methods that change the scores before
 the softmax are `ScoreModifier`s. `add_score_modifier(model, modifier)` attaches one to a model
@@ -19,6 +20,11 @@ Two paths, picked per call:
   * any modifier needs the raw scores (`needs_scores = True`, e.g. soft-capping): an eager path
     computes the scores, applies every modifier in order, then the causal/padding mask.
 With no modifier the call is handed to transformers' own "sdpa" function unchanged.
+
+Before any of that, the model's `QueryKeyTransform`s (added with `add_query_key_transform`) map the
+queries and keys, in the order they were added, on every path (transformers' sdpa included): this
+is where rotary position embeddings and QK-norm act. Position schemes that live in attention drop
+GPT-2's learned position table with `drop_learned_positions`.
 
 The mask builder registered for this attention name returns no mask at all for plain causal
 self-attention without padding or a KV cache (SDPA then runs `is_causal=True`: the flash kernel,
@@ -51,12 +57,17 @@ class ScoreModifier:
 
     Additive modifiers implement `bias` only and stay on SDPA. A modifier that must see the raw
     scores sets `needs_scores = True` and overrides `apply_to_scores`; the model then runs the
-    eager path. Biases must be constants of the positions (not learned): they are cached.
+    eager path. Biases are functions of the positions (not learned): they are cached. A bias that
+    changes during training (a growing window) returns a new `cache_key()` whenever it changes.
     """
 
     name: ClassVar[str] = ""
     needs_scores: ClassVar[bool] = False
     per_layer: ClassVar[bool] = False  # True if `bias` depends on module.layer_idx (part of the cache key)
+
+    def cache_key(self) -> object:
+        """A hashable that changes whenever `bias` would; part of the mask cache's key."""
+        return None
 
     def bias(self, module: torch.nn.Module, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
         """An fp32 tensor broadcastable to [heads, queries, keys], added to the scores; -inf blocks a key."""
@@ -71,12 +82,44 @@ class ScoreModifier:
         return f"{type(self).__name__}({self.name})"
 
 
+class QueryKeyTransform:
+    """A change to a layer's queries and keys before the scores are computed (rotary position
+    embeddings, QK-norm). Transforms apply in the order they were added, before any score modifier,
+    on every attention path; they see [batch, heads, seq, head_dim] tensors and the absolute
+    positions of the queries and keys (with a KV cache, the queries are the last positions)."""
+
+    name: ClassVar[str] = ""
+
+    def __call__(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                 query_positions: torch.Tensor, key_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
+
+
 class ScoreModifiers:
-    """The ordered modifiers of one model, shared by all its attention layers, with their mask cache."""
+    """The ordered score modifiers and query/key transforms of one model, shared by all its
+    attention layers, with the modifiers' mask cache."""
 
     def __init__(self):
         self.modifiers: list[ScoreModifier] = []
+        self.query_key_transforms: list[QueryKeyTransform] = []
         self._masks: collections.OrderedDict[tuple, torch.Tensor] = collections.OrderedDict()
+
+    def add_query_key_transform(self, transform: QueryKeyTransform) -> None:
+        if not transform.name:
+            raise ValueError(f"{type(transform).__name__} needs a name")
+        if any(existing.name == transform.name for existing in self.query_key_transforms):
+            raise ValueError(f"the model already has a '{transform.name}' query/key transform")
+        self.query_key_transforms.append(transform)
+
+    def transform_queries_and_keys(self, module: torch.nn.Module, query: torch.Tensor,
+                                   key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        query_positions, key_positions = positions(query.shape[2], key.shape[2], query.device)
+        for transform in self.query_key_transforms:
+            query, key = transform(module, query, key, query_positions, key_positions)
+        return query, key
 
     def add(self, modifier: ScoreModifier) -> None:
         if not modifier.name:
@@ -108,7 +151,7 @@ class ScoreModifiers:
             # not replay. (torch._dynamo.explain on an ALiBi gpt2-tiny: 1 graph, 0 breaks.)
             return self._build_mask(module, q_length, kv_length, device, dtype, is_causal)
         layer = getattr(module, "layer_idx", None) if any(m.per_layer for m in self.modifiers) else None
-        key = (q_length, kv_length, device, dtype, is_causal, layer)
+        key = (q_length, kv_length, device, dtype, is_causal, layer, tuple(m.cache_key() for m in self.modifiers))
         mask = self._masks.get(key)
         if mask is not None:
             self._masks.move_to_end(key)
@@ -160,16 +203,35 @@ def score_modifiers(model: torch.nn.Module) -> list[ScoreModifier]:
     return list(container.modifiers) if container is not None else []
 
 
-def add_score_modifier(model: torch.nn.Module, modifier: ScoreModifier) -> None:
-    """Attach `modifier` after the model's existing ones and route the model's attention through
-    this module's function. Call it at Event.INIT (before compile or distributed wrapping)."""
+def query_key_transforms(model: torch.nn.Module) -> list[QueryKeyTransform]:
+    """The model's query/key transforms in the order they apply (a copy)."""
+    layers = attention_layers(model)
+    container = getattr(layers[0], "score_modifiers", None) if layers else None
+    return list(container.query_key_transforms) if container is not None else []
+
+
+def _shared_container(model: torch.nn.Module) -> ScoreModifiers:
+    """The model's one ScoreModifiers, created and attached to every attention layer if needed."""
     layers = attention_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no attention layers (modules with layer_idx and is_causal)")
     container = getattr(layers[0], "score_modifiers", None) or ScoreModifiers()
-    container.add(modifier)
     for layer in layers:
         layer.score_modifiers = container
+    return container
+
+
+def add_score_modifier(model: torch.nn.Module, modifier: ScoreModifier) -> None:
+    """Attach `modifier` after the model's existing ones and route the model's attention through
+    this module's function. Call it at Event.INIT (before compile or distributed wrapping)."""
+    _shared_container(model).add(modifier)
+    route_attention(model)
+
+
+def add_query_key_transform(model: torch.nn.Module, transform: QueryKeyTransform) -> None:
+    """Attach `transform` after the model's existing ones and route the model's attention through
+    this module's function. Call it at Event.INIT (before compile or distributed wrapping)."""
+    _shared_container(model).add_query_key_transform(transform)
     route_attention(model)
 
 
@@ -181,8 +243,10 @@ def route_attention(model: torch.nn.Module) -> None:
 
 
 def has_score_modifiers(module: torch.nn.Module) -> bool:
+    """Whether the hook changes this layer's attention (a score modifier or a query/key transform):
+    a replacement attention module must then call the registered function, not SDPA directly."""
     container = getattr(module, "score_modifiers", None)
-    return bool(container is not None and container.modifiers)
+    return bool(container is not None and (container.modifiers or container.query_key_transforms))
 
 
 def remove_score_modifier(model: torch.nn.Module, name: str) -> ScoreModifier:
@@ -194,6 +258,35 @@ def remove_score_modifier(model: torch.nn.Module, name: str) -> ScoreModifier:
     return container.remove(name)
 
 
+class NoPositionEmbedding(torch.nn.Module):
+    """Stands in for GPT-2's `wpe` once positions live in attention: zeros for any number of
+    positions, without parameters.
+
+    Transformers' GPT2Model always adds `wpe(position_ids)`; a zeroed nn.Embedding would still
+    index out of range past its size. The zero is a buffer so it follows `model.to(dtype)`, and
+    `expand` allocates nothing.
+    """
+
+    def __init__(self, embedding_dim: int):
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.register_buffer("zero", torch.zeros(()), persistent=False)
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.zero.expand(*position_ids.shape, self.embedding_dim)
+
+
+def drop_learned_positions(model: torch.nn.Module, n_positions: int) -> None:
+    """Replace a GPT-2 model's learned position table with `NoPositionEmbedding` and advertise
+    `n_positions` in its config, for a position scheme that lives in attention (ALiBi's bias,
+    rotary's rotation). The model then runs at any length."""
+    transformer = getattr(model, "transformer", model)
+    if not isinstance(getattr(transformer, "wpe", None), torch.nn.Embedding):
+        raise ValueError(f"{type(model).__name__} has no learned position embeddings (wpe) to replace")
+    transformer.wpe = NoPositionEmbedding(model.config.n_embd).to(transformer.wte.weight.device)
+    model.config.n_positions = n_positions
+
+
 def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                       **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -203,6 +296,8 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     user's float 4-D mask; `scaling` already folds in GPT-2's scale_attn_weights and
     scale_attn_by_inverse_layer_idx. Returns ([batch, seq, heads, head_dim], weights or None)."""
     container: ScoreModifiers | None = getattr(module, "score_modifiers", None)
+    if container is not None and container.query_key_transforms:
+        query, key = container.transform_queries_and_keys(module, query, key)
     if container is None or not container.modifiers:
         return _HF_SDPA(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if scaling is None:

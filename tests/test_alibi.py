@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from composerlite import Algorithm, Event
-from composerlite.attention import add_score_modifier, attention_layers, remove_score_modifier, score_modifiers
-from composerlite.algorithms.alibi import Alibi, AlibiBias, NoPositionEmbedding, alibi_slopes, apply_alibi
+from composerlite.attention import (NoPositionEmbedding, add_score_modifier, attention_layers, remove_score_modifier,
+                                   score_modifiers)
+from composerlite.algorithms.alibi import Alibi, AlibiBias, alibi_slopes, apply_alibi
 from composerlite.cli import main as cli
 from composerlite.composition import compose
 from composerlite.data import BatchStream

@@ -23,7 +23,7 @@ import pydantic
 import torch
 
 from composerlite import Algorithm, Event, Logger, Order, State
-from composerlite.attention import ScoreModifier, add_score_modifier, score_modifiers
+from composerlite.attention import ScoreModifier, add_score_modifier, drop_learned_positions, score_modifiers
 
 
 class AlibiOptions(pydantic.BaseModel):
@@ -60,33 +60,15 @@ class AlibiBias(ScoreModifier):
         return -self.slopes.to(distance.device)[:, None, None] * distance
 
 
-class NoPositionEmbedding(torch.nn.Module):
-    """Stands in for GPT-2's `wpe`: zeros for any number of positions, without parameters.
-
-    Transformers' GPT2Model always adds `wpe(position_ids)`; a zeroed nn.Embedding would still
-    index out of range past its size. The zero is a buffer so it follows `model.to(dtype)`, and
-    `expand` allocates nothing.
-    """
-
-    def __init__(self, embedding_dim: int):
-        super().__init__()
-        self.embedding_dim = embedding_dim
-        self.register_buffer("zero", torch.zeros(()), persistent=False)
-
-    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
-        return self.zero.expand(*position_ids.shape, self.embedding_dim)
-
-
 def apply_alibi(model: torch.nn.Module, max_sequence_length: int = 8192) -> torch.nn.Module:
     """Convert a Hugging Face GPT-2 model to ALiBi in place (and return it): drop the learned
     position embeddings, set config.n_positions, and attach the per-head bias to every layer."""
     transformer = getattr(model, "transformer", model)
     if not isinstance(getattr(transformer, "wpe", None), torch.nn.Module):
         raise ValueError(f"apply_alibi expects a GPT-2 model with position embeddings (wpe); got {type(model).__name__}")
-    if isinstance(transformer.wpe, NoPositionEmbedding) or any(m.name == AlibiBias.name for m in score_modifiers(model)):
+    if any(m.name == AlibiBias.name for m in score_modifiers(model)):
         raise ValueError("the model already uses ALiBi")
-    transformer.wpe = NoPositionEmbedding(model.config.n_embd).to(transformer.wte.weight.device)
-    model.config.n_positions = max_sequence_length
+    drop_learned_positions(model, max_sequence_length)
     add_score_modifier(model, AlibiBias(torch.tensor(alibi_slopes(model.config.n_head))))
     return model
 
