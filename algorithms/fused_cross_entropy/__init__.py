@@ -24,6 +24,10 @@ steps that a compiler cannot fuse, and the custom backward cannot be traced into
 
 Padded vocabularies: when the model's config has `unpadded_vocab_size` (set by `pad_vocab`), head
 rows past it are padding: their logits are masked to -inf, so they take no probability mass.
+
+Soft-capped logits: when the model's config has `final_logit_softcapping` (transformers' name for
+it, set by `logit_softcap`), each chunk's logits become cap * tanh(logits / cap) before the loss,
+and the gradient takes the tanh's derivative, so the loss is that of the capped model.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class HiddenStates(NamedTuple):
     hidden: torch.Tensor  # [batch, seq, d_model]
     head_weight: torch.Tensor  # [vocab (maybe padded), d_model]
     valid_vocab: int  # head rows from here on are padding
+    softcap: float | None = None  # logits are cap * tanh(logits / cap) when set
 
 
 def valid_vocab_size(model: torch.nn.Module) -> int:
@@ -63,10 +68,19 @@ def valid_vocab_size(model: torch.nn.Module) -> int:
     return int(getattr(config, "unpadded_vocab_size", None) or config.vocab_size)
 
 
+def logit_softcap_of(model: torch.nn.Module) -> float | None:
+    """The soft-cap the model's head applies to its logits (`config.final_logit_softcapping`), if any."""
+    return getattr(model.config, "final_logit_softcapping", None)
+
+
+def softcapped(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
 def hidden_states_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> HiddenStates:
     """Forward through the trunk only. `use_cache=False`: training never needs HF's KV cache."""
     hidden = model.transformer(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
-    return HiddenStates(hidden, model.get_output_embeddings().weight, valid_vocab_size(model))
+    return HiddenStates(hidden, model.get_output_embeddings().weight, valid_vocab_size(model), logit_softcap_of(model))
 
 
 def default_chunk_elements(device: torch.device) -> int:
@@ -81,32 +95,39 @@ COMPILED_CHUNK_ELEMENTS = 2**30
 
 
 def traceable_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, valid_vocab: int,
-                   sequences_per_chunk: int) -> torch.Tensor:
+                   sequences_per_chunk: int, softcap: float | None = None) -> torch.Tensor:
     """Mean loss of `hidden` [batch, seq, d] against `targets` [batch, seq] as plain differentiable
     ops, chunked over whole sequences, for torch.compile to fuse (autograd derives the backward)."""
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for h, t in zip(hidden.split(sequences_per_chunk), targets.split(sequences_per_chunk)):
         logits = h.reshape(-1, h.size(-1)) @ weight.t()
-        total = total + F.cross_entropy(logits[:, :valid_vocab].float(), t.reshape(-1), reduction="sum")
+        total = total + F.cross_entropy(softcapped(logits[:, :valid_vocab].float(), softcap), t.reshape(-1), reduction="sum")
     return total / targets.numel()
 
 
-def chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, valid_vocab: int, scale: float):
+def chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, valid_vocab: int, scale: float,
+                        softcap: float | None = None):
     """Sum of the chunk's token losses and d(scale * loss_sum)/d(logits), with fp32 statistics.
-    The gradient is returned in the logits' dtype (the dtype of the matmuls that consume it)."""
+    The gradient is returned in the logits' dtype (the dtype of the matmuls that consume it).
+    With `softcap`, the loss is of cap * tanh(logits / cap) and the gradient is through the tanh."""
     out_dtype = logits.dtype
     logits = logits.float()  # a copy for 16-bit logits; for fp32 the matmul output, ours to overwrite
+    if softcap is not None:
+        squashed = torch.tanh(logits / softcap)
+        logits = squashed * softcap
     if valid_vocab < logits.size(-1):
         logits[:, valid_vocab:] = float("-inf")
     lse = torch.logsumexp(logits, dim=-1)
     loss_sum = (lse - logits.gather(1, targets[:, None]).squeeze(1)).sum()
     probs = logits.sub_(lse[:, None]).exp_()
     probs.scatter_add_(1, targets[:, None], torch.full((targets.numel(), 1), -1.0, device=probs.device))
+    if softcap is not None:  # d(cap * tanh(x / cap))/dx = 1 - tanh(x / cap)^2
+        probs.mul_(1 - squashed.square_())
     return loss_sum, probs.mul_(scale).to(out_dtype)
 
 
-def chunk_loss(logits: torch.Tensor, targets: torch.Tensor, valid_vocab: int) -> torch.Tensor:
-    logits = logits.float()
+def chunk_loss(logits: torch.Tensor, targets: torch.Tensor, valid_vocab: int, softcap: float | None = None) -> torch.Tensor:
+    logits = softcapped(logits.float(), softcap)
     if valid_vocab < logits.size(-1):
         logits = logits[:, :valid_vocab]
     return (torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None]).squeeze(1)).sum()
@@ -114,7 +135,7 @@ def chunk_loss(logits: torch.Tensor, targets: torch.Tensor, valid_vocab: int) ->
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, valid_vocab, rows_per_chunk, kernel, compute_dtype):
+    def forward(ctx, hidden, weight, targets, valid_vocab, rows_per_chunk, kernel, compute_dtype, softcap):
         h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
         n = h.size(0)
         grad_hidden = torch.empty_like(hidden)
@@ -122,7 +143,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, n, rows_per_chunk):
             h_chunk = h[start : start + rows_per_chunk]
-            chunk_sum, grad_logits = kernel(h_chunk @ w.t(), targets[start : start + rows_per_chunk], valid_vocab, 1.0 / n)
+            chunk_sum, grad_logits = kernel(h_chunk @ w.t(), targets[start : start + rows_per_chunk], valid_vocab, 1.0 / n,
+                                            softcap)
             loss_sum += chunk_sum
             grad_hidden[start : start + rows_per_chunk] = grad_logits @ w
             if compute_dtype == torch.float32:
@@ -135,7 +157,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None, None, None
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None, None, None, None
 
 
 class FusedLinearCrossEntropyLoss:
@@ -157,9 +179,9 @@ class FusedLinearCrossEntropyLoss:
         return self._compiled
 
     def __call__(self, outputs: HiddenStates, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden, weight, valid_vocab = outputs
+        hidden, weight, valid_vocab, softcap = outputs
         if torch.compiler.is_compiling():
-            return self._traced(hidden, weight, batch["input_ids"], valid_vocab)
+            return self._traced(hidden, weight, batch["input_ids"], valid_vocab, softcap)
         hidden = hidden[:, :-1].reshape(-1, hidden.size(-1))  # position t predicts token t + 1
         targets = batch["input_ids"][:, 1:].reshape(-1)
         device = hidden.device
@@ -168,19 +190,21 @@ class FusedLinearCrossEntropyLoss:
         with torch.autocast(device.type, enabled=False):  # dtypes are chosen explicitly below
             if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
                 return _FusedLinearCrossEntropy.apply(
-                    hidden, weight, targets, valid_vocab, rows, self._kernel(device), compute_dtype
+                    hidden, weight, targets, valid_vocab, rows, self._kernel(device), compute_dtype, softcap
                 )
             h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
-            total = sum(chunk_loss(h[s : s + rows] @ w.t(), targets[s : s + rows], valid_vocab) for s in range(0, h.size(0), rows))
+            total = sum(chunk_loss(h[s : s + rows] @ w.t(), targets[s : s + rows], valid_vocab, softcap)
+                        for s in range(0, h.size(0), rows))
             return total / h.size(0)
 
 
-    def _traced(self, hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.Tensor, valid_vocab: int) -> torch.Tensor:
+    def _traced(self, hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.Tensor, valid_vocab: int,
+                softcap: float | None) -> torch.Tensor:
         seq_len = hidden.size(1) if isinstance(hidden.size(1), int) else self.max_seq_len
         if seq_len is None:
             raise ValueError("a dynamic sequence length under torch.compile needs max_seq_len")
         sequences = max(1, (self.chunk_elements or COMPILED_CHUNK_ELEMENTS) // (seq_len * weight.size(0)))
-        return traceable_loss(hidden[:, :-1], weight, input_ids[:, 1:], valid_vocab, sequences)
+        return traceable_loss(hidden[:, :-1], weight, input_ids[:, 1:], valid_vocab, sequences, softcap)
 
 
 def apply_fused_cross_entropy(state: State, chunk_elements: int | None = None, compile_chunk: bool = True) -> None:

@@ -48,8 +48,10 @@ def export_hf(run_dir: str, output: Path) -> Path:
                 f"cannot export {run_dir} to Hugging Face: algorithm '{cls.name or target}' changes the model in a way "
                 "GPT2LMHeadModel cannot load (train without it, or load the checkpoint with composerlite)"
             )
-    model = build_model(config.model, dropout=config.dropout or 0.0)
     tensors = model_tensors(read_verified(checkpoint)[MODEL_FILE])
+    # A tied head is stored once (an alias of the embedding); a head stored separately was untied in training.
+    tied = tensors.get("lm_head.weight") is tensors.get("transformer.wte.weight")
+    model = build_model(config.model, dropout=config.dropout or 0.0, tie_word_embeddings=tied)
     expected = set(model.state_dict())
     if set(tensors) != expected:
         difference = sorted(set(tensors) ^ expected)[0]
