@@ -18,6 +18,7 @@ DDP or FSDP at any world size.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -42,6 +43,7 @@ from composerlite import distributed
 from composerlite.errors import UsageError
 from composerlite.state import State
 from composerlite.storage import Location, location
+from composerlite.time import Timestamp
 
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"
@@ -118,6 +120,8 @@ def training_state(state: State) -> dict[str, Any]:
         "algorithms": [algorithm.state_dict() for algorithm in state.algorithms],
         "callbacks": dict(zip(callback_keys(state.callbacks), (callback.state_dict() for callback in state.callbacks))),
         "rng": distributed.all_gather_object(rng_state()),  # one entry per rank
+        # What the summary and the eval schedule need when a finished run is launched again.
+        "progress": {"eval_step": state.eval_step, "eval_metrics": state.eval_metrics, "train_loss": state.train_loss},
     }
 
 
@@ -139,8 +143,8 @@ def callback_keys(callbacks: list[Any]) -> list[str]:
 
 
 def save_checkpoint(state: State, run_dir: Location | str) -> Location | None:
-    """Write `RUN_DIR/checkpoints/baNNNNNNNN/` (model, state, then the manifest). Called on every rank;
-    returns the folder on rank 0. A failure (a full disk, a lost connection) leaves older checkpoints
+    """Write `RUN_DIR/checkpoints/baNNNNNNNN/` (model, state, then the manifest). Called on every rank
+    (rank 0 writes); returns the folder. A failure (a full disk, a lost connection) leaves older checkpoints
     untouched and this one without a manifest, i.e. recognisably unfinished."""
     run_dir = location(run_dir) if isinstance(run_dir, str) else run_dir
     weights = model_bytes(state.model)
@@ -162,17 +166,26 @@ def save_checkpoint(state: State, run_dir: Location | str) -> Location | None:
         }
         folder.child(MANIFEST_FILE).write_bytes(json.dumps(manifest, indent=1).encode())
     distributed.barrier()
-    return folder if distributed.is_rank_zero() else None
+    return folder
 
 
 def prune_checkpoints(run_dir: Location, keep: int) -> list[Location]:
     """Delete all but the newest `keep` complete checkpoints (rank 0 only); returns what was deleted.
     Unfinished folders are left for `find_checkpoints` to report; only complete ones count toward `keep`."""
-    complete = [folder for folder in find_checkpoints(run_dir) if folder.child(MANIFEST_FILE).exists()]
+    complete = complete_checkpoints(run_dir)
     doomed = complete[:-keep] if keep > 0 else []
     for folder in doomed:
         folder.remove()
     return doomed
+
+
+def remove_unfinished(run_dir: Location) -> list[Location]:
+    """Delete checkpoint folders without a manifest (saves a kill interrupted; the resumed run
+    writes them again when it gets there), for a run directory being continued (rank 0 only)."""
+    unfinished = [folder for folder in find_checkpoints(run_dir) if not folder.child(MANIFEST_FILE).exists()]
+    for folder in unfinished:
+        folder.remove()
+    return unfinished
 
 
 # -- finding and verifying ------------------------------------------------------------------------
@@ -185,21 +198,42 @@ def find_checkpoints(run_dir: Location) -> list[Location]:
     return [root.child(name) for name in sorted(names, key=lambda name: int(_NAME_RE.match(name)[1]))]
 
 
-def read_verified(folder: Location) -> dict[str, bytes]:
-    """The checkpoint's files, checked against its manifest; raises `CorruptCheckpoint` naming the problem."""
+def complete_checkpoints(run_dir: Location) -> list[Location]:
+    """Checkpoint folders that have a manifest (finished saves, damaged or not), oldest first."""
+    return [folder for folder in find_checkpoints(run_dir) if folder.child(MANIFEST_FILE).exists()]
+
+
+def read_manifest(folder: Location) -> dict[str, Any]:
+    """The checkpoint's manifest, checked for shape; raises `CorruptCheckpoint` naming the problem."""
     try:
         manifest = json.loads(folder.child(MANIFEST_FILE).read_bytes())
-        entries = manifest["files"]
     except FileNotFoundError:
         raise CorruptCheckpoint(f"checkpoint {folder} is incomplete (no {MANIFEST_FILE}: the save was interrupted)") from None
-    except (ValueError, KeyError, TypeError):
+    except ValueError:
         raise CorruptCheckpoint(f"checkpoint {folder} has an unreadable {MANIFEST_FILE}") from None
+    if not isinstance(manifest, dict):
+        raise CorruptCheckpoint(f"checkpoint {folder}: {MANIFEST_FILE} is not a JSON object")
     if manifest.get("format") != FORMAT_VERSION:
         raise CorruptCheckpoint(f"checkpoint {folder} has format {manifest.get('format')}, expected {FORMAT_VERSION}")
+    step, entries = manifest.get("step"), manifest.get("files")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CorruptCheckpoint(f"checkpoint {folder}: {MANIFEST_FILE} has no valid 'step' ({step!r})")
+    if not isinstance(entries, dict):
+        raise CorruptCheckpoint(f"checkpoint {folder}: {MANIFEST_FILE} 'files' is not a mapping of file name to size and sha256")
+    for name in (MODEL_FILE, STATE_FILE):
+        entry = entries.get(name)
+        if entry is None:
+            raise CorruptCheckpoint(f"checkpoint {folder}: {MANIFEST_FILE} does not list {name}")
+        if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)):
+            raise CorruptCheckpoint(f"checkpoint {folder}: {MANIFEST_FILE} entry for {name} lacks 'bytes' or 'sha256'")
+    return manifest
+
+
+def read_verified(folder: Location) -> dict[str, bytes]:
+    """The checkpoint's files, checked against its manifest; raises `CorruptCheckpoint` naming the problem."""
+    entries = read_manifest(folder)["files"]
     files = {}
     for name in (MODEL_FILE, STATE_FILE):
-        if name not in entries:
-            raise CorruptCheckpoint(f"checkpoint {folder}: {MANIFEST_FILE} does not list {name}")
         try:
             data = folder.child(name).read_bytes()
         except FileNotFoundError:
@@ -214,22 +248,38 @@ def read_verified(folder: Location) -> dict[str, bytes]:
     return files
 
 
+def read_checkpoint(folder: Location) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(weights, the rest of the state) of a checkpoint: verified against its manifest, then decoded
+    and checked for shape, so damage done before the manifest was written (it then agrees with the
+    damaged files) is caught too. Raises `CorruptCheckpoint` naming the problem."""
+    files = read_verified(folder)
+    try:
+        weights = model_tensors(files[MODEL_FILE])
+    except Exception as error:  # safetensors' own error types; any failure here means unreadable weights
+        raise CorruptCheckpoint(f"checkpoint {folder}: {MODEL_FILE} is unreadable ({_first_line(error)})") from None
+    return weights, _load_state(files[STATE_FILE], folder)
+
+
 def read_step(folder: Location) -> int:
-    """The training step a (verified) checkpoint was taken at."""
-    return int(json.loads(folder.child(MANIFEST_FILE).read_bytes())["step"])
+    """The training step a checkpoint was taken at (from its manifest)."""
+    return read_manifest(folder)["step"]
 
 
 def is_checkpoint(folder: Location) -> bool:
     return folder.child(MANIFEST_FILE).exists() or folder.child(MODEL_FILE).exists()
 
 
-def newest_valid_checkpoint(run_dir: Location) -> Location | None:
-    """The newest checkpoint that verifies; each newer broken one is reported on stderr and skipped."""
+def newest_valid_checkpoint(run_dir: Location, problems: list[str] | None = None) -> Location | None:
+    """The newest checkpoint that verifies; each newer broken one is skipped, and reported on stderr
+    or, when the caller passes a `problems` list, added to it (newest first)."""
     for folder in reversed(find_checkpoints(run_dir)):
         try:
-            read_verified(folder)
+            read_checkpoint(folder)
         except CorruptCheckpoint as problem:
-            print(f"composerlite: skipping {problem}", file=sys.stderr)
+            if problems is None:
+                print(f"composerlite: skipping {problem}", file=sys.stderr)
+            else:
+                problems.append(str(problem))
             continue
         return folder
     return None
@@ -239,6 +289,7 @@ def resolve_resume(target: str) -> Location:
     """`--resume` accepts a checkpoint folder or a run directory (its newest valid checkpoint)."""
     where = location(target)
     if is_checkpoint(where):
+        read_checkpoint(where)
         return where
     if not where.exists():
         raise UsageError(f"--resume {target}: no such checkpoint or run directory")
@@ -251,25 +302,36 @@ def resolve_resume(target: str) -> Location:
 # -- loading -------------------------------------------------------------------------------------
 
 
-def load_checkpoint(state: State, folder: Location | str) -> None:
-    """Restore `state` from `folder`, which rank 0 reads, verifies and broadcasts. Raises `UsageError`
-    when the checkpoint is corrupt or belongs to a different model or algorithm set."""
-    folder = location(folder) if isinstance(folder, str) else folder
+def check_resumable(state: State, folder: Location) -> None:
+    """Raise `UsageError` on every rank when `folder` is damaged or holds another model or algorithm
+    set than `state`'s: what `load_checkpoint` would refuse, checked before a run writes anything."""
+    _read_compatible(state, folder)
+
+
+def _read_compatible(state: State, folder: Location) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """Rank 0 reads, verifies and checks the checkpoint against this run; every rank gets the same
+    `UsageError` when it does not fit. Returns (weights, rest) on rank 0, (None, None) elsewhere."""
     weights, rest, problem = None, None, None
     # Sharded (not gathered) state_dict: DTensor shapes are global, and getting it is not a collective.
     expected = {key: tuple(value.shape) for key, value in get_model_state_dict(state.model).items()}
     if distributed.is_rank_zero():
         try:
-            files = read_verified(folder)
-            weights = model_tensors(files[MODEL_FILE])
+            weights, rest = read_checkpoint(folder)
             _check_same_model(expected, weights, folder)
-            rest = _load_state(files[STATE_FILE], folder)
             _check_same_algorithms(state, rest, folder)
         except UsageError as error:
             problem = str(error)
     problem = distributed.broadcast_object(problem)
     if problem is not None:
         raise UsageError(problem)
+    return weights, rest
+
+
+def load_checkpoint(state: State, folder: Location | str) -> None:
+    """Restore `state` from `folder`, which rank 0 reads, verifies and broadcasts. Raises `UsageError`
+    when the checkpoint is corrupt or belongs to a different model or algorithm set."""
+    folder = location(folder) if isinstance(folder, str) else folder
+    weights, rest = _read_compatible(state, folder)
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed.world_size() > 1)
     set_model_state_dict(state.model, weights or {}, options=options)
     if state.optimizer is not None:
@@ -284,6 +346,10 @@ def load_checkpoint(state: State, folder: Location | str) -> None:
     for algorithm, algorithm_state in zip(state.algorithms, rest["algorithms"], strict=True):
         algorithm.load_state_dict(algorithm_state)
     _restore_callbacks(state.callbacks, rest["callbacks"], folder)
+    if "progress" in rest:  # older checkpoints lack it: a finished run then evaluates once more
+        progress = rest["progress"]
+        state.eval_step, state.train_loss = progress["eval_step"], progress["train_loss"]
+        state.eval_metrics = dict(progress["eval_metrics"])
     saved_rng = rest["rng"]
     if len(saved_rng) == distributed.world_size():
         restore_rng_state(saved_rng[distributed.rank()])
@@ -310,15 +376,36 @@ def _restore_callbacks(callbacks: list[Any], saved: dict[str, Any] | list[Any], 
                                f"({', '.join(dropped)}); ignoring it")
 
 
+# The entries of state.pt and their types: checked on reading, so a damaged file is named, not a traceback.
+STATE_ENTRIES = {"timestamp": dict, "optimizer": dict, "schedulers": list, "algorithm_names": list,
+                 "algorithms": list, "callbacks": (dict, list), "rng": list}
+
+
 def _load_state(data: bytes, folder: Location) -> dict[str, Any]:
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        rest = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         first = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise CorruptCheckpoint(
             f"checkpoint {folder}: {STATE_FILE} holds objects other than tensors and plain data; "
             f"refusing to unpickle it ({first})"
         ) from None
+    except Exception as error:  # a damaged zip archive or pickle stream: torch raises several kinds
+        raise CorruptCheckpoint(f"checkpoint {folder}: {STATE_FILE} is unreadable ({_first_line(error)})") from None
+    if not isinstance(rest, dict):
+        raise CorruptCheckpoint(f"checkpoint {folder}: {STATE_FILE} holds a {type(rest).__name__}, not a training state")
+    for key, kind in STATE_ENTRIES.items():
+        if not isinstance(rest.get(key), kind):
+            raise CorruptCheckpoint(f"checkpoint {folder}: {STATE_FILE} has no valid '{key}'")
+    missing = [field.name for field in dataclasses.fields(Timestamp) if field.name not in rest["timestamp"]]
+    if missing or len(rest["algorithms"]) != len(rest["algorithm_names"]):
+        raise CorruptCheckpoint(f"checkpoint {folder}: {STATE_FILE} has an incomplete timestamp or algorithm list")
+    return rest
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def model_tensors(data: bytes) -> dict[str, torch.Tensor]:

@@ -1,16 +1,20 @@
-"""The `composerlite` command line. User mistakes print one line and exit 2; bugs keep tracebacks."""
+"""The `composerlite` command line. User mistakes print one line and exit 2; runtime failures that are
+not composerlite's (a plugin's exception, a store that stays down) one line and exit 1, with the
+traceback under `--debug`; bugs keep tracebacks."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import traceback
 
 import pydantic
 
 from composerlite.config import describe_validation_error
 from composerlite.data.errors import DataError
-from composerlite.errors import RunHalted, UsageError
+from composerlite.errors import PluginError, RunHalted, UsageError
+from composerlite.storage import StorageError
 
 # subcommand -> (module under composerlite.commands, one-line help)
 COMMANDS = {
@@ -39,17 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"composerlite.commands.{module_name}")
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(subparser)
+        subparser.add_argument("--debug", action="store_true",
+                               help="on a failing plugin or store, print the full traceback too")
         subparser.set_defaults(handler=module.main)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug
+    del args.debug  # a CLI switch, not an option of the command
     try:
         return args.handler(args) or 0
     except (UsageError, DataError) as error:
         print(f"composerlite: error: {error}", file=sys.stderr)
         return 2
+    except (PluginError, StorageError) as error:
+        if debug:
+            traceback.print_exception(error.__cause__ or error)
+        hint = "" if debug else " (--debug shows the traceback)"
+        print(f"composerlite: error: {error}{hint}", file=sys.stderr)
+        return 1
     except pydantic.ValidationError as error:
         print(f"composerlite: error: {describe_validation_error(error)}", file=sys.stderr)
         return 2

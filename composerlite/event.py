@@ -15,11 +15,13 @@
                 BEFORE_BACKWARD, AFTER_BACKWARD
             AFTER_TRAIN_BATCH                       gradients complete, before optimizer.step
             BATCH_END                               after optimizer.step and scheduler.step
-            BATCH_CHECKPOINT                        after a checkpoint is due / saved
             [EVAL_START
              for eval batch:
                  EVAL_BATCH_START, EVAL_BEFORE_FORWARD, EVAL_AFTER_FORWARD, EVAL_BATCH_END
              EVAL_END]                              at each eval interval
+            BATCH_CHECKPOINT                        after a checkpoint is due / saved (after the
+                                                    step's evaluation, as in Composer, so a saved
+                                                    step's eval record is never lost to a kill)
         EPOCH_END
         EPOCH_CHECKPOINT
     FIT_END

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from composerlite.algorithm import Callback
+from composerlite.storage import Location
 
 
 class LoggerDestination(Callback):
     def log(self, record: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def sync(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -40,6 +46,12 @@ class Logger:
             destination.log(record)
         return record
 
+    def sync(self) -> None:
+        """Bring every destination's copy up to date where it lives (the trainer calls this before
+        each checkpoint, so no checkpoint is ever ahead of the records it continues from)."""
+        for destination in self.destinations:
+            destination.sync()
+
     def close(self) -> None:
         for destination in self.destinations:
             destination.close()
@@ -59,6 +71,34 @@ class JSONLinesLogger(LoggerDestination):
 
     def close(self) -> None:
         self._file.close()
+
+
+class UploadedJSONLinesLogger(JSONLinesLogger):
+    """JSON lines for a run directory on an object store, which cannot append: lines go to a local
+    mirror (`path`), and the whole file is uploaded atomically to `remote` at most every
+    `upload_interval_s` seconds, on `sync` (before each checkpoint) and when the run ends. So the
+    remote copy is never more than `upload_interval_s` behind, and never behind a checkpoint: a
+    killed run loses no record, since the resumed one replays those past its checkpoint."""
+
+    def __init__(self, path: Path, remote: Location, upload_interval_s: float):
+        super().__init__(path)
+        self.remote = remote
+        self.upload_interval_s = upload_interval_s
+        self._uploaded_at = time.monotonic()
+
+    def log(self, record: dict[str, Any]) -> None:
+        super().log(record)
+        if time.monotonic() - self._uploaded_at < self.upload_interval_s:
+            return
+        try:
+            self.sync()
+        except OSError as error:  # the next checkpoint's sync raises if the store is still down
+            self._uploaded_at = time.monotonic()
+            print(f"composerlite: could not upload {self.remote} ({error}); will retry", file=sys.stderr)
+
+    def sync(self) -> None:
+        self.remote.write_bytes(self.path.read_bytes())
+        self._uploaded_at = time.monotonic()
 
 
 class ConsoleLogger(LoggerDestination):

@@ -24,7 +24,7 @@ import pydantic
 import yaml
 
 from composerlite.algorithm import Algorithm, NoOptions
-from composerlite.errors import UsageError
+from composerlite.errors import PluginError, UsageError
 
 ENTRY_POINT_GROUP = "composerlite.algorithms"
 
@@ -188,6 +188,8 @@ def build_algorithm(target: str, options: dict[str, Any] | None = None) -> Algor
         return cls(**options)
     except ValueError as error:  # an __init__ that checks its own arguments (Composer style)
         raise UsageError(f"algorithm '{target}': {error}") from None
+    except Exception as error:
+        raise PluginError(f"algorithm '{target}' failed in __init__: {type(error).__name__}: {error}") from error
 
 
 def build_from_spec(spec: str) -> Algorithm:

@@ -201,10 +201,11 @@ class SpeedMonitor(Callback):
         self.measured.append(step)
         logger.log_metrics(self.rates(self.steps, state.device))
 
-    # Time to leave out. The span from BATCH_END to BATCH_CHECKPOINT holds the checkpoint save when
-    # one is due (and the step's metrics write, microseconds); evaluation has its own events.
+    # Time to leave out. The span from BATCH_END to BATCH_CHECKPOINT holds the evaluation and the
+    # checkpoint save when due (and the step's metrics write, microseconds); evaluation has its own
+    # events and is already excluded (`_excluded` counts only this span, being reset at BATCH_END).
     def batch_checkpoint(self, state, logger) -> None:
-        self._exclude(time.perf_counter() - self._mark)
+        self._exclude(time.perf_counter() - self._mark - self._excluded)
 
     def eval_start(self, state, logger) -> None:
         self._eval_started = time.perf_counter()

@@ -57,6 +57,8 @@ class State:
     seq_len: int = 0
     batches_per_epoch: int = 0
     eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    eval_step: int = -1  # the step `eval_metrics` were measured at; -1 before the first evaluation
+    train_loss: float = float("nan")  # the newest step's mean training loss
     stop_training: bool = False
 
     @property

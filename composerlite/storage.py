@@ -4,14 +4,21 @@ Two guarantees everything that writes run files relies on:
   * a write is atomic: local files go to a temporary sibling then `os.replace`; object stores get a
     temporary key that is then moved (copied server side) onto the final key, so a reader never
     sees half a file under its real name;
-  * a remote call that fails transiently (connection reset, throttling, a 5xx) is retried a few times
-    with exponential backoff before the error reaches the user.
+  * a remote call that fails transiently (connection reset, throttling, a 5xx, an endpoint that does
+    not answer) is retried a few times with exponential backoff; what still fails reaches the user as
+    an `OSError` (a `StorageError` when the library raised something else), which the trainer and
+    the CLI turn into one line.
+A process killed mid-write leaves its temporary (`.NAME.tmp-XXXX`, next to NAME) behind;
+`remove_temporaries` clears them when a run directory is continued.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import os
+import re
 import sys
 import tempfile
 import time
@@ -27,9 +34,32 @@ T = TypeVar("T")
 RETRIES = 4  # attempts after the first; with BACKOFF_S doubling, about 3 s of waiting in all
 BACKOFF_S = 0.2
 # Errors that mean "this path is wrong", not "the network hiccuped": retrying them only delays the message.
-PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError)
+PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
+                    ValueError)
 # A full or read-only local disk will not heal in three seconds either.
 LOCAL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+TEMPORARY_RE = re.compile(r"^\..+\.tmp-[0-9a-z_]{8,}$")
+
+
+class StorageError(OSError):
+    """A storage call that kept failing with a library's own (non-`OSError`) exception, botocore's
+    `EndpointConnectionError` say; raised as an `OSError` so every caller handles one kind."""
+
+
+@functools.cache
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """What a retry may cure: `OSError` (connection resets, timeouts) plus the connection errors of
+    the object-store clients fsspec uses, which do not derive from it."""
+    errors: list[type[BaseException]] = [OSError]
+    with contextlib.suppress(ImportError):
+        import botocore.exceptions
+
+        errors += [botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError]
+    with contextlib.suppress(ImportError):
+        import aiohttp
+
+        errors.append(aiohttp.ClientError)
+    return tuple(errors)
 
 
 def retrying(call: Callable[[], T], what: str, retries: int = RETRIES, backoff_s: float = BACKOFF_S) -> T:
@@ -39,9 +69,11 @@ def retrying(call: Callable[[], T], what: str, retries: int = RETRIES, backoff_s
             return call()
         except PERMANENT_ERRORS:
             raise
-        except OSError as error:
-            if attempt == retries or error.errno in LOCAL_DISK_ERRNOS:
-                raise
+        except transient_errors() as error:
+            if attempt == retries or getattr(error, "errno", None) in LOCAL_DISK_ERRNOS:
+                if isinstance(error, OSError):
+                    raise
+                raise StorageError(f"{what} failed: {type(error).__name__}: {error}") from error
             delay = backoff_s * 2**attempt
             print(f"composerlite: {what} failed ({type(error).__name__}: {error}); retrying in {delay:.1f} s",
                   file=sys.stderr)
@@ -76,6 +108,13 @@ class Location:
 
     def exists(self) -> bool:
         return retrying(lambda: self.fs.exists(self.path), f"checking {self.url}")
+
+    def is_file(self) -> bool:
+        return retrying(lambda: self.fs.isfile(self.path), f"checking {self.url}")
+
+    def same_place(self, other: Location) -> bool:
+        """Whether both name the same folder (however the URLs were spelled)."""
+        return type(self.fs) is type(other.fs) and self.path.rstrip("/") == other.path.rstrip("/")
 
     def read_bytes(self) -> bytes:
         return retrying(lambda: self.fs.cat_file(self.path), f"reading {self.url}")
@@ -121,19 +160,38 @@ def write_atomic(target: Location, data: bytes) -> None:
     if target.is_local:
         _write_local_atomic(target.path, data)
         return
-    temporary = f"{target.path}.tmp-{uuid.uuid4().hex[:12]}"
-    retrying(lambda: target.fs.pipe_file(temporary, data), f"writing {target.url}")
+    temporary = target.parent.child(f".{target.name}.tmp-{uuid.uuid4().hex[:12]}").path
     try:
+        retrying(lambda: target.fs.pipe_file(temporary, data), f"writing {target.url}")
         retrying(lambda: target.fs.mv(temporary, target.path), f"publishing {target.url}")
     finally:
-        if target.fs.exists(temporary):
-            target.fs.rm(temporary)
+        # Best effort: the error being raised (if any) is the one to report, and a temporary left
+        # by a store that just went down is cleared by `remove_temporaries` on the next start.
+        with contextlib.suppress(Exception):
+            if target.fs.exists(temporary):
+                target.fs.rm(temporary)
+
+
+def remove_temporaries(folder: Location) -> list[str]:
+    """Delete the temporaries that killed writers left anywhere under `folder`; returns their URLs.
+    Only for a folder no other process is writing to (a run directory being continued)."""
+    if not folder.exists():
+        return []
+    paths = retrying(lambda: folder.fs.find(folder.path), f"listing {folder.url}")
+    root = folder.path.rstrip("/")
+    leftovers = [path for path in paths if TEMPORARY_RE.match(path.rstrip("/").rsplit("/", 1)[-1])]
+    removed = []
+    for path in leftovers:
+        leftover = folder.child(path.rstrip("/")[len(root) + 1 :])
+        leftover.remove()
+        removed.append(leftover.url)
+    return removed
 
 
 def _write_local_atomic(path: str, data: bytes) -> None:
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=folder)
     try:
         with os.fdopen(handle, "wb") as file:
             write_all(file, data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import re
 
 
@@ -52,6 +53,8 @@ class Time:
                 "ep, ba, sp, tok, dur, s, min, h (e.g. '1000ba', '4.6e9tok', '0.3dur', '10min')"
             )
         value, unit = float(match.group(1)), TimeUnit(match.group(2))
+        if not math.isfinite(value):
+            raise ValueError(f"{text!r}: {match.group(1)} is too large to be a number of {unit.value}")
         if unit in _INTEGRAL:
             if value != int(value):
                 raise ValueError(f"{text!r}: {unit.value} counts whole units")

@@ -12,7 +12,7 @@ import threading
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -100,12 +100,10 @@ class Trainer:
         keep_checkpoints: int | None = None,
         on_nan: str = "stop",
         parallel: str = "ddp",
-        after_save: Callable[[], None] | None = None,
     ):
         """`run_dir` may be a local path or an fsspec URL. `microbatch_size="auto"` starts at the whole
         batch and halves it on CUDA out-of-memory. `on_nan` is "stop" (halt, keep the last good
         checkpoint) or "skip" (drop that step). `keep_checkpoints` keeps only the newest K.
-        `after_save` runs on rank 0 after each checkpoint (the CLI uploads metrics for remote run dirs).
         Under torchrun the converted model is wrapped in DDP or FSDP2 (`parallel`)."""
         self.train_data = train_data
         self.eval_data = eval_data
@@ -117,7 +115,6 @@ class Trainer:
         self.run_location = location(str(run_dir))
         self.keep_checkpoints = keep_checkpoints
         self.on_nan = on_nan
-        self.after_save = after_save
         self.auto_microbatch = microbatch_size == "auto"
         self.last_checkpoint: Location | None = None
         self._signal: int | None = None
@@ -172,7 +169,6 @@ class Trainer:
         if any(algorithm.dynamic_seq_len for algorithm in state.algorithms) and state.device.type == "cuda":
             self.preallocate_full_length()
         engine.run_event(Event.FIT_START)
-        last_train_loss = float("nan")
         while not self._done():
             engine.run_event(Event.EPOCH_START)
             batches = iter(self.train_data.epoch(state.timestamp.epoch, start_batch=state.timestamp.batch_in_epoch))
@@ -183,12 +179,14 @@ class Trainer:
                     break
                 state.batch = {key: value.to(state.device, non_blocking=True) for key, value in batch.items()}
                 engine.run_event(Event.AFTER_DATALOADER)
-                last_train_loss = self._train_batch()
+                self._train_batch()
+                # Evaluate before saving: a checkpoint then always follows its step's evaluation, so
+                # a kill between the two cannot lose that eval record (resume schedules the next one).
+                if self._due("eval"):
+                    self.evaluate()
                 if self._due("save"):
                     self.save()
                 engine.run_event(Event.BATCH_CHECKPOINT)
-                if self._due("eval"):
-                    self.evaluate()
                 self._halt_if_signalled()
             else:
                 break
@@ -196,14 +194,14 @@ class Trainer:
             state.timestamp.batch_in_epoch = 0
             engine.run_event(Event.EPOCH_END)
             engine.run_event(Event.EPOCH_CHECKPOINT)
-        if self.eval_data is not None and state.timestamp.batch != self._last_eval_batch():
+        if self.eval_data is not None and state.timestamp.batch != state.eval_step:
             self.evaluate()
         if state.timestamp.batch != self._last_saved_batch:
             self.save()
         engine.run_event(Event.FIT_END)
-        return self.summary(last_train_loss)
+        return self.summary()
 
-    def _train_batch(self) -> float:
+    def _train_batch(self) -> None:
         state, engine = self.state, self.engine
         started = time.perf_counter()
         engine.run_event(Event.BATCH_START)
@@ -224,6 +222,7 @@ class Trainer:
         # keeps the CPU at most one step ahead of the GPU.
         total_loss = distributed.all_reduce_mean(total_loss.item(), state.device)  # every rank decides NaN alike
         finite = math.isfinite(total_loss)
+        state.train_loss = total_loss
         state.batch = full_batch
         self.scaler.unscale_(state.optimizer)
         engine.run_event(Event.AFTER_TRAIN_BATCH)
@@ -265,7 +264,6 @@ class Trainer:
                 f"(--on-nan stop): {kept}. Resume from it with a lower --lr, or use --on-nan skip",
                 exit_code=1,
             )
-        return total_loss
 
     def _forward_backward(self, full_batch: dict[str, torch.Tensor], batch_tokens: int) -> torch.Tensor:
         """Forward and backward over the microbatches of one batch; returns the batch's mean loss
@@ -338,25 +336,23 @@ class Trainer:
             wall_s=round(state.timestamp.wall_clock_s, 4),
             **state.eval_metrics,
         )
-        self._eval_batch = state.timestamp.batch
+        state.eval_step = state.timestamp.batch
         return state.eval_metrics
 
-    def save(self) -> Location | None:
+    def save(self) -> Location:
         """Checkpoint now (every rank takes part; rank 0 writes). A failed write (a full disk, a lost
         connection) halts the run: the previous checkpoint is untouched and named in the message."""
         try:
+            self.logger.sync()  # records first: a checkpoint is never ahead of the metrics it continues
             folder = save_checkpoint(self.state, self.run_location)
         except OSError as error:
             kept = f"the previous checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else "no earlier checkpoint exists"
             reason = error.strerror or str(error)
             raise RunHalted(f"could not save a checkpoint at step {self.state.timestamp.batch}: {reason}; {kept}", exit_code=1) from error
         self._last_saved_batch = self.state.timestamp.batch
-        if distributed.is_rank_zero():
-            self.last_checkpoint = folder
-            if self.keep_checkpoints:
-                prune_checkpoints(self.run_location, self.keep_checkpoints)
-            if self.after_save is not None:
-                self.after_save()
+        self.last_checkpoint = folder
+        if self.keep_checkpoints and distributed.is_rank_zero():
+            prune_checkpoints(self.run_location, self.keep_checkpoints)
         return folder
 
     # -- signals -------------------------------------------------------------------------------
@@ -445,10 +441,7 @@ class Trainer:
         setattr(self, attribute, self._advance(getattr(self, f"{kind}_interval")))
         return True
 
-    def _last_eval_batch(self) -> int:
-        return getattr(self, "_eval_batch", -1)
-
-    def summary(self, final_train_loss: float) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         timestamp = self.state.timestamp
         return {
             "run_dir": self.run_location.url,
@@ -456,7 +449,7 @@ class Trainer:
             "tokens": timestamp.token,
             "wall_s": timestamp.wall_clock_s,
             "tokens_per_s": timestamp.token / timestamp.wall_clock_s if timestamp.wall_clock_s else 0.0,
-            "final_train_loss": final_train_loss,
+            "final_train_loss": self.state.train_loss,
             **self.state.eval_metrics,
             "seconds_per_algorithm": dict(self.engine.seconds_per_algorithm),
         }

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,34 @@ def corpus_folder(tmp_path: Path) -> Path:
     for i in range(20):
         (folder / f"doc{i:02d}.txt").write_text(SAMPLE_TEXT[i * 1000 : (i + 1) * 1000 + 2000])
     return folder
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-protocol server (moto's) on 127.0.0.1 at a free port, for the whole session."""
+    pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch, request):
+    import fsspec
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(key, value)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    # A fresh bucket per test; S3 bucket names are lowercase letters, digits and dashes.
+    name = request.node.name
+    bucket = f"{re.sub(r'[^a-z0-9]+', '-', name.lower())[:48].strip('-')}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    fs.mkdir(bucket)
+    fsspec.filesystem("s3").invalidate_cache()
+    yield f"s3://{bucket}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
@@ -13,35 +12,6 @@ from composerlite.storage import location
 
 RUN = ["run", "--model", "gpt2-tiny", "--batch-size", "4", "--seq-len", "32", "--device", "cpu",
        "--precision", "fp32", "--eval-interval", "2ba", "--eval-batches", "1", "--save-interval", "2ba"]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A real S3-protocol server (moto's) on 127.0.0.1 at a free port, for the whole module."""
-    pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_bucket(s3_endpoint, monkeypatch, request):
-    import fsspec
-
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint}.items():
-        monkeypatch.setenv(key, value)
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    bucket = request.node.name.replace("_", "-")[:60]  # a fresh bucket per test
-    fs.mkdir(bucket)
-    fsspec.filesystem("s3").invalidate_cache()
-    yield f"s3://{bucket}"
 
 
 def metrics_steps(text: str) -> list[int]:

@@ -59,12 +59,13 @@ def test_events_fire_in_the_documented_order_with_microbatch_repetition(tmp_path
     E = Event
     microbatch = [E.BEFORE_FORWARD, E.AFTER_FORWARD, E.BEFORE_LOSS, E.AFTER_LOSS, E.BEFORE_BACKWARD, E.AFTER_BACKWARD]
     batch = [E.BEFORE_DATALOADER, E.AFTER_DATALOADER, E.BATCH_START, E.BEFORE_TRAIN_BATCH, *microbatch, *microbatch,
-             E.AFTER_TRAIN_BATCH, E.BATCH_END, E.BATCH_CHECKPOINT]
+             E.AFTER_TRAIN_BATCH, E.BATCH_END]
     evaluation = [E.EVAL_START, E.EVAL_BATCH_START, E.EVAL_BEFORE_FORWARD, E.EVAL_AFTER_FORWARD, E.EVAL_BATCH_END,
                   E.EVAL_END]
-    # The last batch's eval is the final one, run once after the loop.
-    expected = [E.INIT, E.BEFORE_LOAD, E.AFTER_LOAD, E.FIT_START, E.EPOCH_START, *batch, *evaluation, *batch,
-                *evaluation, E.FIT_END]
+    # A step's evaluation comes before its checkpoint. The last batch's eval and save are the final
+    # ones, run once after the loop.
+    expected = [E.INIT, E.BEFORE_LOAD, E.AFTER_LOAD, E.FIT_START, E.EPOCH_START, *batch, *evaluation, E.BATCH_CHECKPOINT,
+                *batch, E.BATCH_CHECKPOINT, *evaluation, E.FIT_END]
     assert recorder.events == expected
     assert [r["step"] for r in records(trainer, "eval")] == [1, 2]
     checkpoints = sorted(p.name for p in (trainer.state.run_dir / "checkpoints").iterdir())

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from composerlite.checkpoint import is_checkpoint, load_checkpoint, newest_valid_checkpoint
-from composerlite.commands.run import algorithm_specs
+from composerlite.commands.run import algorithm_specs, position_limit
 from composerlite.config import RunConfig, cpu_supports_bf16, validated
 from composerlite.errors import UsageError
 from composerlite.loggers import Logger
@@ -79,13 +79,6 @@ def eval_precision(run_precision: str, device: torch.device) -> str:
     if run_precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
         return "fp32"
     return run_precision
-
-
-def position_limit(model: torch.nn.Module) -> int | None:
-    """How many positions a learned position-embedding table covers; None when positions are not
-    looked up in a table (e.g. after ALiBi removed it)."""
-    wpe = getattr(getattr(model, "transformer", None), "wpe", None)
-    return wpe.num_embeddings if isinstance(wpe, torch.nn.Embedding) else None
 
 
 def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None = None,

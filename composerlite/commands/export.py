@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from composerlite.checkpoint import MODEL_FILE, model_tensors, read_verified
+from composerlite.checkpoint import read_checkpoint
 from composerlite.errors import UsageError
 
 
@@ -48,7 +48,7 @@ def export_hf(run_dir: str, output: Path) -> Path:
                 f"cannot export {run_dir} to Hugging Face: algorithm '{cls.name or target}' changes the model in a way "
                 "GPT2LMHeadModel cannot load (train without it, or load the checkpoint with composerlite)"
             )
-    tensors = model_tensors(read_verified(checkpoint)[MODEL_FILE])
+    tensors, _ = read_checkpoint(checkpoint)  # verified and decoded: a damaged file is named, not a traceback
     # A tied head is stored once (an alias of the embedding); a head stored separately was untied in training.
     tied = tensors.get("lm_head.weight") is tensors.get("transformer.wte.weight")
     model = build_model(config.model, dropout=config.dropout or 0.0, tie_word_embeddings=tied)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import yaml
@@ -17,20 +19,32 @@ from rich.console import Console
 from rich.table import Table
 
 from composerlite import distributed
-from composerlite.checkpoint import newest_valid_checkpoint, read_step, read_verified, resolve_resume
+from composerlite.checkpoint import (
+    check_resumable,
+    complete_checkpoints,
+    newest_valid_checkpoint,
+    read_step,
+    remove_unfinished,
+    resolve_resume,
+)
 from composerlite.config import RunConfig, cpu_supports_bf16, load_config
 from composerlite.errors import UsageError
-from composerlite.loggers import ConsoleLogger, JSONLinesLogger, Logger
+from composerlite.distributed import unwrap_model
+from composerlite.loggers import ConsoleLogger, JSONLinesLogger, Logger, UploadedJSONLinesLogger
 from composerlite.registry import build_algorithm, split_spec
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.speed_monitor import SpeedMonitor
-from composerlite.storage import Location, location
+from composerlite.storage import Location, StorageError, location, remove_temporaries
 from composerlite.time import Time, TimeUnit
 from composerlite.trainer import OptimizerConfig, Trainer, resolve_device, seed_everything
 
 # With no --max-duration, a CPU run is a demo that finishes in a few minutes on 2 cores.
 CPU_DEMO = {"max_duration": "20ba", "batch_size": 8, "seq_len": 128}
 GPU_DEFAULT = {"max_duration": "1000ba", "batch_size": 32, "seq_len": 1024}
+# A remote run directory's metrics.jsonl is at most this far behind the local mirror (and never
+# behind a checkpoint): each upload sends the whole file, so not after every step.
+METRICS_UPLOAD_INTERVAL_S = 30.0
+T = TypeVar("T")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,15 +164,16 @@ def algorithm_specs(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
     return specs
 
 
-def prepare_run_dir(run_dir: Location, continuing: bool) -> None:
-    """Refuse to mix two runs in one directory, and fail now (not at the first checkpoint) if it is unwritable."""
-    if run_dir.child("metrics.jsonl").exists() and not continuing:
-        raise UsageError(f"run directory {run_dir} already holds a run; choose another --run-dir, or continue it with --autoresume")
+def prepare_run_dir(run_dir: Location) -> None:
+    """Create the run directory, failing now (not at the first checkpoint) if it is unwritable.
+    The first write of a run: every check that can refuse the run has passed before it."""
     try:
         run_dir.makedirs()
         probe = run_dir.child(".write-test")
         probe.write_bytes(b"")
         probe.remove()
+    except StorageError:
+        raise  # the store is down, not the path wrong: a runtime failure (exit 1)
     except OSError as error:
         raise UsageError(f"cannot write to run directory {run_dir}: {error.strerror or error}") from None
 
@@ -175,23 +190,61 @@ def check_budget(plan: RunPlan) -> None:
 
 
 def checkpoint_to_resume(config: RunConfig, run_dir: Location) -> Location | None:
-    """`--autoresume`: the run directory's newest valid checkpoint, else `--resume`'s, else none."""
-    if config.autoresume:
-        newest = newest_valid_checkpoint(run_dir)
-        if newest is not None:
-            return newest
-    return resolve_resume(config.resume) if config.resume else None
+    """The checkpoint this run continues from (None: a fresh start): with `--autoresume` the run
+    directory's newest valid one, else `--resume`'s. Refuses, reading only, a run directory that is a
+    file, one that holds another run, and one whose every checkpoint is damaged (starting over there
+    would rewrite the metrics the checkpoints belong to)."""
+    if run_dir.is_file():
+        raise UsageError(f"--run-dir {run_dir} is a file, not a folder")
+    problems: list[str] = []
+    checkpoint = newest_valid_checkpoint(run_dir, problems) if config.autoresume else None
+    if checkpoint is None and problems and complete_checkpoints(run_dir):
+        raise UsageError(f"--autoresume: every checkpoint in {run_dir} is damaged (newest: {problems[0]}); nothing was "
+                         "written. Continue from one with --resume CHECKPOINT, or start over in a new --run-dir")
+    for problem in problems:
+        print(f"composerlite: skipping {problem}", file=sys.stderr)
+    if checkpoint is None and config.resume:
+        checkpoint = resolve_resume(config.resume)
+    continuing = config.autoresume or (checkpoint is not None and checkpoint.parent.parent.same_place(run_dir))
+    if not continuing and (run_dir.child("metrics.jsonl").exists() or run_dir.child("config.yaml").exists()):
+        branch = " (to branch from --resume, give a new --run-dir)" if config.resume else ""
+        raise UsageError(f"run directory {run_dir} already holds a run; choose another --run-dir, "
+                         f"or continue it with --autoresume{branch}")
+    if checkpoint is not None:
+        check_same_model(checkpoint, config.model)
+    return checkpoint
 
 
 def check_same_model(checkpoint: Location, model: str) -> None:
-    """Compare the checkpoint's run config with this one before anything is written (weights are
-    checked again, by shape, when they load). Also verifies the checkpoint's files."""
-    read_verified(checkpoint)
+    """Compare the checkpoint's run config with this one (weights are checked by shape, and the
+    algorithms by name, once the model is built)."""
     saved_config = checkpoint.parent.parent.child("config.yaml")
     if saved_config.exists():
         saved_model = (yaml.safe_load(saved_config.read_bytes()) or {}).get("model")
         if saved_model and saved_model != model:
             raise UsageError(f"checkpoint {checkpoint} is a {saved_model} run; this run is {model}: pass --model {saved_model}")
+
+
+def position_limit(model: torch.nn.Module) -> int | None:
+    """How many positions a learned position-embedding table covers; None when positions are not
+    looked up in a table (e.g. after ALiBi removed it)."""
+    wpe = getattr(getattr(unwrap_model(model), "transformer", None), "wpe", None)
+    return wpe.num_embeddings if isinstance(wpe, torch.nn.Embedding) else None
+
+
+def on_rank_zero(check: Callable[[], T]) -> T:
+    """`check()` run on rank 0 alone (only rank 0 reads run files); every rank gets its result, or
+    the same `UsageError`."""
+    value, problem = None, None
+    if distributed.is_rank_zero():
+        try:
+            value = check()
+        except UsageError as error:
+            problem = str(error)
+    value, problem = distributed.broadcast_object((value, problem))
+    if problem is not None:
+        raise UsageError(problem)
+    return value
 
 
 def truncate_metrics(metrics: Location, step: int) -> None:
@@ -210,17 +263,17 @@ def _record_step(line: str) -> int:
         return 1 << 62  # a line torn by a crash mid-write: past any checkpoint
 
 
-def local_metrics_file(run_dir: Location) -> Path:
-    """Where metrics.jsonl is appended: in the run directory, or for a remote one a local mirror
-    that is uploaded (atomically) after each checkpoint and at the end."""
+def metrics_destination(run_dir: Location) -> JSONLinesLogger:
+    """metrics.jsonl, appended in the run directory; for a remote one, appended to a local mirror
+    (seeded from the remote copy) that is uploaded as `UploadedJSONLinesLogger` says."""
     if run_dir.is_local:
-        return Path(run_dir.path) / "metrics.jsonl"
+        return JSONLinesLogger(Path(run_dir.path) / "metrics.jsonl")
     cache = Path(os.environ.get("COMPOSERLITE_CACHE") or Path.home() / ".cache" / "composerlite")
     mirror = cache / "runs" / hashlib.sha256(run_dir.url.encode()).hexdigest()[:20] / "metrics.jsonl"
     mirror.parent.mkdir(parents=True, exist_ok=True)
     remote = run_dir.child("metrics.jsonl")
     mirror.write_bytes(remote.read_bytes() if remote.exists() else b"")
-    return mirror
+    return UploadedJSONLinesLogger(mirror, remote, upload_interval_s=METRICS_UPLOAD_INTERVAL_S)
 
 
 def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
@@ -246,80 +299,87 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
     shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
     train_data = BatchStream(corpus.train_tokens, seq_len=plan.seq_len, batch_size=per_rank_batch, seed=config.seed, **shard)
     eval_data = BatchStream(corpus.eval_tokens, seq_len=plan.seq_len, batch_size=per_rank_batch, seed=0, shuffle=False, **shard)
+    # Every check that can refuse the run comes before its first write, so a refused run leaves the
+    # run directory exactly as it was.
     run_dir = location(plan.run_dir)
-    resume_from, problem = None, None
-    if distributed.is_rank_zero():  # only rank 0 reads run files; the others learn the outcome
-        try:
-            resume_from = checkpoint_to_resume(config, run_dir)
-            if resume_from is not None:
-                check_same_model(resume_from, config.model)
-        except UsageError as error:
-            problem = str(error)
-    resume_url, problem = distributed.broadcast_object((resume_from.url if resume_from else None, problem))
-    if problem is not None:
-        raise UsageError(problem)
-    resume_from = location(resume_url) if resume_url else None
-    if distributed.is_rank_zero():
-        prepare_run_dir(run_dir, continuing=config.autoresume or resume_from is not None)
+    def resume_url() -> str | None:  # a URL, not a Location: it travels to the other ranks
+        checkpoint = checkpoint_to_resume(config, run_dir)
+        return checkpoint.url if checkpoint else None
+
+    url = on_rank_zero(resume_url)
+    resume_from = location(url) if url else None
+    seed_everything(config.seed)
+    model = build_model(config.model, dropout=plan.dropout)
+    logger = Logger([ConsoleLogger(console)])
+    # Every run measures its speed (throughput/* and memory/peak_gib in metrics.jsonl); the summary
+    # line goes through this run's console (a benchmark sends that to the run's log file).
+    speed = SpeedMonitor(window=20, warmup_steps=1, console=False)
+    trainer = Trainer(
+        model=model,
+        train_data=train_data,
+        eval_data=eval_data,
+        max_duration=plan.max_duration,
+        logger=logger,
+        run_dir=plan.run_dir,
+        algorithms=algorithms,
+        callbacks=[speed],
+        optimizer=OptimizerConfig(lr=plan.lr, weight_decay=config.weight_decay),
+        schedule=WarmupDecaySchedule(warmup=Time.parse(plan.warmup), decay=config.decay),
+        microbatch_size=config.microbatch_size,
+        precision=plan.precision,
+        device=str(plan.device),
+        seed=config.seed,
+        save_interval=config.save_interval,
+        eval_interval=config.eval_interval,
+        eval_batches=config.eval_batches,
+        load_path=resume_from,
+        keep_checkpoints=config.keep_checkpoints,
+        on_nan=config.on_nan,
+        parallel=config.parallel,
+    )
+    limit = position_limit(trainer.state.model)
+    if limit is not None and plan.seq_len > limit:
+        raise UsageError(f"--seq-len {plan.seq_len} is longer than {config.model}'s {limit} learned positions "
+                         "(n_positions); train at most that long, or with --algo alibi, which has no such limit")
+    if resume_from is not None:
+        check_resumable(trainer.state, resume_from)
+
+    if distributed.is_rank_zero():  # the run's first writes
+        continuing = run_dir.exists()  # and, having passed the checks above, it is this run's
+        prepare_run_dir(run_dir)
+        if continuing:
+            leftovers = [*remove_temporaries(run_dir), *(folder.url for folder in remove_unfinished(run_dir))]
+            if leftovers:
+                console.print(f"removed what interrupted writes left: {', '.join(leftovers)}")
         # Records past the checkpoint are replayed by the resumed run; without one, none survive.
         truncate_metrics(run_dir.child("metrics.jsonl"), read_step(resume_from) if resume_from else 0)
+        resolved = {**config.model_dump(), "max_duration": plan.max_duration, "batch_size": plan.batch_size,
+                    "seq_len": plan.seq_len, "lr": plan.lr, "warmup": plan.warmup, "dropout": plan.dropout,
+                    "precision": plan.precision, "device": str(plan.device), "run_dir": plan.run_dir,
+                    "world_size": distributed.world_size()}
+        run_dir.child("config.yaml").write_bytes(yaml.safe_dump(resolved, sort_keys=False).encode())
+        logger.destinations.append(metrics_destination(run_dir))
     for note in plan.notes:
         console.print(f"[yellow]{note}[/yellow]")
     if resume_from is not None:
         console.print(f"resuming from {resume_from}")
-    resolved = {**config.model_dump(), "max_duration": plan.max_duration, "batch_size": plan.batch_size,
-                "seq_len": plan.seq_len, "lr": plan.lr, "warmup": plan.warmup, "dropout": plan.dropout,
-                "precision": plan.precision, "device": str(plan.device), "run_dir": plan.run_dir,
-                "world_size": distributed.world_size()}
-    if distributed.is_rank_zero():
-        run_dir.child("config.yaml").write_bytes(yaml.safe_dump(resolved, sort_keys=False).encode())
     console.print(
         f"[bold]{config.model}[/bold] on {corpus.name} ({len(corpus.train_tokens):,} train tokens), "
         f"{plan.device} {plan.precision}, algorithms: {', '.join(a.name or type(a).__name__ for a in algorithms) or 'none'}"
         + (f", {distributed.world_size()} processes ({config.parallel})" if distributed.world_size() > 1 else "")
     )
-    seed_everything(config.seed)
-    model = build_model(config.model, dropout=plan.dropout)
-    destinations, upload_metrics = [ConsoleLogger(console)], None
-    if distributed.is_rank_zero():
-        metrics_file = local_metrics_file(run_dir)
-        destinations.append(JSONLinesLogger(metrics_file))
-        if not run_dir.is_local:
-            upload_metrics = lambda: run_dir.child("metrics.jsonl").write_bytes(metrics_file.read_bytes())
-    logger = Logger(destinations)
-    # Every run measures its speed (throughput/* and memory/peak_gib in metrics.jsonl); the summary
-    # line goes through this run's console (a benchmark sends that to the run's log file).
-    speed = SpeedMonitor(window=20, warmup_steps=1, console=False)
     try:
-        trainer = Trainer(
-            model=model,
-            train_data=train_data,
-            eval_data=eval_data,
-            max_duration=plan.max_duration,
-            logger=logger,
-            run_dir=plan.run_dir,
-            algorithms=algorithms,
-            callbacks=[speed],
-            optimizer=OptimizerConfig(lr=plan.lr, weight_decay=config.weight_decay),
-            schedule=WarmupDecaySchedule(warmup=Time.parse(plan.warmup), decay=config.decay),
-            microbatch_size=config.microbatch_size,
-            precision=plan.precision,
-            device=str(plan.device),
-            seed=config.seed,
-            save_interval=config.save_interval,
-            eval_interval=config.eval_interval,
-            eval_batches=config.eval_batches,
-            load_path=resume_from,
-            keep_checkpoints=config.keep_checkpoints,
-            on_nan=config.on_nan,
-            parallel=config.parallel,
-            after_save=upload_metrics,
-        )
         summary = {**trainer.fit(), "speed": speed.summary}
+    except BaseException:
+        # Best effort: the error being raised is the one to report; records past the newest
+        # checkpoint are replayed on resume anyway.
+        with contextlib.suppress(OSError):
+            logger.sync()
+        raise
+    else:
+        logger.sync()
     finally:
         logger.close()
-        if upload_metrics is not None:
-            upload_metrics()
     if distributed.is_rank_zero():
         if speed.summary:
             console.print(speed.summary_line())

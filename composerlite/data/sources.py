@@ -260,5 +260,8 @@ def _read_parquet(fs: fsspec.AbstractFileSystem, path: str, display: str) -> lis
         columns = parquet.schema_arrow.names
         if "text" not in columns:
             raise DataError(f"{display} has no 'text' column (columns: {', '.join(columns)})")
+        text_type = parquet.schema_arrow.field("text").type
+        if not (pyarrow.types.is_string(text_type) or pyarrow.types.is_large_string(text_type)):
+            raise DataError(f"{display}: its 'text' column holds {text_type}, not strings")
         texts = parquet.read(columns=["text"]).column("text").to_pylist()
     return [text for text in texts if text]
