@@ -55,6 +55,7 @@ class RunConfig(pydantic.BaseModel):
     save_interval: str | None = None
     eval_interval: str | None = "0.25dur"
     eval_batches: int = pydantic.Field(16, gt=0)
+    target_loss: float | None = pydantic.Field(None, gt=0, description="stop at the first eval at or below this loss")
     card_recipe: bool = False
     resume: str | None = None  # a checkpoint folder or run directory (local or fsspec URL)
     autoresume: bool = False

@@ -188,15 +188,18 @@ class SpeedMonitor(Callback):
         tokens, samples = t.token - self._counts[0], t.sample - self._counts[1]
         self._counts = (t.token, t.sample)
         self._seen += 1
+        seq_len = int(state.batch["input_ids"].shape[1])
+        if seq_len not in self._flops_per_token:
+            self._flops_per_token[seq_len] = model_flops_per_token(state.model, seq_len)
+        flops = tokens * self._flops_per_token[seq_len]
+        # Every step's FLOPs, warmup included: benchmarks add them up into FLOPs-to-target.
+        logger.log_metrics({"model_flops": flops})
         if self._seen <= self.warmup_steps:
             if self._seen == self.warmup_steps:
                 self.warmup_s = now - self._started - self.excluded_s
                 reset_peak_memory(state.device)
             return
-        seq_len = int(state.batch["input_ids"].shape[1])
-        if seq_len not in self._flops_per_token:
-            self._flops_per_token[seq_len] = model_flops_per_token(state.model, seq_len)
-        step = (seconds, tokens, samples, tokens * self._flops_per_token[seq_len])
+        step = (seconds, tokens, samples, flops)
         self.steps.append(step)
         self.measured.append(step)
         logger.log_metrics(self.rates(self.steps, state.device))

@@ -100,11 +100,14 @@ class Trainer:
         keep_checkpoints: int | None = None,
         on_nan: str = "stop",
         parallel: str = "ddp",
+        target_loss: float | None = None,
     ):
         """`run_dir` may be a local path or an fsspec URL. `microbatch_size="auto"` starts at the whole
         batch and halves it on CUDA out-of-memory. `on_nan` is "stop" (halt, keep the last good
         checkpoint) or "skip" (drop that step). `keep_checkpoints` keeps only the newest K.
-        Under torchrun the converted model is wrapped in DDP or FSDP2 (`parallel`)."""
+        Under torchrun the converted model is wrapped in DDP or FSDP2 (`parallel`). With `target_loss`,
+        training stops at the first evaluation at or below it, and evaluations grow dense as the loss
+        nears it (see `_near_target`), so the step that reaches it is known to within 1%."""
         self.train_data = train_data
         self.eval_data = eval_data
         self.logger = logger
@@ -115,6 +118,9 @@ class Trainer:
         self.run_location = location(str(run_dir))
         self.keep_checkpoints = keep_checkpoints
         self.on_nan = on_nan
+        self.target_loss = target_loss
+        self._recent_evals: list[tuple[int, float]] = []  # (step, eval loss) of the last two evaluations
+        self._regular_eval_gap = 0  # most steps seen between two evaluations: the regular schedule's spacing
         self.auto_microbatch = microbatch_size == "auto"
         self.last_checkpoint: Location | None = None
         self._signal: int | None = None
@@ -182,7 +188,7 @@ class Trainer:
                 self._train_batch()
                 # Evaluate before saving: a checkpoint then always follows its step's evaluation, so
                 # a kill between the two cannot lose that eval record (resume schedules the next one).
-                if self._due("eval"):
+                if self._due("eval") or self._near_target():
                     self.evaluate()
                 if self._due("save"):
                     self.save()
@@ -242,8 +248,9 @@ class Trainer:
         state.optimizer.zero_grad(set_to_none=True)
         # No synchronize here: the optimizer's kernels overlap the next batch's CPU work, and the
         # next step's loss read waits for them, so wall-clock budgets still count the GPU's work.
-        timestamp.wall_clock_s += time.perf_counter() - started
         engine.run_event(Event.BATCH_END)
+        # After BATCH_END: work done there (EMA's weight update, say) is training time too.
+        timestamp.wall_clock_s += time.perf_counter() - started
         self.logger.record(
             "train",
             step=timestamp.batch,
@@ -337,6 +344,7 @@ class Trainer:
             **state.eval_metrics,
         )
         state.eval_step = state.timestamp.batch
+        self._note_eval(state.timestamp.batch, eval_loss)
         return state.eval_metrics
 
     def save(self) -> Location:
@@ -432,6 +440,27 @@ class Trainer:
         value = round(count * interval.value, 9)
         value = min(1.0, value) if unit is TimeUnit.DURATION else value
         return Time(value, unit)
+
+    def _note_eval(self, step: int, eval_loss: float) -> None:
+        if self._recent_evals:
+            self._regular_eval_gap = max(self._regular_eval_gap, step - self._recent_evals[-1][0])
+        self._recent_evals = [*self._recent_evals[-1:], (step, eval_loss)]
+        if self.target_loss is not None and eval_loss <= self.target_loss:
+            self.state.stop_training = True
+
+    def _near_target(self) -> bool:
+        """Evaluate now, off the regular schedule? Yes when the last two evaluations, extrapolated
+        linearly, reach the target before about 1.5 regular intervals from the last one, and 1% of
+        the steps so far have passed since it: the crossing is then bracketed within 1% of the steps."""
+        if self.target_loss is None or len(self._recent_evals) < 2 or self.eval_data is None:
+            return False
+        (step_a, loss_a), (step_b, loss_b) = self._recent_evals
+        slope = (loss_a - loss_b) / (step_b - step_a)  # loss drop per step
+        if slope <= 0:
+            return False
+        predicted = step_b + (loss_b - self.target_loss) / slope
+        step = self.state.timestamp.batch
+        return predicted - step_b <= 1.5 * self._regular_eval_gap and step - step_b >= max(1, step // 100)
 
     def _due(self, kind: str) -> bool:
         attribute = f"_next_{kind}"

@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-interval", help="checkpoint every 10ba, 0.5dur, 5min, ...")
     parser.add_argument("--eval-interval", help="evaluate every 0.25dur, 100ba, ...")
     parser.add_argument("--eval-batches", type=int, help="held-out batches per evaluation")
+    parser.add_argument("--target-loss", type=float, help="stop at the first evaluation at or below this held-out "
+                        "loss (evaluations grow dense near it); --max-duration is then the cap")
     parser.add_argument("--resume", metavar="RUN_DIR_OR_CKPT",
                         help="continue exactly from a checkpoint folder, or from the newest valid checkpoint of a run directory")
     parser.add_argument("--autoresume", action="store_true", default=None,
@@ -332,6 +334,7 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
         save_interval=config.save_interval,
         eval_interval=config.eval_interval,
         eval_batches=config.eval_batches,
+        target_loss=config.target_loss,
         load_path=resume_from,
         keep_checkpoints=config.keep_checkpoints,
         on_nan=config.on_nan,
