@@ -4,8 +4,10 @@ from its checkpoint, and an FSDP2 run's checkpoint loads into one process (any w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -17,6 +19,18 @@ from composerlite.checkpoint import find_checkpoints
 from composerlite.storage import location
 
 WORLD = 2
+TERM_AT = '''
+import os, signal
+from composerlite import Algorithm, Event, distributed
+
+class TermAt(Algorithm):
+    """SIGTERMs rank 1 after the first batch (a preemption notice that reached one process)."""
+    name = "term_at"
+    def match(self, event, state): return event is Event.BATCH_END and state.timestamp.batch == 1
+    def apply(self, event, state, logger):
+        if distributed.rank() == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+'''
 
 
 def args(text_file, run_dir, *extra, duration="4ba"):
@@ -33,18 +47,21 @@ def _worker(rank: int, port: int, argvs: list[list[str]], results: str) -> None:
     torch.set_num_threads(1)
     from composerlite import distributed
 
-    codes = [cli.main(argv) for argv in argvs]
+    with open(Path(results, f"rank{rank}.err"), "w") as errors, contextlib.redirect_stderr(errors):
+        codes = [cli.main(argv) for argv in argvs]
     distributed.shutdown()
     Path(results, f"rank{rank}.json").write_text(json.dumps(codes))
 
 
-def run_two_processes(tmp_path: Path, argvs: list[list[str]]) -> None:
+def run_two_processes(tmp_path: Path, argvs: list[list[str]], codes: list[int] | None = None) -> list[str]:
+    """Runs each argv on both ranks in turn, checks the exit codes (default: all 0); returns each rank's stderr."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     mp.spawn(_worker, args=(port, argvs, str(tmp_path)), nprocs=WORLD, join=True)
     for rank in range(WORLD):
-        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [0] * len(argvs)
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == (codes or [0] * len(argvs))
+    return [(tmp_path / f"rank{rank}.err").read_text() for rank in range(WORLD)]
 
 
 def curve(run_dir: Path, event="train", key="loss") -> list[tuple[int, float]]:
@@ -57,14 +74,23 @@ def close(a, b, tolerance=2e-5):
 
 
 def test_two_processes_match_one_and_resume(tmp_path, text_file):
-    single, ddp, ddp_resumed, fsdp, fsdp_resumed = (tmp_path / name for name in ("single", "ddp", "ddp2", "fsdp", "fsdp2"))
+    single, ddp, ddp_resumed, fsdp, fsdp_resumed, stopped = (
+        tmp_path / name for name in ("single", "ddp", "ddp2", "fsdp", "fsdp2", "stopped"))
+    stop = tmp_path / "stop.py"
+    stop.write_text(TERM_AT)
     assert cli.main(args(text_file, single, duration="6ba")) == 0
-    run_two_processes(tmp_path, [
+    errors = run_two_processes(tmp_path, [
         args(text_file, ddp, duration="6ba"),
         # Same budget (the LR schedule depends on it), continued from step 4 of the run above.
         args(text_file, ddp_resumed, "--resume", str(ddp / "checkpoints" / "ba00000004"), duration="6ba"),
         args(text_file, fsdp, "--parallel", "fsdp", duration="6ba"),
-    ])
+        args(text_file, stopped, "--algo", f"{stop}:TermAt", duration="6ba"),
+    ], codes=[0, 0, 0, 128 + signal.SIGTERM])
+    # A SIGTERM on rank 1 alone stops both ranks at the same step; each names the shared checkpoint
+    # (rank 1 said "checkpoint saved in None").
+    for rank_errors in errors:
+        assert f"stopped by SIGTERM at step 1; checkpoint saved in {stopped / 'checkpoints' / 'ba00000001'}" in rank_errors
+    assert [f.name for f in find_checkpoints(location(str(stopped)))] == ["ba00000001"]
     reference = curve(single)
     assert close(curve(ddp), reference), (curve(ddp), reference)
     assert close(curve(ddp, "eval", "eval_loss"), curve(single, "eval", "eval_loss"))
