@@ -45,7 +45,7 @@ def assert_same_seed_runs_match(tmp_path: Path, make_algorithms: Algorithms, **r
         assert torch.equal(tensor, weights(second.state.model)[key]), key
 
 
-def assert_exact_resume_after_stop(tmp_path: Path, make_algorithms: Algorithms, steps: int = 6, **run) -> None:
+def assert_exact_resume_after_stop(tmp_path: Path, make_algorithms: Algorithms, steps: int = 4, **run) -> None:
     """A run that stops after step `steps // 2 + 1`, resumed from its step-`steps // 2` checkpoint,
     ends with the uninterrupted run's losses and weights, bit for bit."""
     half = steps // 2

@@ -93,6 +93,18 @@ def test_training_with_fused_cross_entropy_gives_the_capped_models_losses(tmp_pa
         assert abs(with_cap - without) > 10 * 1e-5 * with_cap  # an uncapped fused loss would fail the line above
 
 
+def test_the_cap_survives_padding_replacing_an_untied_head(tmp_path):
+    """pad_vocab resizes an untied head into a new module, which comes without the hook."""
+    algorithms = [LogitSoftcap(cap=5.0), build_algorithm("untied_head"), build_algorithm("pad_vocab")]
+    trainer = tiny_trainer(tmp_path, algorithms, max_duration="1ba", vocab_size=500)
+    trainer.fit()
+    model = trainer.state.model.eval()
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 100.0, generator=torch.Generator().manual_seed(0))
+        logits = model(input_ids=torch.arange(16)[None]).logits
+    assert logits.shape[-1] == 500 and 4.0 < logits.abs().max() <= 5.0
+
+
 def test_same_seed_is_deterministic(tmp_path):
     assert_same_seed_runs_match(tmp_path, lambda: [LogitSoftcap()], max_duration="3ba")
 

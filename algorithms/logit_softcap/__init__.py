@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from composerlite import Algorithm, Event, Logger, State
+from composerlite.distributed import unwrap_model
 
 
 class LogitSoftcapOptions(pydantic.BaseModel):
@@ -40,12 +41,24 @@ def _cap_output(cap: float):
     return hook
 
 
+def cap_head_output(model: nn.Module, cap: float) -> bool:
+    """Hook the soft-cap onto the model's current output head unless it already has it; returns
+    whether a hook was added (a module that replaced the head, e.g. on vocabulary padding of an
+    untied head, comes without it)."""
+    head = model.get_output_embeddings()
+    if getattr(head, "logit_softcap_hooked", False):
+        return False
+    head.register_forward_hook(_cap_output(cap))
+    head.logit_softcap_hooked = True
+    return True
+
+
 def apply_logit_softcap(model: nn.Module, cap: float = 30.0) -> None:
     """Cap `model`'s logits at `cap` (a forward hook on its output head) and record the cap in its
     config as `final_logit_softcapping` for losses that compute logits themselves."""
     if getattr(model.config, "final_logit_softcapping", None) is not None:
         raise ValueError(f"the model's logits are already soft-capped (at {model.config.final_logit_softcapping})")
-    model.get_output_embeddings().register_forward_hook(_cap_output(cap))
+    cap_head_output(model, cap)
     model.config.final_logit_softcapping = cap
 
 
@@ -61,7 +74,10 @@ class LogitSoftcap(Algorithm):
         self.options = LogitSoftcapOptions(**options)
 
     def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
+        return event in (Event.INIT, Event.FIT_START)
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
-        apply_logit_softcap(state.model, self.options.cap)
+        if event is Event.INIT:
+            apply_logit_softcap(state.model, self.options.cap)
+        else:  # a conversion later in INIT (pad_vocab resizing an untied head) may have replaced the head module
+            cap_head_output(unwrap_model(state.model), self.options.cap)
