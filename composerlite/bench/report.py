@@ -167,7 +167,8 @@ def verdict_cell(speedup: Speedup) -> str:
 
 def verdict_row(summary: MethodSummary) -> list[str]:
     name = summary.method + (" (A/A)" if summary.repeat_of else "")
-    return [name, str(len(summary.seeds)), *(verdict_cell(summary.speedups[axis]) for axis in AXES)]
+    seeds = str(len(summary.seeds)) + (f" ({summary.compared} compared)" if summary.compared < len(summary.seeds) else "")
+    return [name, seeds, *(verdict_cell(summary.speedups[axis]) for axis in AXES)]
 
 
 def summary_row(summary: MethodSummary) -> list[str]:
