@@ -90,3 +90,16 @@ def assert_export_refused(run_dir: Path, out: Path, name: str, capsys) -> None:
     error = capsys.readouterr().err.strip()
     assert f"'{name}'" in error and "cannot export" in error and "\n" not in error
     assert not out.exists()
+
+
+def assert_exported_logits_match_training(text_file: Path, tmp_path: Path, algo_spec: str) -> None:
+    """Train gpt2-tiny with `algo_spec`, export it, and check transformers gives the trained model's logits."""
+    from composerlite.models import build_model
+
+    assert cli_run(text_file, tmp_path / "run", algo_spec) == 0
+    exported, trained_weights = export_and_load(tmp_path / "run", tmp_path / "hf")
+    trained = build_model("gpt2-tiny", dropout=0.0).eval()
+    trained.load_state_dict(trained_weights)
+    input_ids = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(exported(input_ids=input_ids).logits, trained(input_ids=input_ids).logits)

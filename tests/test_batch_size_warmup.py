@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from method_checks import assert_exact_resume_after_stop, assert_same_seed_runs_match, cli_run, export_and_load
+from method_checks import assert_exact_resume_after_stop, assert_exported_logits_match_training, assert_same_seed_runs_match
 from tinyrun import tiny_trainer
 
 from composerlite import Algorithm, Event
 from composerlite.algorithms.batch_size_warmup import BatchSizeWarmup, batch_size_at, default_min_batch_size
 from composerlite.errors import UsageError
-from composerlite.models import build_model
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.time import Time, Timestamp
 
@@ -82,10 +80,4 @@ def test_listed_twice_is_refused_in_one_line(tmp_path):
 
 
 def test_export_gives_a_model_transformers_loads_with_the_trained_logits(tmp_path, text_file):
-    assert cli_run(text_file, tmp_path / "run", "batch_size_warmup:duration=0.9") == 0
-    exported, trained_weights = export_and_load(tmp_path / "run", tmp_path / "hf")
-    trained = build_model("gpt2-tiny", dropout=0.0).eval()
-    trained.load_state_dict(trained_weights)
-    input_ids = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert torch.equal(exported(input_ids=input_ids).logits, trained(input_ids=input_ids).logits)
+    assert_exported_logits_match_training(text_file, tmp_path, "batch_size_warmup:duration=0.9")
