@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import statistics
 import sys
 import time
@@ -86,8 +87,19 @@ def median_records(samples: list[dict]) -> list[dict]:
     return records
 
 
-def verdicts(records: list[dict], device: str) -> list[str]:
+def ceiling_rows(path: str | None) -> dict[str, dict]:
+    """The hand-written minimal GPT-2's tokens/s per model from `gpu_ceiling.py`'s JSON, measured in
+    the same job: its padded-vocabulary, default-compile, batch-32 rows (the anchor the targets cite)."""
+    if not path or not Path(path).exists():
+        return {}
+    rows = json.loads(Path(path).read_text())["rows"]
+    return {row["model"]: row for row in rows
+            if "error" not in row and row["vocab"] == 50304 and row["B"] == 32 and row["mode"] == "default"}
+
+
+def verdicts(records: list[dict], device: str, ceiling: dict[str, dict] | None = None) -> list[str]:
     lines = []
+    ceiling = ceiling or {}
     base = {(r["model"], r["batch_size"]): r for r in records if r["variant"] == "baseline" and "tokens_per_s" in r}
     for r in records:
         if not r["variant"].startswith("fused_kernels") or "tokens_per_s" not in r:
@@ -98,6 +110,11 @@ def verdicts(records: list[dict], device: str) -> list[str]:
             if target and r["batch_size"] == 32 and r["seq_len"] == 1024:
                 lines.append(f"{r['model']} bundle {r['tokens_per_s']:,.0f} tok/s vs target {target:,.0f}: "
                              f"{'MET' if r['tokens_per_s'] >= target else 'MISSED'}")
+                if r["model"] in ceiling:
+                    anchor = ceiling[r["model"]]["tokens_per_s"]
+                    lines.append(f"{r['model']} bundle {r['tokens_per_s'] / anchor:.2f}x the hand-written ceiling "
+                                 f"measured in this job ({anchor:,.0f} tok/s): "
+                                 f"{'MET' if r['tokens_per_s'] >= anchor else 'MISSED'}")
             if b:
                 lines.append(f"{r['model']} bundle peak memory {r['peak_memory_gib']:.2f} GiB vs baseline "
                              f"{b['peak_memory_gib']:.2f}: {'MET' if r['peak_memory_gib'] <= b['peak_memory_gib'] else 'MISSED'}")
@@ -125,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-flops", type=float)
     parser.add_argument("--measure-peak", action="store_true", help="MFU against a matmul timed before each measurement")
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no new measurement after this")
+    parser.add_argument("--ceiling", help="gpu_ceiling.py's JSON from the same job: judge the bundle against it too")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/throughput_<device>_<date>.json)")
     parser.add_argument("--smoke", action="store_true", help="gpt2-tiny, 2 steps, batch 2 x 64: checks the script runs")
     args = parser.parse_args(argv)
@@ -144,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     info = {"device_name": device_name(device), "torch": torch.__version__, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "argv": sys.argv[1:], "repeats": args.repeats}
     console.print(table(records, title=f"throughput on {info['device_name']}, torch {info['torch']}, median of {args.repeats}"))
-    lines = verdicts(records, device.type)
+    ceiling = ceiling_rows(args.ceiling)
+    info["ceiling"] = ceiling
+    lines = verdicts(records, device.type, ceiling)
     for line in lines:
         console.print(line)
     out = args.out or f"benchmarks/results/throughput_{'cuda' if gpu else 'cpu'}_{datetime.date.today()}.json"

@@ -18,7 +18,7 @@ from composerlite.cli import main as cli
 from composerlite.commands.run import run as real_run
 from composerlite.commands.sweep import sweep_methods
 from composerlite.config import load_config
-from composerlite.errors import UsageError
+from composerlite.errors import RunHalted, UsageError
 from composerlite.registry import registered_algorithms, split_spec
 
 RECIPES = Path(__file__).resolve().parent.parent / "benchmarks" / "recipes"
@@ -150,6 +150,39 @@ def test_interrupted_benchmark_resumes_without_losing_anything(tmp_path, text_fi
     assert [run.method for run in results.runs] == ["baseline", "seq_len_warmup"]
     assert [c["command"] for c in results.commands] == ["first", "second"]
 
+
+
+def test_a_failing_method_costs_only_its_own_runs(tmp_path, text_file):
+    base = load_config(None, {"model": "gpt2-tiny", "max_duration": "2ba", "batch_size": 2, "seq_len": 16,
+                              "eval_batches": 1, "device": "cpu", "precision": "fp32", "data": str(text_file)})
+    methods = parse_algos("baseline,seq_len_warmup")
+    out = tmp_path / "bench"
+
+    def broken_warmup(config, console):
+        if config.algorithms:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore detail")
+        return real_run(config, console)
+
+    with pytest.raises(RunHalted) as halted:
+        run_bench(out, base, methods, [17, 18], "first", run=broken_warmup, reference_repeats=0)
+    assert halted.value.exit_code == 1
+    message = str(halted.value)
+    assert "2 of 4 runs failed" in message and "seq_len_warmup seed 17 (RuntimeError: CUDA error" in message
+    assert "\n" not in message  # one line
+    assert [(run.method, run.seed) for run in load_results(out).runs] == [("baseline", 17), ("baseline", 18)]
+    assert "Traceback" in (out / "logs" / "seq_len_warmup-seed17.log").read_text()
+    assert (out / "report.md").exists()
+
+    retried = []
+
+    def counting(config, console):
+        retried.append(config.seed)
+        return real_run(config, console)
+
+    results = run_bench(out, base, methods, [17, 18], "second", run=counting, reference_repeats=0)
+    assert sorted(retried) == [17, 18]  # only the failed runs
+    assert sorted((run.method, run.seed) for run in results.runs) == [
+        ("baseline", 17), ("baseline", 18), ("seq_len_warmup", 17), ("seq_len_warmup", 18)]
 
 def _sweep_args(**values) -> argparse.Namespace:
     defaults = {"ratios": None, "lrs": None, "batch_sizes": None, "lr": None, "batch_size": None}

@@ -24,6 +24,8 @@ import platform
 import re
 import subprocess
 import threading
+import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,13 +38,14 @@ from composerlite.bench.report import build_report, print_verdicts
 from composerlite.bench.results import (BenchResults, EvalPoint, Method, RunRecord, load_results,
                                         save_results)
 from composerlite.config import RunConfig, validated
-from composerlite.errors import UsageError
+from composerlite.errors import RunHalted, UsageError
 from composerlite.registry import build_algorithm, split_spec
 from composerlite.speed_monitor import peak_memory_gib, reset_peak_memory
 from composerlite.trainer import resolve_device
 
 BASELINE = "baseline"
 REPEAT_SUFFIX = " (repeat)"
+REPORT_EVERY_S = 60.0  # while a benchmark runs, the report is rebuilt at most this often
 # RunConfig keys that differ between a benchmark's runs; all others go into its `settings`. The
 # shared recipe's own `algorithms` are part of every method (the card's gradient clipping, say).
 PER_RUN_KEYS = ("seed", "run_dir")
@@ -309,20 +312,35 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
                         TimeRemainingColumn(), console=console)
     task = progress.add_task("benchmark", total=max(len(todo), 1), status="")
+    failures: list[str] = []
+    reported_at = time.monotonic()
     with progress:
         for index, (method, seed) in enumerate(todo):
             description = f"run {index + 1}/{len(todo)}: {method.label} seed {seed}"
             progress.update(task, description=description, completed=index, status="starting")
-            record = run_one(out, base, method, seed, device, run,
-                             lambda record, index=index: _show(progress, task, index, record))
+            try:
+                record = run_one(out, base, method, seed, device, run,
+                                 lambda record, index=index: _show(progress, task, index, record))
+            except Exception as error:  # noqa: BLE001 -- one method's failure must not cost the other runs
+                failures.append(f"{method.label} seed {seed} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+                progress.console.print(f"[red]failed[/red] {description}: {failures[-1]}")
+                continue
             results.runs.append(record)
             save_results(out, results)
             progress.console.print(f"[green]done[/green] {description}: eval loss {record.final_eval_loss:.4f}, "
                                    f"{record.tokens_per_s:,.0f} tokens/s, {record.train['wall_s']:.1f} s")
-            build_report([out], out)
+            # A stopped benchmark still has a current report; at most once a minute, since with
+            # short runs (a small model on a GPU) drawing the plots would take longer than training.
+            if time.monotonic() - reported_at > REPORT_EVERY_S:
+                build_report([out], out)
+                reported_at = time.monotonic()
         progress.update(task, completed=max(len(todo), 1), status="")
     groups = build_report([out], out)
     print_verdicts(groups, console)
+    if failures:
+        raise RunHalted(f"{len(failures)} of {len(todo)} runs failed: {'; '.join(failures)}. The finished runs are "
+                        f"kept in {out} (each failure's traceback is in its log under {out / 'logs'}); rerun the "
+                        "same command to retry the failed runs only", exit_code=1)
     return results
 
 
@@ -347,7 +365,11 @@ def run_one(out: Path, base: RunConfig, method: Method, seed: int, device: torch
     follower.start()
     try:
         with log_path.open("a") as log:
-            summary = run(config, console=Console(file=log, width=120, force_terminal=False))
+            try:
+                summary = run(config, console=Console(file=log, width=120, force_terminal=False))
+            except Exception:
+                traceback.print_exc(file=log)
+                raise
     finally:
         follower.stop()
     memory_gib, memory_kind = peak_memory_gib(device)
