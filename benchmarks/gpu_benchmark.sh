@@ -104,7 +104,7 @@ bench() {  # NAME ALGOS [RECIPE]
   local seconds=$(( $(left) - 15 ))
   if [[ $seconds -lt 30 ]]; then echo "== bench $name skipped: $(left) s left =="; return; fi
   echo "== bench $name, ${seconds} s =="
-  timeout "$seconds" python3 -m composerlite bench "${PRESET[@]}" --algos "$algos" "$@" --out "/tmp/bench/$name" 2>&1 \
+  timeout -k 20 "$seconds" python3 -m composerlite bench "${PRESET[@]}" --algos "$algos" "$@" --out "/tmp/bench/$name" 2>&1 \
       | grep -v "━" || true
   tar -czf "$OUT/bench-$name.tgz" -C /tmp/bench --exclude checkpoints "$name" || STATUS=1
 }

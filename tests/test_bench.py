@@ -179,6 +179,15 @@ def test_a_failing_method_costs_only_its_own_runs(tmp_path, text_file):
         retried.append(config.seed)
         return real_run(config, console)
 
+    def terminated(config, console):
+        retried.append(config.seed)
+        raise RunHalted("stopped by SIGTERM at step 1; checkpoint saved", exit_code=143)
+
+    with pytest.raises(RunHalted, match="SIGTERM"):  # a signal stops the whole bench, not one run
+        run_bench(out, base, methods, [17, 18], "interrupted", run=terminated, reference_repeats=0)
+    assert retried == [17]
+    retried.clear()
+
     results = run_bench(out, base, methods, [17, 18], "second", run=counting, reference_repeats=0)
     assert sorted(retried) == [17, 18]  # only the failed runs
     assert sorted((run.method, run.seed) for run in results.runs) == [
