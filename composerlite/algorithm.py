@@ -54,6 +54,8 @@ class Algorithm:
     Options: ClassVar[type[pydantic.BaseModel]] = NoOptions
     dynamic_seq_len: ClassVar[bool] = False
     exportable_to_hf: ClassVar[bool] = True  # False if its INIT changes leave a model plain GPT-2 cannot load
+    # GPT2Config fields an exported model needs to compute what training computed (`export --to hf`)
+    hf_config_overrides: ClassVar[dict[str, Any]] = {}
     provides: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
     conflicts: ClassVar[tuple[str, ...]] = ()

@@ -75,20 +75,22 @@ def _as_spec(name_or_spec: str | ModelSpec) -> ModelSpec:
 
 def build_model(name_or_spec: str | ModelSpec, *, vocab_size: int = 50257, n_positions: int = 1024,
                 dropout: float = 0.1, attn_implementation: str = "sdpa",
-                tie_word_embeddings: bool = True) -> GPT2LMHeadModel:
+                tie_word_embeddings: bool = True, config_overrides: dict | None = None) -> GPT2LMHeadModel:
     """A freshly initialised GPT2LMHeadModel (HF init; deterministic under torch.manual_seed).
-    `tie_word_embeddings=False` gives the lm_head its own matrix (what `untied_head` trains).
+    `tie_word_embeddings=False` gives the lm_head its own matrix (what `untied_head` trains);
+    `config_overrides` sets other GPT2Config fields (relu_squared's `activation_function`, on export).
 
     `_from_config` is the transformers-5 way to choose the attention kernel: it validates the
     name (e.g. ImportError for flash_attention_2 without flash-attn) and sets
     `config._attn_implementation`, which every attention layer reads at forward time.
     """
     spec = _as_spec(name_or_spec)
-    config = GPT2Config(
-        n_layer=spec.n_layer, n_embd=spec.d_model, n_inner=spec.d_ff, n_head=spec.n_heads,
-        activation_function="gelu_new", resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
-        n_positions=n_positions, vocab_size=vocab_size, tie_word_embeddings=tie_word_embeddings,
-    )
+    config = GPT2Config(**{
+        "n_layer": spec.n_layer, "n_embd": spec.d_model, "n_inner": spec.d_ff, "n_head": spec.n_heads,
+        "activation_function": "gelu_new", "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout,
+        "n_positions": n_positions, "vocab_size": vocab_size, "tie_word_embeddings": tie_word_embeddings,
+        **(config_overrides or {}),
+    })
     return GPT2LMHeadModel._from_config(config, attn_implementation=attn_implementation)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from method_checks import assert_exact_resume_after_stop, assert_export_refused, assert_same_seed_runs_match, cli_run
+from method_checks import assert_exact_resume_after_stop, assert_same_seed_runs_match, cli_run, export_and_load
 
 from composerlite.algorithms.fused_gpt2_blocks import apply_fused_gpt2_blocks
 from composerlite.algorithms.relu_squared import ReLUSquared, apply_relu_squared
@@ -70,6 +70,17 @@ def test_resume_after_a_stop_is_exact(tmp_path):
     assert_exact_resume_after_stop(tmp_path, lambda: [ReLUSquared()], steps=4)
 
 
-def test_export_to_hf_is_refused(tmp_path, text_file, capsys):
+def test_export_to_hf_loads_in_transformers_with_the_trained_logits(tmp_path, text_file):
     assert cli_run(text_file, tmp_path / "run", "relu_squared") == 0
-    assert_export_refused(tmp_path / "run", tmp_path / "hf", "relu_squared", capsys)
+    exported, trained_weights = export_and_load(tmp_path / "run", tmp_path / "hf")
+    assert exported.config.activation_function == "relu2"
+    trained = build_model("gpt2-tiny", dropout=0.0).eval()
+    apply_relu_squared(trained)
+    trained.load_state_dict(trained_weights)
+    plain = build_model("gpt2-tiny", dropout=0.0).eval()  # the same weights under GELU: what export wrote before
+    plain.load_state_dict(trained_weights)
+    input_ids = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = exported(input_ids=input_ids).logits
+        assert torch.equal(logits, trained(input_ids=input_ids).logits)
+        assert not torch.allclose(logits, plain(input_ids=input_ids).logits)

@@ -42,9 +42,9 @@ class ReLUSquared(Algorithm):
     # Before the other surgery: modules that wrap or re-implement the MLP (fused_gpt2_blocks) then
     # find the new activation in place and in the config.
     order = Order.SURGERY - 10
-    # transformers has the activation, but `composerlite export` writes the plain model's config
-    # (activation_function gelu_new), which would load and compute something else.
-    exportable_to_hf = False
+    # transformers has the activation under the same name: an exported config that says so loads
+    # into GPT2LMHeadModel and computes what training computed.
+    hf_config_overrides = {"activation_function": RELU_SQUARED}
 
     def match(self, event: Event, state: State) -> bool:
         return event is Event.INIT

@@ -41,8 +41,10 @@ def export_hf(run_dir: str, output: Path) -> Path:
         raise UsageError(f"export target {output} already exists and is not empty; choose a new folder")
     run, checkpoint = find_run(run_dir)
     config = load_run_config(run)
+    config_overrides: dict = {}
     for target, _ in algorithm_specs(config):
         cls = algorithm_class(target)
+        config_overrides.update(cls.hf_config_overrides)
         if not cls.exportable_to_hf:
             raise UsageError(
                 f"cannot export {run_dir} to Hugging Face: algorithm '{cls.name or target}' changes the model in a way "
@@ -51,7 +53,8 @@ def export_hf(run_dir: str, output: Path) -> Path:
     tensors, _ = read_checkpoint(checkpoint)  # verified and decoded: a damaged file is named, not a traceback
     # A tied head is stored once (an alias of the embedding); a head stored separately was untied in training.
     tied = tensors.get("lm_head.weight") is tensors.get("transformer.wte.weight")
-    model = build_model(config.model, dropout=config.dropout or 0.0, tie_word_embeddings=tied)
+    model = build_model(config.model, dropout=config.dropout or 0.0, tie_word_embeddings=tied,
+                        config_overrides=config_overrides)
     expected = set(model.state_dict())
     if set(tensors) != expected:
         difference = sorted(set(tensors) ^ expected)[0]
