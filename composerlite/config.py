@@ -62,6 +62,7 @@ class RunConfig(pydantic.BaseModel):
     keep_checkpoints: int | None = pydantic.Field(None, gt=0)
     on_nan: Literal["stop", "skip"] = "stop"
     parallel: Literal["ddp", "fsdp"] = "ddp"
+    threads: int | None = pydantic.Field(None, gt=0, description="intra-op CPU threads (default: the physical cores, split over a launch's local processes)")
 
     @pydantic.field_validator("model")
     @classmethod

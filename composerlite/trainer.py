@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import random
 import signal
 import threading
@@ -37,6 +38,38 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def default_threads() -> int:
+    """The intra-op CPU threads a run uses unless told otherwise: the physical cores this process may
+    run on, shared evenly by the processes a launcher started on this machine. Never the caller's own
+    setting (OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads): a float sum split over more
+    threads rounds differently, so that would make the same run's numbers depend on where it was
+    started from (pytest pins 2 threads, its subprocesses took the core count, torchrun sets 1)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with open(f"{topology}/physical_package_id") as package, open(f"{topology}/core_id") as core:
+                cores.add((package.read().strip(), core.read().strip()))
+        except OSError:  # no sysfs topology (some containers): count logical CPUs
+            cores.add(("cpu", str(cpu)))
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE") or 1)
+    return max(1, len(cores) // max(1, local_processes))
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int):
+    """torch's intra-op thread count set to `threads` inside, the caller's restored after. Setting it
+    also turns off MKL's per-call choice of thread count (its "dynamic" mode, on in a process that
+    never set one), another way two processes could split the same sum differently."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -101,13 +134,17 @@ class Trainer:
         on_nan: str = "stop",
         parallel: str = "ddp",
         target_loss: float | None = None,
+        threads: int | None = None,
     ):
         """`run_dir` may be a local path or an fsspec URL. `microbatch_size="auto"` starts at the whole
         batch and halves it on CUDA out-of-memory. `on_nan` is "stop" (halt, keep the last good
         checkpoint) or "skip" (drop that step). `keep_checkpoints` keeps only the newest K.
         Under torchrun the converted model is wrapped in DDP or FSDP2 (`parallel`). With `target_loss`,
         training stops at the first evaluation at or below it, and evaluations grow dense as the loss
-        nears it (see `_near_target`), so the step that reaches it is known to within 1%."""
+        nears it (see `_near_target`), so the step that reaches it is known to within 1%.
+        `threads` is the intra-op CPU thread count while the trainer works (default: `default_threads()`,
+        whatever the caller set), so the same run gives the same numbers from any process."""
+        self.threads = threads or default_threads()
         self.train_data = train_data
         self.eval_data = eval_data
         self.logger = logger
@@ -146,12 +183,13 @@ class Trainer:
             raise ValueError("max_duration cannot be given in 'dur' (it is what 'dur' is a fraction of)")
         self.state.optimizer_factory = functools.partial(adamw, config=optimizer)
         self.engine = Engine(self.state, logger)
-        self.engine.run_event(Event.INIT)  # the one model-conversion phase: surgery happens here
-        self.state.model.to(self.state.device)
-        # Wrapped after INIT, so algorithms converted a plain module; before the optimizer, which
-        # must see FSDP's sharded parameters.
-        self.state.model = distributed.wrap(self.state.model, parallel, self.state.device)
-        self.state.optimizer = self.state.optimizer_factory(self.state.model)
+        with pinned_threads(self.threads):
+            self.engine.run_event(Event.INIT)  # the one model-conversion phase: surgery happens here
+            self.state.model.to(self.state.device)
+            # Wrapped after INIT, so algorithms converted a plain module; before the optimizer, which
+            # must see FSDP's sharded parameters.
+            self.state.model = distributed.wrap(self.state.model, parallel, self.state.device)
+            self.state.optimizer = self.state.optimizer_factory(self.state.model)
         self.scaler = torch.amp.GradScaler(self.state.device.type, enabled=precision == "fp16")
 
     # -- the loop ------------------------------------------------------------------------------
@@ -159,7 +197,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to `max_duration`. SIGTERM/SIGINT save a checkpoint after the current batch and
         raise `RunHalted` whose message says how to resume."""
-        with self._stop_on_signals():
+        with self._stop_on_signals(), pinned_threads(self.threads):
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
@@ -311,8 +349,12 @@ class Trainer:
         print(f"composerlite: out of memory; retrying the batch with microbatch size {state.microbatch_size}",
               file=sys.stderr)
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        with pinned_threads(self.threads):
+            return self._evaluate()
+
+    @torch.no_grad()
+    def _evaluate(self) -> dict[str, float]:
         state, engine = self.state, self.engine
         engine.run_event(Event.EVAL_START)
         state.model.eval()

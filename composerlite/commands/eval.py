@@ -122,6 +122,7 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
         device=str(torch_device),
         seed=config.seed,
         eval_batches=max_batches,
+        threads=config.threads,  # the run's: its recorded eval losses are then reproduced bit for bit
     )
     limit = position_limit(trainer.state.model)
     if limit is not None and seq_len > limit:

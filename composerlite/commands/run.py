@@ -36,7 +36,7 @@ from composerlite.schedule import WarmupDecaySchedule
 from composerlite.speed_monitor import SpeedMonitor
 from composerlite.storage import Location, StorageError, location, remove_temporaries
 from composerlite.time import Time, TimeUnit
-from composerlite.trainer import OptimizerConfig, Trainer, resolve_device, seed_everything
+from composerlite.trainer import OptimizerConfig, Trainer, default_threads, resolve_device, seed_everything
 
 # With no --max-duration, a CPU run is a demo that finishes in a few minutes on 2 cores.
 CPU_DEMO = {"max_duration": "20ba", "batch_size": 8, "seq_len": 128}
@@ -80,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-nan", choices=["stop", "skip"],
                         help="non-finite loss: stop (exit 1, last good checkpoint kept; default) or skip the step")
     parser.add_argument("--parallel", choices=["ddp", "fsdp"], help="under torchrun: DDP (default) or FSDP2 sharding")
+    parser.add_argument("--threads", type=int, help="intra-op CPU threads (default: the physical cores available, split over "
+                        "torchrun's processes on this machine; OMP_NUM_THREADS is not consulted): on CPU the same "
+                        "seed, config, data and thread count give the same losses bit for bit")
     parser.add_argument("--card-recipe", action="store_true", default=None,
                         help="the model card's full recipe: batch 512x1024, its LR, warmup and step count")
 
@@ -98,6 +101,7 @@ class RunPlan:
     precision: str
     device: torch.device
     run_dir: str  # a local path or an fsspec URL
+    threads: int  # intra-op CPU threads: part of what makes CPU results reproducible, so recorded
     notes: list[str]
 
 
@@ -146,6 +150,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         precision=precision,
         device=device,
         run_dir=run_dir,
+        threads=config.threads or default_threads(),
         notes=notes,
     )
 
@@ -339,6 +344,7 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
         keep_checkpoints=config.keep_checkpoints,
         on_nan=config.on_nan,
         parallel=config.parallel,
+        threads=plan.threads,
     )
     limit = position_limit(trainer.state.model)
     if limit is not None and plan.seq_len > limit:
@@ -359,7 +365,7 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
         resolved = {**config.model_dump(), "max_duration": plan.max_duration, "batch_size": plan.batch_size,
                     "seq_len": plan.seq_len, "lr": plan.lr, "warmup": plan.warmup, "dropout": plan.dropout,
                     "precision": plan.precision, "device": str(plan.device), "run_dir": plan.run_dir,
-                    "world_size": distributed.world_size()}
+                    "threads": plan.threads, "world_size": distributed.world_size()}
         run_dir.child("config.yaml").write_bytes(yaml.safe_dump(resolved, sort_keys=False).encode())
         logger.destinations.append(metrics_destination(run_dir))
     for note in plan.notes:
