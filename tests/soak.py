@@ -86,7 +86,9 @@ def check_same_as(run_dir: str, reference_dir: str, context: str) -> None:
     assert not duplicated, f"{context}: duplicated records {duplicated}"
     missing = [(r["event"], r["step"]) for r in expected if (r["event"], r["step"]) not in keys]
     assert not missing, f"{context}: lost records {missing}"
-    assert got == expected, f"{context}: records differ from the uninterrupted run's"
+    if got != expected:
+        ours, theirs = next(((a, b) for a, b in zip(got, expected) if a != b), (got[len(expected):], expected[len(got):]))
+        raise AssertionError(f"{context}: records differ from the uninterrupted run's; first: {ours} != {theirs}")
     names = lambda where: [folder.name for folder in find_checkpoints(location(where))]
     assert names(run_dir) == names(reference_dir), f"{context}: checkpoints {names(run_dir)} != {names(reference_dir)}"
     for folder in find_checkpoints(location(run_dir)):
