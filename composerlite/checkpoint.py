@@ -10,10 +10,20 @@ Layout of one checkpoint folder (`RUN_DIR/checkpoints/ba00000010/`, local or any
 Each file is written atomically (`storage.write_atomic`). The data position needs no file of its own:
 `timestamp.batch_in_epoch` tells `BatchStream.epoch` where to start, and it skips without reading.
 
-Under torchrun every rank calls `save_checkpoint` and `load_checkpoint` (gathering an FSDP model is a
-collective); only rank 0 reads and writes files. Model and optimizer state are saved in the full,
-unsharded form of `torch.distributed.checkpoint.state_dict`, so a checkpoint loads into one process,
-DDP or FSDP at any world size.
+An FSDP2 run's checkpoint is sharded instead (manifest format 2): model and optimizer tensors are
+`torch.distributed.checkpoint` (DCP) state, one file per rank plus DCP's index, written by every rank
+in parallel, each rank holding only its shard:
+    shards/__R_0.distcp rank R's shards of the weights and optimizer state
+    shards/.metadata    DCP's index of them; unpickled with DCP's own metadata classes only
+    state.pt            as above, with the optimizer's param groups and the names of tied weights
+    manifest.json       size and sha256 of every file above (each rank hashes what it wrote), last
+DCP reshards on load, so it resumes in any number of processes (one process, DDP, FSDP), and
+`read_checkpoint` assembles the full weights in one process (`composerlite export` and `eval`).
+
+Under torchrun every rank calls `save_checkpoint` and `load_checkpoint` (they are collectives). A full
+checkpoint (one process, DDP) is written and read by rank 0 alone, in the unsharded form of
+`torch.distributed.checkpoint.state_dict`, so it too loads into one process, DDP or FSDP at any
+world size.
 """
 
 from __future__ import annotations
@@ -26,11 +36,15 @@ import pickle
 import random
 import re
 import sys
+import uuid
+import warnings
 from typing import Any
 
 import numpy as np
 import safetensors.torch
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -40,6 +54,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from composerlite import distributed
+from composerlite.distributed import unwrap_model
 from composerlite.errors import UsageError
 from composerlite.state import State
 from composerlite.storage import Location, location
@@ -49,8 +64,13 @@ CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # full: model.safetensors and state.pt
+SHARDED_FORMAT_VERSION = 2  # FSDP2: DCP shards, one file per rank, and state.pt
+SHARDS_DIR = "shards"
+SHARDS_INDEX = f"{SHARDS_DIR}/.metadata"
 _NAME_RE = re.compile(r"^ba(\d{8,})$")
+_SHARD_NAME = r"__\d+_\d+\.distcp"  # DCP's file of rank R: __R_0.distcp
+_SHARD_FILE_RE = re.compile(rf"^{SHARDS_DIR}/(\.metadata|{_SHARD_NAME})$")
 
 
 class CorruptCheckpoint(UsageError):
@@ -109,9 +129,11 @@ def model_bytes(model: torch.nn.Module) -> bytes | None:
     return safetensors.torch.save(tensors, metadata={"aliases": json.dumps(aliases)})
 
 
-def training_state(state: State) -> dict[str, Any]:
-    """Everything but the weights. Collective (optimizer gathering, RNG of every rank)."""
-    optimizer = get_optimizer_state_dict(state.model, state.optimizer, options=_FULL) if state.optimizer else {}
+def training_state(state: State, optimizer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything but the weights. Collective (optimizer gathering, RNG of every rank). `optimizer`
+    replaces the gathered optimizer state (a sharded checkpoint keeps its tensors in the shards)."""
+    if optimizer is None:
+        optimizer = get_optimizer_state_dict(state.model, state.optimizer, options=_FULL) if state.optimizer else {}
     return {
         "timestamp": state.timestamp.state_dict(),
         "optimizer": optimizer,
@@ -142,31 +164,125 @@ def callback_keys(callbacks: list[Any]) -> list[str]:
     return keys
 
 
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether `model` is FSDP2-sharded: its checkpoints are then written as shards by every rank."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def save_checkpoint(state: State, run_dir: Location | str) -> Location | None:
-    """Write `RUN_DIR/checkpoints/baNNNNNNNN/` (model, state, then the manifest). Called on every rank
-    (rank 0 writes); returns the folder. A failure (a full disk, a lost connection) leaves older checkpoints
-    untouched and this one without a manifest, i.e. recognisably unfinished."""
+    """Write `RUN_DIR/checkpoints/baNNNNNNNN/` (the files, then the manifest). Called on every rank;
+    returns the folder. A failure (a full disk, a lost connection) on any rank raises `OSError` on every
+    rank, and leaves older checkpoints untouched and this one without a manifest, i.e. recognisably
+    unfinished."""
     run_dir = location(run_dir) if isinstance(run_dir, str) else run_dir
-    weights = model_bytes(state.model)
-    rest = training_state(state)
     folder = run_dir.child(CHECKPOINTS_DIR, checkpoint_name(state))
+    if is_sharded(state.model):
+        _save_sharded(state, folder)
+    else:
+        weights = model_bytes(state.model)
+        rest = training_state(state)
+        _on_rank_zero_then_agree(lambda: _publish(folder, state, {MODEL_FILE: weights, STATE_FILE: _torch_bytes(rest)}))
+    return folder  # on every rank after the manifest is written: agreeing on the outcome waited for it
+
+
+def _torch_bytes(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def _entry(data: bytes) -> dict[str, Any]:
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _publish(folder: Location, state: State, files: dict[str, bytes], written: dict[str, dict] | None = None,
+             format_version: int = FORMAT_VERSION) -> None:
+    """Rank 0: write `files`, then the manifest over them and over `written` (files other ranks already wrote)."""
+    folder.child(MANIFEST_FILE).remove()  # re-saving a step: never leave an old manifest over new files
+    folder.makedirs()
+    for name, data in files.items():
+        folder.child(name).write_bytes(data)
+    manifest = {
+        "format": format_version,
+        "step": state.timestamp.batch,
+        "world_size": distributed.world_size(),
+        "files": {**(written or {}), **{name: _entry(data) for name, data in files.items()}},
+    }
+    folder.child(MANIFEST_FILE).write_bytes(json.dumps(manifest, indent=1).encode())
+
+
+def _on_rank_zero_then_agree(write) -> None:
+    """`write()` on rank 0; a storage failure there raises `OSError` on every rank (the others would
+    otherwise wait for rank 0 at the next collective until the process group times out)."""
+    problem = None
     if distributed.is_rank_zero():
-        buffer = io.BytesIO()
-        torch.save(rest, buffer)
-        files = {MODEL_FILE: weights, STATE_FILE: buffer.getvalue()}
-        folder.child(MANIFEST_FILE).remove()  # re-saving a step: never leave an old manifest over new files
-        folder.makedirs()
-        for name, data in files.items():
-            folder.child(name).write_bytes(data)
-        manifest = {
-            "format": FORMAT_VERSION,
-            "step": state.timestamp.batch,
-            "world_size": distributed.world_size(),
-            "files": {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()},
-        }
-        folder.child(MANIFEST_FILE).write_bytes(json.dumps(manifest, indent=1).encode())
-    distributed.barrier()
-    return folder
+        try:
+            write()
+        except OSError as error:
+            if not distributed.active():
+                raise
+            problem = error.strerror or str(error)
+    _agree(problem)
+
+
+def _agree(problem: str | None) -> None:
+    """Raise `OSError` on every rank if any rank had a `problem` (a collective)."""
+    found = [problem for problem in distributed.all_gather_object(problem) if problem]
+    if found:
+        raise OSError(found[0])
+
+
+def tied_names(model: torch.nn.Module) -> dict[str, str]:
+    """{name: the name it is tied to} for parameters shared under several names (GPT-2's head and
+    token embedding); the same on every rank, since it comes from the module structure."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, parameter in unwrap_model(model).named_parameters(remove_duplicate=False):
+        if id(parameter) in first:
+            aliases[name] = first[id(parameter)]
+        else:
+            first[id(parameter)] = name
+    return aliases
+
+
+def _save_sharded(state: State, folder: Location) -> None:
+    """Every rank writes its own shard file of the weights and optimizer state (DCP, via memory), then
+    rank 0 writes state.pt and the manifest listing every rank's files."""
+    aliases = tied_names(state.model)
+    weights = {key: value for key, value in get_model_state_dict(state.model).items() if key not in aliases}
+    optimizer = get_optimizer_state_dict(state.model, state.optimizer) if state.optimizer else {"state": {}, "param_groups": []}
+    rest = training_state(state, optimizer={"param_groups": optimizer["param_groups"]})
+    rest["model_aliases"] = aliases
+
+    def clear():  # re-saving a step: never leave an old manifest, or another world size's shards, over new files
+        folder.child(MANIFEST_FILE).remove()
+        folder.child(SHARDS_DIR).remove()
+
+    _on_rank_zero_then_agree(clear)
+    # DCP writes into this process's in-memory filesystem (rank 0 adds the index); the files then go
+    # to the run directory through `write_atomic`, so local and remote stores get the same guarantees.
+    scratch = location(f"memory://composerlite-shards-{uuid.uuid4().hex}")
+    written, problem = {}, None
+    try:
+        dcp.save({"model": weights, "optimizer": optimizer["state"]}, storage_writer=_shard_writer(scratch.url))
+        for name in scratch.listdir():
+            data = scratch.child(name).read_bytes()
+            folder.child(SHARDS_DIR, name).write_bytes(data)
+            written[f"{SHARDS_DIR}/{name}"] = _entry(data)
+    except OSError as error:
+        problem = error.strerror or str(error)
+    finally:
+        scratch.remove()
+    _agree(problem)
+    everyone = distributed.all_gather_object(written)
+    files = {name: entry for rank_files in everyone for name, entry in rank_files.items()}
+    _on_rank_zero_then_agree(lambda: _publish(folder, state, {STATE_FILE: _torch_bytes(rest)}, files, SHARDED_FORMAT_VERSION))
+
+
+def _shard_writer(url: str) -> FsspecWriter:
+    return FsspecWriter(url, sync_files=False)  # memory: nothing to sync; write_atomic fsyncs the real files
 
 
 def prune_checkpoints(run_dir: Location, keep: int) -> list[Location]:
@@ -213,14 +329,22 @@ def read_manifest(folder: Location) -> dict[str, Any]:
         raise CorruptCheckpoint(f"checkpoint {folder} has an unreadable {MANIFEST_FILE}") from None
     if not isinstance(manifest, dict):
         raise CorruptCheckpoint(f"checkpoint {folder}: {MANIFEST_FILE} is not a JSON object")
-    if manifest.get("format") != FORMAT_VERSION:
-        raise CorruptCheckpoint(f"checkpoint {folder} has format {manifest.get('format')}, expected {FORMAT_VERSION}")
+    if manifest.get("format") not in (FORMAT_VERSION, SHARDED_FORMAT_VERSION):
+        raise CorruptCheckpoint(f"checkpoint {folder} has format {manifest.get('format')}, expected {FORMAT_VERSION} "
+                                f"(full) or {SHARDED_FORMAT_VERSION} (sharded)")
     step, entries = manifest.get("step"), manifest.get("files")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CorruptCheckpoint(f"checkpoint {folder}: {MANIFEST_FILE} has no valid 'step' ({step!r})")
     if not isinstance(entries, dict):
         raise CorruptCheckpoint(f"checkpoint {folder}: {MANIFEST_FILE} 'files' is not a mapping of file name to size and sha256")
-    for name in (MODEL_FILE, STATE_FILE):
+    if manifest["format"] == SHARDED_FORMAT_VERSION:
+        # Only names a sharded checkpoint can hold: a manifest never points outside its folder.
+        strange = sorted(name for name in entries if name != STATE_FILE and not _SHARD_FILE_RE.match(name))
+        if strange:
+            raise CorruptCheckpoint(f"checkpoint {folder}: {MANIFEST_FILE} lists '{strange[0]}', not a file of a sharded checkpoint")
+        if not any(name.endswith(".distcp") for name in entries):
+            raise CorruptCheckpoint(f"checkpoint {folder}: {MANIFEST_FILE} lists no shard files")
+    for name in checkpoint_files(manifest):
         entry = entries.get(name)
         if entry is None:
             raise CorruptCheckpoint(f"checkpoint {folder}: {MANIFEST_FILE} does not list {name}")
@@ -229,13 +353,21 @@ def read_manifest(folder: Location) -> dict[str, Any]:
     return manifest
 
 
+def checkpoint_files(manifest: dict[str, Any]) -> list[str]:
+    """The files a checkpoint with this manifest consists of (besides the manifest)."""
+    if manifest["format"] == SHARDED_FORMAT_VERSION:
+        return sorted({STATE_FILE, SHARDS_INDEX, *manifest["files"]})
+    return [MODEL_FILE, STATE_FILE]
+
+
 def read_verified(folder: Location) -> dict[str, bytes]:
     """The checkpoint's files, checked against its manifest; raises `CorruptCheckpoint` naming the problem."""
-    entries = read_manifest(folder)["files"]
+    manifest = read_manifest(folder)
+    entries = manifest["files"]
     files = {}
-    for name in (MODEL_FILE, STATE_FILE):
+    for name in checkpoint_files(manifest):
         try:
-            data = folder.child(name).read_bytes()
+            data = folder.child(*name.split("/")).read_bytes()
         except FileNotFoundError:
             raise CorruptCheckpoint(f"checkpoint {folder} is missing {name}") from None
         if len(data) != entries[name]["bytes"]:
@@ -249,15 +381,18 @@ def read_verified(folder: Location) -> dict[str, bytes]:
 
 
 def read_checkpoint(folder: Location) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(weights, the rest of the state) of a checkpoint: verified against its manifest, then decoded
-    and checked for shape, so damage done before the manifest was written (it then agrees with the
-    damaged files) is caught too. Raises `CorruptCheckpoint` naming the problem."""
+    """(full weights, the rest of the state) of a checkpoint, full or sharded: verified against its
+    manifest, then decoded and checked for shape, so damage done before the manifest was written (it
+    then agrees with the damaged files) is caught too. Raises `CorruptCheckpoint` naming the problem."""
     files = read_verified(folder)
+    rest = _load_state(files[STATE_FILE], folder)
+    if MODEL_FILE not in files:
+        return _assemble_shards(files, rest, folder), rest
     try:
         weights = model_tensors(files[MODEL_FILE])
     except Exception as error:  # safetensors' own error types; any failure here means unreadable weights
         raise CorruptCheckpoint(f"checkpoint {folder}: {MODEL_FILE} is unreadable ({_first_line(error)})") from None
-    return weights, _load_state(files[STATE_FILE], folder)
+    return weights, rest
 
 
 def read_step(folder: Location) -> int:
@@ -266,7 +401,7 @@ def read_step(folder: Location) -> int:
 
 
 def is_checkpoint(folder: Location) -> bool:
-    return folder.child(MANIFEST_FILE).exists() or folder.child(MODEL_FILE).exists()
+    return any(folder.child(name).exists() for name in (MANIFEST_FILE, MODEL_FILE, SHARDS_DIR))
 
 
 def newest_valid_checkpoint(run_dir: Location, problems: list[str] | None = None) -> Location | None:
@@ -332,14 +467,19 @@ def load_checkpoint(state: State, folder: Location | str) -> None:
     when the checkpoint is corrupt or belongs to a different model or algorithm set."""
     folder = location(folder) if isinstance(folder, str) else folder
     weights, rest = _read_compatible(state, folder)
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed.world_size() > 1)
-    set_model_state_dict(state.model, weights or {}, options=options)
-    if state.optimizer is not None:
-        optimizer_state = rest["optimizer"] if rest is not None else {}
-        set_optimizer_state_dict(state.model, state.optimizer, optimizer_state, options=options)
-    rest = distributed.broadcast_object(
-        {key: value for key, value in rest.items() if key != "optimizer"} if rest is not None else None
-    )
+    # Rank 0 has read the checkpoint; whether it is sharded decides how every rank loads it.
+    if distributed.broadcast_object(distributed.is_rank_zero() and read_manifest(folder)["format"] == SHARDED_FORMAT_VERSION):
+        rest = distributed.broadcast_object(rest)  # small: the tensors are in the shards
+        _load_shards(state, folder, rest)
+    else:
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed.world_size() > 1)
+        set_model_state_dict(state.model, weights or {}, options=options)
+        if state.optimizer is not None:
+            optimizer_state = rest["optimizer"] if rest is not None else {}
+            set_optimizer_state_dict(state.model, state.optimizer, optimizer_state, options=options)
+        rest = distributed.broadcast_object(
+            {key: value for key, value in rest.items() if key != "optimizer"} if rest is not None else None
+        )
     state.timestamp.load_state_dict(rest["timestamp"])
     for scheduler, scheduler_state in zip(state.schedulers, rest["schedulers"], strict=True):
         scheduler.load_state_dict(scheduler_state)
@@ -358,6 +498,27 @@ def load_checkpoint(state: State, folder: Location | str) -> None:
             f"composerlite: checkpoint was written by {len(saved_rng)} processes, this run has "
             f"{distributed.world_size()}: weights, optimizer and data position resume exactly, RNG streams do not"
         )
+
+
+def _load_shards(state: State, folder: Location, rest: dict[str, Any]) -> None:
+    """Every rank reads what it holds of the weights and optimizer state from a sharded checkpoint
+    (DCP reshards: any number of processes, FSDP or not). Rank 0 has verified the files just before."""
+    aliases = rest["model_aliases"]
+    weights = get_model_state_dict(state.model)
+    targets: dict[str, Any] = {"model": {key: value for key, value in weights.items() if key not in aliases}}
+    if state.optimizer is not None:
+        # A template of this optimizer's state (torch initializes it with a zero step at LR 0) to load into.
+        targets["optimizer"] = get_optimizer_state_dict(state.model, state.optimizer)["state"]
+    try:
+        _dcp_load(targets, ShardReader(folder.child(SHARDS_DIR).url), no_dist=not distributed.active())
+    except Exception as error:  # DCP raises its own exception types, on every rank
+        raise CorruptCheckpoint(f"checkpoint {folder}: its shards could not be loaded ({_shard_problem(error)})") from None
+    for alias, original in aliases.items():
+        weights[alias] = weights[original]
+    set_model_state_dict(state.model, weights)
+    if state.optimizer is not None:
+        set_optimizer_state_dict(state.model, state.optimizer,
+                                 {"state": targets["optimizer"], "param_groups": rest["optimizer"]["param_groups"]})
 
 
 def _restore_callbacks(callbacks: list[Any], saved: dict[str, Any] | list[Any], folder: Location) -> None:
@@ -401,6 +562,107 @@ def _load_state(data: bytes, folder: Location) -> dict[str, Any]:
     if missing or len(rest["algorithms"]) != len(rest["algorithm_names"]):
         raise CorruptCheckpoint(f"checkpoint {folder}: {STATE_FILE} has an incomplete timestamp or algorithm list")
     return rest
+
+
+# -- sharded checkpoints: DCP's index, read without running code -------------------------------------
+
+# What DCP's index (`.metadata`, a pickle) may hold: its metadata dataclasses and the torch types in
+# them. torch's own reader unpickles anything, so a crafted index could run code; this one refuses.
+_INDEX_GLOBALS = {
+    *(("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "MetadataIndex", "StorageMeta", "ChunkStorageMetadata", "TensorStorageMetadata",
+        "TensorProperties", "_MEM_FORMAT_ENCODING")),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+}
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _INDEX_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a DCP index")
+
+
+def shard_index(data: bytes, where: Location | str):
+    """DCP's index of a sharded checkpoint, checked: only tensors (DCP would unpickle other entries
+    with `torch.load(weights_only=False)`), stored in shard files of this checkpoint."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+
+    try:
+        index = _IndexUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as error:
+        raise CorruptCheckpoint(f"checkpoint {where}: {SHARDS_INDEX} holds objects other than DCP's index; "
+                                f"refusing to unpickle it ({error})") from None
+    except Exception as error:  # a damaged pickle stream raises several kinds
+        raise CorruptCheckpoint(f"checkpoint {where}: {SHARDS_INDEX} is unreadable ({_first_line(error)})") from None
+    if not (isinstance(index, Metadata) and isinstance(index.state_dict_metadata, dict)
+            and isinstance(index.storage_data, dict)):
+        raise CorruptCheckpoint(f"checkpoint {where}: {SHARDS_INDEX} is not a DCP index")
+    if not all(isinstance(entry, TensorStorageMetadata) for entry in index.state_dict_metadata.values()):
+        raise CorruptCheckpoint(f"checkpoint {where}: {SHARDS_INDEX} lists entries other than tensors; refusing them")
+    if not all(isinstance(info, _StorageInfo) and re.fullmatch(_SHARD_NAME, str(info.relative_path))
+               for info in index.storage_data.values()):
+        raise CorruptCheckpoint(f"checkpoint {where}: {SHARDS_INDEX} points at files other than this checkpoint's shards")
+    return index
+
+
+class ShardReader(FsspecReader):
+    """DCP's fsspec reader with the index read by `shard_index` (tensors it reads with weights_only)."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any):
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        with self.fs.create_stream(self.fs.concat_path(self.path, ".metadata"), "rb") as file:
+            index = shard_index(file.read(), self.path)
+        index.storage_meta = index.storage_meta or StorageMeta()
+        index.storage_meta.load_id = self.load_id
+        return index
+
+
+def _dcp_load(targets: dict[str, Any], reader: ShardReader, no_dist: bool) -> None:
+    with warnings.catch_warnings():  # DCP warns that it "assumes" the one-process load it was asked for
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        try:
+            dcp.load(targets, storage_reader=reader, no_dist=no_dist)
+        except dcp.CheckpointException as error:  # a BaseException wrapping what each rank raised: the first says why
+            raise next(iter(error.failures.values()))[0] from None
+
+
+def _assemble_shards(files: dict[str, bytes], rest: dict[str, Any], folder: Location) -> dict[str, torch.Tensor]:
+    """The full weights of a sharded checkpoint, in this process alone, from its verified files."""
+    aliases, groups = rest.get("model_aliases"), rest["optimizer"].get("param_groups")
+    if not isinstance(aliases, dict) or not isinstance(groups, list):
+        raise CorruptCheckpoint(f"checkpoint {folder}: {STATE_FILE} lacks the tied-weight names or optimizer groups of a sharded checkpoint")
+    index = shard_index(files[SHARDS_INDEX], folder)
+    weights = {key.removeprefix("model."): torch.empty(entry.size, dtype=entry.properties.dtype)
+               for key, entry in index.state_dict_metadata.items() if key.startswith("model.")}
+    missing = sorted(original for original in aliases.values() if original not in weights)
+    if not weights or missing:
+        raise CorruptCheckpoint(f"checkpoint {folder}: its shards hold no weights{f' named {missing[0]}' if missing else ''}")
+    # Decoded from the bytes just verified (through this process's memory), not read again from storage.
+    scratch = location(f"memory://composerlite-verified-{uuid.uuid4().hex}")
+    try:
+        for name, data in files.items():
+            if name.startswith(f"{SHARDS_DIR}/"):
+                scratch.child(name.removeprefix(f"{SHARDS_DIR}/")).write_bytes(data)
+        _dcp_load({"model": weights}, ShardReader(scratch.url), no_dist=True)
+    except CorruptCheckpoint:
+        raise
+    except Exception as error:  # DCP's and torch.load's own exception types
+        raise CorruptCheckpoint(f"checkpoint {folder}: its shards are unreadable ({_shard_problem(error)})") from None
+    finally:
+        scratch.remove()
+    for alias, original in aliases.items():
+        weights[alias] = weights[original]
+    return weights
+
+
+def _shard_problem(error: BaseException) -> str:
+    # torch.load(weights_only=True) refusing a record: damage, whatever its message suggests doing.
+    return "a tensor record does not decode" if isinstance(error, pickle.UnpicklingError) else _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:
