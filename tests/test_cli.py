@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -106,15 +105,16 @@ def test_existing_run_is_never_overwritten(tiny_args, tmp_path, capsys):
     assert metrics.read_text() == before
 
 
-def test_list_and_models_commands():
-    listing = subprocess.run([sys.executable, "-m", "composerlite", "list"], capture_output=True, text=True)
-    assert listing.returncode == 0
-    assert "seq_len_warmup" in listing.stdout and "duration" in listing.stdout
-    models = subprocess.run([sys.executable, "-m", "composerlite", "models"], capture_output=True, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
-    assert models.returncode == 0
+def test_list_and_models_commands(capsys, monkeypatch):
+    # In this process: `python -m composerlite` itself is exercised by the argparse test below.
+    assert run_cli("list") == 0
+    listing = capsys.readouterr().out
+    assert "seq_len_warmup" in listing and "duration" in listing
+    monkeypatch.setenv("COLUMNS", "200")
+    assert run_cli("models") == 0
+    models = capsys.readouterr().out
     for name in ("gpt2-tiny", "gpt2-52m", "gpt2-83m", "gpt2-125m", "124.4M", "3.43 (30.88)"):
-        assert name in models.stdout
+        assert name in models
 
 
 def test_argparse_errors_are_one_line_exit_2():
