@@ -129,7 +129,7 @@ if want quality52m; then
                                       --seeds 2 --reference-repeats 0)
   else PRESET=(--device cuda --model gpt2-52m --budget 1min --batch-size 32 --seq-len 1024 --lr 1.5e-3 --warmup 20ba
                --dropout 0 --precision bf16 --eval-batches 4 --seeds 2 --reference-repeats 0); fi
-  bench gpu-52m-speedrun baseline --config benchmarks/recipes/with-fused_kernels.yaml --recipe "speedrun=$SPEEDRUN"
+  bench gpu-52m-speedrun baseline --config benchmarks/configs/with-fused_kernels.yaml --recipe "speedrun=$SPEEDRUN"
 fi
 want bench && bench gpu-preset-composer "baseline,seq_len_warmup,alibi,ema,gated_linear_units,layer_freezing,scale_schedule,gradient_clipping"
 
