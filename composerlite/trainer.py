@@ -368,7 +368,7 @@ class Trainer:
             with self._autocast():
                 state.outputs = state.forward_fn(state.model, state.batch)
                 engine.run_event(Event.EVAL_AFTER_FORWARD)
-                loss = state.loss_fn(state.outputs, state.batch).float().item()
+                loss = state.eval_loss_fn(state.outputs, state.batch).float().item()
             predicted = state.batch["input_ids"][:, 1:].numel()
             total_loss += loss * predicted
             total_tokens += predicted

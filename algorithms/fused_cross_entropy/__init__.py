@@ -209,9 +209,9 @@ class FusedLinearCrossEntropyLoss:
 
 def apply_fused_cross_entropy(state: State, chunk_elements: int | None = None, compile_chunk: bool = True) -> None:
     """Route the run's forward through the trunk and its loss through the chunked fused head.
-    Eval uses the same pair, so eval loss is computed the same way."""
+    The fused loss is the plain next-token cross-entropy, so evaluation reports it too."""
     state.forward_fn = hidden_states_forward
-    state.loss_fn = FusedLinearCrossEntropyLoss(chunk_elements, compile_chunk, max_seq_len=state.seq_len)
+    state.loss_fn = state.eval_loss_fn = FusedLinearCrossEntropyLoss(chunk_elements, compile_chunk, max_seq_len=state.seq_len)
 
 
 class FusedCrossEntropy(Algorithm):
