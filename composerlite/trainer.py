@@ -271,14 +271,15 @@ class Trainer:
         self.scaler.unscale_(state.optimizer)
         engine.run_event(Event.AFTER_TRAIN_BATCH)
         timestamp = state.timestamp
+        start = dataclasses.replace(timestamp)
         timestamp.batch += 1
         timestamp.batch_in_epoch += 1
         timestamp.sample += full_batch["input_ids"].shape[0] * distributed.world_size()  # counts are global
         timestamp.token += batch_tokens * distributed.world_size()
-        # The LR for this batch comes from the timestamp that counts it, so warmup's first step
-        # is not wasted at LR 0.
+        # The LR for this batch comes from the time before it and the time that counts it (see
+        # WarmupDecaySchedule): warmup's first step is not at LR 0, nor the decay's last one.
         for scheduler in state.schedulers:
-            scheduler.step(state.optimizer, timestamp, state.max_duration)
+            scheduler.step(state.optimizer, start, timestamp, state.max_duration)
         lr = state.optimizer.param_groups[0]["lr"]
         if finite:
             self.scaler.step(state.optimizer)

@@ -58,10 +58,12 @@ def test_growth_by_accumulation_with_tokens_and_lr_schedule_counted_right(tmp_pa
     assert records[-2]["tokens"] < 384 <= records[-1]["tokens"]  # the budget ends the run at the first step past it
     assert len(records) > 384 // 64  # more, smaller steps than full batches would take
     schedule = WarmupDecaySchedule(warmup=Time.parse("0.25dur"))  # the LR follows the tokens actually trained
+    before = Timestamp()
     for r in records:
-        expected = 1e-3 * schedule.multiplier(Timestamp(batch=r["step"], token=r["tokens"], sample=r["samples"]),
-                                              Time.parse("384tok"))
+        after = Timestamp(batch=r["step"], token=r["tokens"], sample=r["samples"])
+        expected = 1e-3 * schedule.multiplier(before, after, Time.parse("384tok"))
         assert r["lr"] == pytest.approx(expected, rel=1e-12)
+        before = after
 
 
 def test_same_seed_is_deterministic(tmp_path):
