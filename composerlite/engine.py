@@ -6,7 +6,7 @@ import collections
 import time
 
 from composerlite.algorithm import Algorithm, Callback
-from composerlite.errors import PluginError, UsageError
+from composerlite.errors import ConfigError, PluginError
 from composerlite.event import Event
 from composerlite.loggers import Logger
 from composerlite.state import State
@@ -29,7 +29,7 @@ class Engine:
             except Exception as error:
                 # At INIT nothing has trained yet, so a failure is the plugin's: name it in one line.
                 # Later events keep their exceptions (an out-of-memory error there is handled).
-                if event is not Event.INIT or isinstance(error, UsageError):
+                if event is not Event.INIT or isinstance(error, ConfigError):
                     raise
                 raise PluginError(f"algorithm '{algorithm_label(algorithm)}' failed at {event.name}: "
                                   f"{type(error).__name__}: {error}") from error

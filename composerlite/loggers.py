@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -55,6 +55,20 @@ class Logger:
     def close(self) -> None:
         for destination in self.destinations:
             destination.close()
+
+
+class RecordList(LoggerDestination):
+    """Keeps every record in memory, in order (`records`), and hands each to `on_record` as it is
+    logged: how a caller of `composerlite.train` follows a run without reading its files."""
+
+    def __init__(self, on_record: Callable[[dict[str, Any]], None] | None = None):
+        self.records: list[dict[str, Any]] = []
+        self.on_record = on_record
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
 
 
 class JSONLinesLogger(LoggerDestination):

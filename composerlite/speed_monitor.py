@@ -21,7 +21,7 @@ import torch
 
 from composerlite import distributed
 from composerlite.algorithm import Callback
-from composerlite.trainer import PRECISIONS
+from composerlite.runtime import PRECISIONS
 
 # Vendor dense peaks, FLOP/s, by a substring of torch.cuda.get_device_name() (first match wins:
 # more specific names first) and the run's precision. fp32 is the non-tensor-core rate (PyTorch
@@ -252,11 +252,12 @@ class SpeedMonitor(Callback):
             "memory_kind": peak_memory_gib(state.device)[1],
         }
         if self.console:
-            distributed.print_once(self.summary_line())
+            distributed.print_once(speed_line(self.summary))
 
-    def summary_line(self) -> str:
-        """One line: tokens/s, samples/s, MFU when known, peak memory."""
-        s = self.summary
-        mfu = f"  MFU {s['throughput/mfu']:.1%}" if "throughput/mfu" in s else ""
-        return (f"speed: {s['throughput/tokens_per_s']:,.0f} tokens/s  {s['throughput/samples_per_s']:,.1f} samples/s"
-                f"{mfu}  peak memory {s['memory/peak_gib']:.2f} GiB ({s['memory_kind']})")
+
+def speed_line(summary: dict[str, Any]) -> str:
+    """A `SpeedMonitor.summary` as one line: tokens/s, samples/s, MFU when known, peak memory."""
+    s = summary
+    mfu = f"  MFU {s['throughput/mfu']:.1%}" if "throughput/mfu" in s else ""
+    return (f"speed: {s['throughput/tokens_per_s']:,.0f} tokens/s  {s['throughput/samples_per_s']:,.1f} samples/s"
+            f"{mfu}  peak memory {s['memory/peak_gib']:.2f} GiB ({s['memory_kind']})")

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-import os
 import random
 import signal
 import threading
@@ -26,56 +25,16 @@ from composerlite.engine import Engine
 from composerlite.errors import RunHalted
 from composerlite.event import Event
 from composerlite.loggers import Logger
+from composerlite.runtime import PRECISIONS, default_threads, pinned_threads, resolve_device
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.state import State
 from composerlite.storage import Location, location
 from composerlite.time import Time, TimeUnit
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def default_threads() -> int:
-    """The intra-op CPU threads a run uses unless told otherwise: the physical cores this process may
-    run on, shared evenly by the processes a launcher started on this machine. Never the caller's own
-    setting (OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads): a float sum split over more
-    threads rounds differently, so that would make the same run's numbers depend on where it was
-    started from (pytest pins 2 threads, its subprocesses took the core count, torchrun sets 1)."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    cores = set()
-    for cpu in cpus:
-        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
-        try:
-            with open(f"{topology}/physical_package_id") as package, open(f"{topology}/core_id") as core:
-                cores.add((package.read().strip(), core.read().strip()))
-        except OSError:  # no sysfs topology (some containers): count logical CPUs
-            cores.add(("cpu", str(cpu)))
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE") or 1)
-    return max(1, len(cores) // max(1, local_processes))
-
-
-@contextlib.contextmanager
-def pinned_threads(threads: int):
-    """torch's intra-op thread count set to `threads` inside, the caller's restored after. Setting it
-    also turns off MKL's per-call choice of thread count (its "dynamic" mode, on in a process that
-    never set one), another way two processes could split the same sum differently."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclasses.dataclass
@@ -307,7 +266,7 @@ class Trainer:
             kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was saved yet"
             raise RunHalted(
                 f"loss became {total_loss} at step {timestamp.batch}; stopped without taking that step "
-                f"(--on-nan stop): {kept}. Resume from it with a lower --lr, or use --on-nan skip",
+                f"(`on_nan=stop`): {kept}. Resume from it with a lower `lr`, or use `on_nan=skip`",
                 exit_code=1,
             )
 
@@ -441,8 +400,8 @@ class Trainer:
         self.engine.run_event(Event.FIT_END)
         raise RunHalted(
             f"stopped by {signal.Signals(signum).name} at step {self.state.timestamp.batch}; checkpoint saved in "
-            f"{self.last_checkpoint}. Continue with the same command plus --autoresume "
-            f"(--run-dir {self.run_location.url})",
+            f"{self.last_checkpoint}. Continue with the same settings plus `autoresume=True` "
+            f"(`run_dir={self.run_location.url}`)",
             exit_code=128 + signum,
         )
 

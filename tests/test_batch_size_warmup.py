@@ -12,7 +12,7 @@ from tinyrun import tiny_trainer
 
 from composerlite import Algorithm, Event
 from composerlite.algorithms.batch_size_warmup import BatchSizeWarmup, batch_size_at, default_min_batch_size
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.time import Time, Timestamp
 
@@ -76,7 +76,7 @@ def test_resume_after_a_stop_is_exact_mid_warmup(tmp_path):
 
 
 def test_listed_twice_is_refused_in_one_line(tmp_path):
-    with pytest.raises(UsageError, match="'batch_size_warmup' is listed twice and takes over batch_size") as error:
+    with pytest.raises(ConfigError, match="'batch_size_warmup' is listed twice and takes over batch_size") as error:
         tiny_trainer(tmp_path, [BatchSizeWarmup(), BatchSizeWarmup()], vocab_size=512)
     assert "\n" not in str(error.value)
 

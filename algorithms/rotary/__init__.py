@@ -22,7 +22,7 @@ import torch
 
 from composerlite import Algorithm, Event, Logger, Order, State
 from composerlite.attention import QueryKeyTransform, add_query_key_transform, drop_learned_positions, query_key_transforms
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 
 class RotaryOptions(pydantic.BaseModel):
@@ -42,7 +42,7 @@ def rotated_dimensions(head_dim: int, fraction: float) -> int:
     """How many of a head's dimensions are rotated: the fraction, rounded down to whole pairs."""
     rotated = int(head_dim * fraction) // 2 * 2
     if rotated < 2:
-        raise UsageError(f"rotary: fraction {fraction} of head_dim {head_dim} leaves no pair of dimensions to rotate")
+        raise ConfigError(f"rotary: fraction {fraction} of head_dim {head_dim} leaves no pair of dimensions to rotate")
     return rotated
 
 

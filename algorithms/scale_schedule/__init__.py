@@ -19,7 +19,7 @@ import dataclasses
 import pydantic
 
 from composerlite import Algorithm, Event, Logger, Order, State, Time, TimeUnit
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 
 class ScaleScheduleOptions(pydantic.BaseModel):
@@ -35,7 +35,7 @@ def scale_time(time: Time, ratio: float) -> Time:
 def scale_scheduler(scheduler, ratio: float) -> None:
     """Scale, in place, every `Time` field of a dataclass scheduler (e.g. WarmupDecaySchedule.warmup)."""
     if not dataclasses.is_dataclass(scheduler):
-        raise UsageError(
+        raise ConfigError(
             f"scale_schedule cannot scale {type(scheduler).__name__}: only dataclass schedules with Time fields"
         )
     for field in dataclasses.fields(scheduler):

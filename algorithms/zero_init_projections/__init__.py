@@ -14,18 +14,18 @@ import torch
 import torch.nn as nn
 
 from composerlite import Algorithm, Event, Logger, Order, State
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 
 def output_projections(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of each transformer block's attention and MLP output projection (`c_proj`).
-    Raises UsageError naming the first block part without one (replaced by a different module)."""
+    Raises ConfigError naming the first block part without one (replaced by a different module)."""
     found = []
     for index, block in enumerate(model.transformer.h):
         for part in ("attn", "mlp"):
             projection = getattr(getattr(block, part, None), "c_proj", None)
             if projection is None:
-                raise UsageError(f"zero_init_projections: block {index}'s {part} has no c_proj output projection "
+                raise ConfigError(f"zero_init_projections: block {index}'s {part} has no c_proj output projection "
                                  "(another algorithm replaced it)")
             found.append((f"transformer.h.{index}.{part}.c_proj", projection))
     return found

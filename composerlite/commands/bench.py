@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 
 from composerlite.config import RunConfig, load_config
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 # Twenty evaluations per run: enough points to read the cost of the baseline's loss off the curve.
 BENCH_EVAL_INTERVAL = "0.05dur"
@@ -75,7 +75,7 @@ def base_config(args: argparse.Namespace) -> RunConfig:
         overrides = {**CPU_PRESET, **{key: value for key, value in overrides.items() if value is not None}}
     config = load_config(args.config, overrides)
     if config.max_duration is None:
-        raise UsageError("give every run the same budget with --budget (e.g. 60ba, 2e6tok, 10min)")
+        raise ConfigError("give every run the same budget with --budget (e.g. 60ba, 2e6tok, 10min)")
     if "eval_interval" not in config.model_fields_set:
         config = config.model_copy(update={"eval_interval": BENCH_EVAL_INTERVAL})
     return config
@@ -91,7 +91,7 @@ def _has_gpu(device: str | None) -> bool:
 
 def seeds_of(args: argparse.Namespace, config: RunConfig) -> list[int]:
     if args.seeds < 1:
-        raise UsageError("--seeds must be at least 1")
+        raise ConfigError("--seeds must be at least 1")
     return [config.seed + i for i in range(args.seeds)]
 
 
@@ -118,7 +118,7 @@ def main(args: argparse.Namespace) -> int:
 
     config = base_config(args)
     if args.reference_repeats < 0:
-        raise UsageError("--reference-repeats must be 0 or more")
+        raise ConfigError("--reference-repeats must be 0 or more")
     methods = parse_algos(args.algos) + [parse_recipe(text) for text in args.recipes]
     out = out_dir(args, config, "bench")
     run_bench(out, config, methods, seeds_of(args, config), command_line(args), reference_repeats=args.reference_repeats)
