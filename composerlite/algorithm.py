@@ -78,7 +78,9 @@ class Algorithm:
 
 
 class Callback:
-    """Base class for observers: define a method named after an event (`batch_end`, `fit_end`, ...)."""
+    """Base class for observers: define a method named after an event (`batch_end`, `fit_end`, ...),
+    or override `run_event` to see every event. The trainer looks the methods up once, at
+    FIT_START: add callbacks and logger destinations before training starts."""
 
     def run_event(self, event: Event, state: State, logger: Logger) -> None:
         handler = getattr(self, event.value, None)

@@ -171,6 +171,7 @@ class Trainer:
         self._next_eval = self._advance(self.eval_interval) if self.eval_data is not None else None
         if any(algorithm.dynamic_seq_len for algorithm in state.algorithms) and state.device.type == "cuda":
             self.preallocate_full_length()
+        engine.fix_observers()
         engine.run_event(Event.FIT_START)
         while not self._done():
             engine.run_event(Event.EPOCH_START)
@@ -273,29 +274,36 @@ class Trainer:
     def _forward_backward(self, full_batch: dict[str, torch.Tensor], batch_tokens: int) -> torch.Tensor:
         """Forward and backward over the microbatches of one batch; returns the batch's mean loss
         (a device scalar: reading it per microbatch would stall the GPU between microbatches)."""
-        state, engine = self.state, self.engine
-        total_loss = torch.zeros((), dtype=torch.float32, device=state.device)
-        microbatches = _split(full_batch, state.microbatch_size)
+        if self.state.microbatch_size >= full_batch["input_ids"].shape[0]:
+            return self._microbatch(full_batch, weight=1.0, last=True)  # no split, nothing to accumulate
+        total_loss = torch.zeros((), dtype=torch.float32, device=self.state.device)
+        microbatches = _split(full_batch, self.state.microbatch_size)
         for index, microbatch in enumerate(microbatches):
-            state.batch = microbatch
             weight = microbatch["input_ids"].numel() / batch_tokens
-            # DDP all-reduces gradients only on the last microbatch; the others just accumulate.
-            last = index == len(microbatches) - 1
-            sync = contextlib.nullcontext() if last or not hasattr(state.model, "no_sync") else state.model.no_sync()
-            with sync:
-                engine.run_event(Event.BEFORE_FORWARD)
-                with self._autocast():
-                    state.outputs = state.forward_fn(state.model, state.batch)
-                    engine.run_event(Event.AFTER_FORWARD)
-                    engine.run_event(Event.BEFORE_LOSS)
-                    state.loss = state.loss_fn(state.outputs, state.batch)
-                engine.run_event(Event.AFTER_LOSS)
-                engine.run_event(Event.BEFORE_BACKWARD)
-                self.scaler.scale(state.loss * weight).backward()
-                engine.run_event(Event.AFTER_BACKWARD)
-            total_loss += state.loss.detach().float() * weight
-            state.outputs = None  # free activations' outputs before the next microbatch
+            total_loss += self._microbatch(microbatch, weight, last=index == len(microbatches) - 1)
         return total_loss
+
+    def _microbatch(self, microbatch: dict[str, torch.Tensor], weight: float, last: bool) -> torch.Tensor:
+        """Forward and backward of one microbatch, its gradients weighted by its share of the batch's
+        tokens; returns its weighted loss (fp32, detached)."""
+        state, engine = self.state, self.engine
+        state.batch = microbatch
+        # DDP all-reduces gradients only on the last microbatch; the others just accumulate.
+        sync = contextlib.nullcontext() if last or not hasattr(state.model, "no_sync") else state.model.no_sync()
+        with sync:
+            engine.run_event(Event.BEFORE_FORWARD)
+            with self._autocast():
+                state.outputs = state.forward_fn(state.model, state.batch)
+                engine.run_event(Event.AFTER_FORWARD)
+                engine.run_event(Event.BEFORE_LOSS)
+                state.loss = state.loss_fn(state.outputs, state.batch)
+            engine.run_event(Event.AFTER_LOSS)
+            engine.run_event(Event.BEFORE_BACKWARD)
+            self.scaler.scale(state.loss if weight == 1.0 else state.loss * weight).backward()
+            engine.run_event(Event.AFTER_BACKWARD)
+        state.outputs = None  # free activations' outputs before the next microbatch
+        loss = state.loss.detach().float()
+        return loss if weight == 1.0 else loss * weight
 
     def _halve_microbatch(self) -> None:
         """After an out-of-memory error: drop the partial gradients and retry the batch in halves."""
