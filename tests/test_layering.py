@@ -1,5 +1,6 @@
 """The layering the README promises: the command line is on top and nothing below it imports it;
-the core never imports a specific algorithm."""
+the core never imports a specific algorithm, and an algorithm never imports another (a bundle
+names its members as data and builds them through the registry)."""
 
 from __future__ import annotations
 
@@ -44,4 +45,13 @@ def test_the_core_imports_no_specific_algorithm():
     for name, path in python_files("composerlite"):
         offenders += [f"{name} imports {module}" for module in imports(path)
                       if module.startswith("composerlite.algorithms.")]
+    assert offenders == []
+
+
+def test_an_algorithm_never_imports_another():
+    offenders = []
+    for name, path in python_files("algorithms"):
+        own = name.split("/")[1]
+        offenders += [f"{name} imports {module}" for module in imports(path)
+                      if module.startswith("composerlite.algorithms.") and module.split(".")[2] != own]
     assert offenders == []
