@@ -6,7 +6,7 @@ The library: `train(config) -> RunResult` (what `composerlite run` does), `evalu
 
 import importlib
 
-from composerlite.algorithm import Algorithm, Callback, Order
+from composerlite.algorithm import Algorithm, Callback, ModelConverter, Order
 from composerlite.event import Event
 from composerlite.loggers import Logger
 from composerlite.state import State
@@ -31,5 +31,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'composerlite' has no attribute '{name}'")
 
 
-__all__ = ["Algorithm", "Callback", "ConfigError", "Event", "Logger", "Order", "RunConfig", "RunResult", "State",
+__all__ = ["Algorithm", "Callback", "ConfigError", "Event", "Logger", "ModelConverter", "Order", "RunConfig", "RunResult", "State",
            "Time", "TimeUnit", "Timestamp", "evaluate_run", "export_hf", "measure_throughput", "train"]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-from composerlite import Algorithm, Event, Logger, Order, State
+from composerlite import ModelConverter, Order, State
 from composerlite.attention import ATTENTION_NAME, has_score_modifiers
 from composerlite.errors import ConfigError
 from composerlite.surgery import replace_modules_by_type
@@ -114,7 +114,7 @@ def apply_fused_gpt2_blocks(model: nn.Module) -> int:
     return len(replace_modules_by_type(model, {GPT2Block: lambda block, name: LeanGPT2Block(block)}))
 
 
-class FusedGPT2Blocks(Algorithm):
+class FusedGPT2Blocks(ModelConverter):
     """Swap HF GPT2Blocks for lean blocks (packed QKV, one-kernel GELU, no dead dropout); same weights."""
 
     name = "fused_gpt2_blocks"
@@ -122,14 +122,5 @@ class FusedGPT2Blocks(Algorithm):
     conflicts = ("mlp",)  # an MLP replacement (GLU) expects HF's GPT2MLP inside HF's block
     order = Order.SURGERY
 
-    def __init__(self):
-        self.replaced = 0
-
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
-        self.replaced = apply_fused_gpt2_blocks(state.model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"replaced": self.replaced}
+    def convert(self, state: State) -> dict[str, Any]:
+        return {"replaced": apply_fused_gpt2_blocks(state.model)}

@@ -20,7 +20,7 @@ from typing import ClassVar
 import pydantic
 import torch
 
-from composerlite import Algorithm, Event, Logger, Order, State
+from composerlite import ModelConverter, Order, State
 from composerlite.attention import QueryKeyTransform, add_query_key_transform, drop_learned_positions, query_key_transforms
 from composerlite.errors import ConfigError
 
@@ -86,7 +86,7 @@ def apply_rotary(model: torch.nn.Module, base: float = 10000.0, fraction: float 
     return model
 
 
-class Rotary(Algorithm):
+class Rotary(ModelConverter):
     """Replace learned position embeddings with rotary position embeddings on queries and keys (at INIT)."""
 
     name = "rotary"
@@ -96,16 +96,6 @@ class Rotary(Algorithm):
     order = Order.SURGERY
     exportable_to_hf = False  # plain GPT2LMHeadModel has a learned position table and no rotation
 
-    def __init__(self, **options):
-        self.options = RotaryOptions(**options)
-
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
+    def convert(self, state: State) -> None:
         o = self.options
         apply_rotary(state.model, base=o.base, fraction=o.fraction, max_sequence_length=o.max_sequence_length)
-
-    def __repr__(self) -> str:
-        o = self.options
-        return f"Rotary(base={o.base}, fraction={o.fraction}, max_sequence_length={o.max_sequence_length})"
