@@ -1,10 +1,10 @@
 """The fused-kernels throughput matrix, side by side in one process.
 
 For each model: the baseline (plain HF GPT2LMHeadModel, SDPA attention, PyTorch's default AdamW),
-each fused method alone, and the `fused_kernels` bundle, all through
-`composerlite.measure_throughput` (the real Trainer on random tokens). With `--repeats N` the whole matrix runs N times,
-interleaved (round-robin), and the median of each cell is reported, so background load on a shared
-CPU hits every variant alike. A variant `NAME@B` runs at batch size B.
+each fused method alone, and the `fused_kernels` bundle, all through `composerlite.measure_throughput`
+(the real Trainer on random tokens). With `--repeats N` the whole matrix runs N times, interleaved
+(round-robin), and the median of each cell is reported, so background load on a shared CPU hits
+every variant alike. A variant `NAME@B` runs at batch size B.
 
     python benchmarks/throughput.py                         # CPU: gpt2-tiny and gpt2-52m, fp32
     python benchmarks/throughput.py --device cuda --models gpt2-52m gpt2-125m --variants baseline fused_kernels fused_kernels@64
@@ -54,10 +54,10 @@ def run_matrix(args: argparse.Namespace, console: Console) -> tuple[list[dict], 
                     console.print(f"[yellow]budget of {args.budget_s:.0f} s spent: skipping {model} {label}[/yellow]")
                     continue
                 try:
-                    record = measure_throughput(model, algorithms, batch_size=batch or args.batch_size, seq_len=args.seq_len,
-                                     steps=args.steps, warmup_steps=args.warmup_steps, precision=args.precision,
-                                     device=args.device, dropout=args.dropout, peak_flops=args.peak_flops,
-                                     measure_peak=args.measure_peak)
+                    record = measure_throughput(model, algorithms, batch_size=batch or args.batch_size,
+                                                seq_len=args.seq_len, steps=args.steps, warmup_steps=args.warmup_steps,
+                                                precision=args.precision, device=args.device, dropout=args.dropout,
+                                                peak_flops=args.peak_flops, measure_peak=args.measure_peak)
                 except Exception as error:  # noqa: BLE001 -- record it and keep measuring the rest
                     release_memory()
                     record = {"model": model, "algorithms": algorithms, "batch_size": batch or args.batch_size,
