@@ -13,6 +13,7 @@ from pathlib import Path
 
 from composerlite.config import RunConfig, load_config
 from composerlite.errors import ConfigError
+from composerlite.runtime import AUTO_PRECISION
 
 # Twenty evaluations per run: enough points to read the cost of the baseline's loss off the curve.
 BENCH_EVAL_INTERVAL = "0.05dur"
@@ -43,7 +44,7 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--warmup", help="LR warmup length: 90ba, 0.05dur, ...")
     parser.add_argument("--dropout", type=float)
-    parser.add_argument("--precision", help="auto, fp32, bf16 or fp16")
+    parser.add_argument("--precision", help=f"auto, fp32, bf16 or fp16 (auto: {AUTO_PRECISION})")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--eval-interval", help=f"evaluate every ... (default {BENCH_EVAL_INTERVAL}, unless the recipe sets one)")
     parser.add_argument("--eval-batches", type=int, help="held-out batches per evaluation")
