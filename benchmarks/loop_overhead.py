@@ -88,7 +88,7 @@ def trainer_loop(model: torch.nn.Module, data: TimedTokens, steps: int) -> None:
                           max_duration=f"{steps}ba", logger=logger, run_dir=run_dir,
                           callbacks=[SpeedMonitor(window=20, warmup_steps=1, console=False)],
                           optimizer=OptimizerConfig(lr=LR), schedule=WarmupDecaySchedule(warmup=Time.parse("0.05dur")),
-                          device="cpu", precision="fp32")
+                          device="cpu", precision="fp32", threads=torch.get_num_threads())  # the hand loop's
         try:
             trainer.fit()
         finally:
