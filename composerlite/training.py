@@ -29,6 +29,7 @@ from typing import Any, Callable, TypeVar
 import torch
 import yaml
 from rich.console import Console
+from rich.table import Table
 
 from composerlite import distributed
 from composerlite.algorithm import Callback
@@ -399,3 +400,26 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     checkpoint = trainer.last_checkpoint.url if trainer.last_checkpoint else None
     return RunResult(run_dir=run_dir.url, summary=summary, records=[*earlier, *records.records], config=resolved,
                      checkpoint=checkpoint)
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """A `RunResult.summary` as the table `composerlite run` ends with."""
+    table = Table(title="run summary", show_header=False)
+    table.add_row("steps / tokens", f"{summary['steps']:,} / {summary['tokens']:,}")
+    table.add_row("time in training steps", f"{summary['wall_s']:.1f} s ({summary['tokens_per_s']:,.0f} tokens/s)")
+    speed = summary.get("speed") or {}
+    if speed:
+        table.add_row("throughput", f"{speed['throughput/tokens_per_s']:,.0f} tokens/s, {speed['throughput/samples_per_s']:,.1f} "
+                      f"samples/s ({speed['measured_steps']} steps after warmup, data and logging included)")
+        if "throughput/mfu" in speed:
+            table.add_row("model FLOPs utilization", f"{speed['throughput/mfu']:.1%} (peak {speed['peak_flops_source']})")
+        else:
+            table.add_row("model FLOPs utilization", f"unknown ({speed['peak_flops_source']})")
+        table.add_row("peak memory", f"{speed['memory/peak_gib']:.2f} GiB ({speed['memory_kind']})")
+    table.add_row("final train loss", f"{summary['final_train_loss']:.4f}")
+    if "eval_loss" in summary:
+        table.add_row("final eval loss / ppl", f"{summary['eval_loss']:.4f} / {summary['eval_ppl']:.2f}")
+    for name, seconds in summary["seconds_per_algorithm"].items():
+        table.add_row(f"time in {name}", f"{seconds:.3f} s")
+    table.add_row("run directory", summary["run_dir"])
+    return table

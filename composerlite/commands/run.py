@@ -7,14 +7,13 @@ import argparse
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from composerlite import distributed
 from composerlite.cli import flag_console
 from composerlite.config import RunConfig, load_config
 from composerlite.runtime import AUTO_PRECISION
 from composerlite.speed_monitor import speed_line
-from composerlite.training import algorithm_specs, train  # noqa: F401 -- algorithm_specs: composerlite.bench imports it from here
+from composerlite.training import algorithm_specs, summary_table, train  # noqa: F401 -- algorithm_specs: composerlite.bench imports it from here
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,30 +64,8 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
     if distributed.is_rank_zero():
         if summary["speed"]:
             console.print(speed_line(summary["speed"]))
-        print_summary(console, summary)
+        console.print(summary_table(summary))
     return summary
-
-
-def print_summary(console: Console, summary: dict[str, Any]) -> None:
-    table = Table(title="run summary", show_header=False)
-    table.add_row("steps / tokens", f"{summary['steps']:,} / {summary['tokens']:,}")
-    table.add_row("time in training steps", f"{summary['wall_s']:.1f} s ({summary['tokens_per_s']:,.0f} tokens/s)")
-    speed = summary.get("speed") or {}
-    if speed:
-        table.add_row("throughput", f"{speed['throughput/tokens_per_s']:,.0f} tokens/s, {speed['throughput/samples_per_s']:,.1f} "
-                      f"samples/s ({speed['measured_steps']} steps after warmup, data and logging included)")
-        if "throughput/mfu" in speed:
-            table.add_row("model FLOPs utilization", f"{speed['throughput/mfu']:.1%} (peak {speed['peak_flops_source']})")
-        else:
-            table.add_row("model FLOPs utilization", f"unknown ({speed['peak_flops_source']})")
-        table.add_row("peak memory", f"{speed['memory/peak_gib']:.2f} GiB ({speed['memory_kind']})")
-    table.add_row("final train loss", f"{summary['final_train_loss']:.4f}")
-    if "eval_loss" in summary:
-        table.add_row("final eval loss / ppl", f"{summary['eval_loss']:.4f} / {summary['eval_ppl']:.2f}")
-    for name, seconds in summary["seconds_per_algorithm"].items():
-        table.add_row(f"time in {name}", f"{seconds:.3f} s")
-    table.add_row("run directory", summary["run_dir"])
-    console.print(table)
 
 
 def main(args: argparse.Namespace) -> int:
