@@ -25,12 +25,13 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from composerlite import Callback
-from composerlite.commands.throughput import RandomTokens, defaults, write_json
 from composerlite.loggers import Logger
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm, split_spec
+from composerlite.runtime import resolve_runtime
 from composerlite.speed_monitor import device_name
-from composerlite.trainer import Trainer, resolve_device, seed_everything
+from composerlite.throughput import RandomTokens, batch_shape, write_json
+from composerlite.trainer import Trainer, seed_everything
 
 # Runtime calls that make the host wait for the device (a D2H copy waits for the stream too).
 SYNCHRONIZING = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
@@ -94,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.device, args.batch_size, args.seq_len, args.warmup_steps, args.steps = "gpt2-tiny", "cpu", 2, 32, 1, 2
-    device = resolve_device(args.device)
-    batch_size, seq_len, precision = defaults(device, args.batch_size, args.seq_len, args.precision)
+    runtime = resolve_runtime(args.device, args.precision)
+    device, precision = runtime.device, runtime.precision
+    batch_size, seq_len = batch_shape(device, args.batch_size, args.seq_len)
     seed_everything(0)
     model = build_model(args.model, dropout=0.0, n_positions=max(1024, seq_len))
     total = args.warmup_steps + args.steps

@@ -1,10 +1,10 @@
 """The fused-kernels throughput matrix, side by side in one process.
 
 For each model: the baseline (plain HF GPT2LMHeadModel, SDPA attention, PyTorch's default AdamW),
-each fused method alone, and the `fused_kernels` bundle, all through `composerlite throughput`'s
-`measure` (the real Trainer on random tokens). With `--repeats N` the whole matrix runs N times,
-interleaved (round-robin), and the median of each cell is reported, so background load on a shared
-CPU hits every variant alike. A variant `NAME@B` runs at batch size B.
+each fused method alone, and the `fused_kernels` bundle, all through `composerlite.measure_throughput`
+(the real Trainer on random tokens). With `--repeats N` the whole matrix runs N times, interleaved
+(round-robin), and the median of each cell is reported, so background load on a shared CPU hits
+every variant alike. A variant `NAME@B` runs at batch size B.
 
     python benchmarks/throughput.py                         # CPU: gpt2-tiny and gpt2-52m, fp32
     python benchmarks/throughput.py --device cuda --models gpt2-52m gpt2-125m --variants baseline fused_kernels fused_kernels@64
@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from composerlite.commands.throughput import measure, release_memory, table, write_json
+from composerlite.runtime import resolve_device
 from composerlite.speed_monitor import device_name
+from composerlite.throughput import measure_throughput, release_memory, table, write_json
 
 METHODS = ["flash_attention", "fused_adamw", "fused_cross_entropy", "fused_layernorm", "pad_vocab", "fused_gpt2_blocks", "compile"]
 
@@ -53,10 +54,10 @@ def run_matrix(args: argparse.Namespace, console: Console) -> tuple[list[dict], 
                     console.print(f"[yellow]budget of {args.budget_s:.0f} s spent: skipping {model} {label}[/yellow]")
                     continue
                 try:
-                    record = measure(model, algorithms, batch_size=batch or args.batch_size, seq_len=args.seq_len,
-                                     steps=args.steps, warmup_steps=args.warmup_steps, precision=args.precision,
-                                     device=args.device, dropout=args.dropout, peak_flops=args.peak_flops,
-                                     measure_peak=args.measure_peak)
+                    record = measure_throughput(model, algorithms, batch_size=batch or args.batch_size,
+                                                seq_len=args.seq_len, steps=args.steps, warmup_steps=args.warmup_steps,
+                                                precision=args.precision, device=args.device, dropout=args.dropout,
+                                                peak_flops=args.peak_flops, measure_peak=args.measure_peak)
                 except Exception as error:  # noqa: BLE001 -- record it and keep measuring the rest
                     release_memory()
                     record = {"model": model, "algorithms": algorithms, "batch_size": batch or args.batch_size,
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="JSON path (default benchmarks/results/throughput_<device>_<date>.json)")
     parser.add_argument("--smoke", action="store_true", help="gpt2-tiny, 2 steps, batch 2 x 64: checks the script runs")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device if args.device != "auto" else "cpu")
+    device = resolve_device(args.device)
     gpu = device.type == "cuda"
     if args.smoke:
         args.models = args.models or ["gpt2-tiny"]

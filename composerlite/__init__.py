@@ -1,9 +1,35 @@
-"""composerlite: a small, fast, honest trainer for GPT-2-family language models."""
+"""composerlite: a small, fast, honest trainer for GPT-2-family language models.
 
-from composerlite.algorithm import Algorithm, Callback, Order
+The library: `train(config) -> RunResult` (what `composerlite run` does), `evaluate_run`,
+`measure_throughput`, `export_hf`; the plugin API: `Algorithm`, `Callback`, `Event`, `State`, ...
+"""
+
+import importlib
+
+from composerlite.algorithm import Algorithm, Callback, ModelConverter, Order
 from composerlite.event import Event
 from composerlite.loggers import Logger
 from composerlite.state import State
 from composerlite.time import Time, TimeUnit, Timestamp
 
-__all__ = ["Algorithm", "Callback", "Event", "Logger", "Order", "State", "Time", "TimeUnit", "Timestamp"]
+# Imported on first use: a plugin's `from composerlite import Algorithm` should not pay for the
+# whole training stack.
+_LAZY = {
+    "train": "composerlite.training",
+    "RunResult": "composerlite.training",
+    "RunConfig": "composerlite.config",
+    "ConfigError": "composerlite.errors",
+    "evaluate_run": "composerlite.evaluation",
+    "measure_throughput": "composerlite.throughput",
+    "export_hf": "composerlite.export",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'composerlite' has no attribute '{name}'")
+
+
+__all__ = ["Algorithm", "Callback", "ConfigError", "Event", "Logger", "ModelConverter", "Order", "RunConfig", "RunResult", "State",
+           "Time", "TimeUnit", "Timestamp", "evaluate_run", "export_hf", "measure_throughput", "train"]

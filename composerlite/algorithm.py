@@ -77,8 +77,41 @@ class Algorithm:
         return f"{type(self).__name__}()"
 
 
+class ModelConverter(Algorithm):
+    """An algorithm that acts once, at INIT, before the optimizer is built: model surgery, a new
+    forward or loss, an optimizer factory, a rescaled budget (as torchtitan's model converters).
+    A subclass sets `name` and `Options` and implements `convert(state)`, which returns what it
+    did ({"replaced": 12}, or None): logged as `<name>/<key>` into the first step's metrics record
+    and kept in the state_dict with the options. Options arrive as keyword arguments
+    (`self.options` is the validated `Options`)."""
+
+    def __init__(self, **options: Any):
+        self.options = self.Options(**options)
+        self.report: dict[str, Any] = {}
+
+    def convert(self, state: State) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def match(self, event: Event, state: State) -> bool:
+        return event is Event.INIT
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        self.report = self.convert(state) or {}
+        if self.report:
+            logger.log_metrics({f"{self.name}/{key}": value for key, value in self.report.items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"options": self.options.model_dump(), **self.report}
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{key}={value!r}" for key, value in self.options.model_dump().items())
+        return f"{type(self).__name__}({options})"
+
+
 class Callback:
-    """Base class for observers: define a method named after an event (`batch_end`, `fit_end`, ...)."""
+    """Base class for observers: define a method named after an event (`batch_end`, `fit_end`, ...),
+    or override `run_event` to see every event. The trainer looks the methods up once, at
+    FIT_START: add callbacks and logger destinations before training starts."""
 
     def run_event(self, event: Event, state: State, logger: Logger) -> None:
         handler = getattr(self, event.value, None)

@@ -55,7 +55,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from composerlite import distributed
 from composerlite.distributed import unwrap_model
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.state import State
 from composerlite.storage import Location, location
 from composerlite.time import Timestamp
@@ -73,7 +73,7 @@ _SHARD_NAME = r"__\d+_\d+\.distcp"  # DCP's file of rank R: __R_0.distcp
 _SHARD_FILE_RE = re.compile(rf"^{SHARDS_DIR}/(\.metadata|{_SHARD_NAME})$")
 
 
-class CorruptCheckpoint(UsageError):
+class CorruptCheckpoint(ConfigError):
     """A checkpoint folder whose files do not match its manifest (or that has no manifest)."""
 
 
@@ -421,16 +421,16 @@ def newest_valid_checkpoint(run_dir: Location, problems: list[str] | None = None
 
 
 def resolve_resume(target: str) -> Location:
-    """`--resume` accepts a checkpoint folder or a run directory (its newest valid checkpoint)."""
+    """`resume` takes a checkpoint folder or a run directory (its newest valid checkpoint)."""
     where = location(target)
     if is_checkpoint(where):
         read_checkpoint(where)
         return where
     if not where.exists():
-        raise UsageError(f"--resume {target}: no such checkpoint or run directory")
+        raise ConfigError(f"`resume={target}`: no such checkpoint or run directory")
     newest = newest_valid_checkpoint(where)
     if newest is None:
-        raise UsageError(f"--resume {target}: no valid checkpoint in it")
+        raise ConfigError(f"`resume={target}`: no valid checkpoint in it")
     return newest
 
 
@@ -438,14 +438,14 @@ def resolve_resume(target: str) -> Location:
 
 
 def check_resumable(state: State, folder: Location) -> None:
-    """Raise `UsageError` on every rank when `folder` is damaged or holds another model or algorithm
+    """Raise `ConfigError` on every rank when `folder` is damaged or holds another model or algorithm
     set than `state`'s: what `load_checkpoint` would refuse, checked before a run writes anything."""
     _read_compatible(state, folder)
 
 
 def _read_compatible(state: State, folder: Location) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
     """Rank 0 reads, verifies and checks the checkpoint against this run; every rank gets the same
-    `UsageError` when it does not fit. Returns (weights, rest) on rank 0, (None, None) elsewhere."""
+    `ConfigError` when it does not fit. Returns (weights, rest) on rank 0, (None, None) elsewhere."""
     weights, rest, problem = None, None, None
     # Sharded (not gathered) state_dict: DTensor shapes are global, and getting it is not a collective.
     expected = {key: tuple(value.shape) for key, value in get_model_state_dict(state.model).items()}
@@ -454,16 +454,16 @@ def _read_compatible(state: State, folder: Location) -> tuple[dict[str, torch.Te
             weights, rest = read_checkpoint(folder)
             _check_same_model(expected, weights, folder)
             _check_same_algorithms(state, rest, folder)
-        except UsageError as error:
+        except ConfigError as error:
             problem = str(error)
     problem = distributed.broadcast_object(problem)
     if problem is not None:
-        raise UsageError(problem)
+        raise ConfigError(problem)
     return weights, rest
 
 
 def load_checkpoint(state: State, folder: Location | str) -> None:
-    """Restore `state` from `folder`, which rank 0 reads, verifies and broadcasts. Raises `UsageError`
+    """Restore `state` from `folder`, which rank 0 reads, verifies and broadcasts. Raises `ConfigError`
     when the checkpoint is corrupt or belongs to a different model or algorithm set."""
     folder = location(folder) if isinstance(folder, str) else folder
     weights, rest = _read_compatible(state, folder)
@@ -683,20 +683,20 @@ def model_tensors(data: bytes) -> dict[str, torch.Tensor]:
 def _check_same_model(expected: dict[str, tuple], saved: dict[str, torch.Tensor], folder: Location) -> None:
     for key, shape in expected.items():
         if key not in saved:
-            raise UsageError(f"checkpoint {folder} is for a different model: it has no '{key}'")
+            raise ConfigError(f"checkpoint {folder} is for a different model: it has no '{key}'")
         if tuple(saved[key].shape) != shape:
-            raise UsageError(
+            raise ConfigError(
                 f"checkpoint {folder} is for a different model: '{key}' is {tuple(saved[key].shape)}, this model's is {shape}"
             )
     extra = sorted(set(saved) - set(expected))
     if extra:
-        raise UsageError(f"checkpoint {folder} is for a different model: it has '{extra[0]}' that this model lacks")
+        raise ConfigError(f"checkpoint {folder} is for a different model: it has '{extra[0]}' that this model lacks")
 
 
 def _check_same_algorithms(state: State, saved: dict[str, Any], folder: Location) -> None:
     names = [_label(algorithm) for algorithm in state.algorithms]
     if saved["algorithm_names"] != names:
-        raise UsageError(
+        raise ConfigError(
             f"checkpoint {folder} was trained with algorithms {saved['algorithm_names'] or 'none'}, "
-            f"this run has {names or 'none'}: resume with the same --algo list"
+            f"this run has {names or 'none'}: resume with the same `algorithms`"
         )

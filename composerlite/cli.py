@@ -1,19 +1,22 @@
-"""The `composerlite` command line. User mistakes print one line and exit 2; runtime failures that are
-not composerlite's (a plugin's exception, a store that stays down) one line and exit 1, with the
-traceback under `--debug`; bugs keep tracebacks."""
+"""The `composerlite` command line. User mistakes (`ConfigError`, `DataError`) print one line and
+exit 2; runtime failures that are not composerlite's (a plugin's exception, a store that stays
+down) one line and exit 1, with the traceback under `--debug`; bugs keep tracebacks. The library's
+messages name options as `key` or `key=value`; here they read as the flags that set them."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import traceback
 
 import pydantic
+from rich.console import Console
 
 from composerlite.config import describe_validation_error
 from composerlite.data.errors import DataError
-from composerlite.errors import PluginError, RunHalted, UsageError
+from composerlite.errors import ConfigError, PluginError, RunHalted
 from composerlite.storage import StorageError
 
 # subcommand -> (module under composerlite.commands, one-line help)
@@ -29,6 +32,36 @@ COMMANDS = {
     "eval": ("eval", "held-out loss and perplexity of a run's latest checkpoint at any sequence length"),
     "throughput": ("throughput", "measure tokens/s, MFU and peak memory of a model + algorithms (random tokens)"),
 }
+
+
+# Options whose flag is not the key with dashes.
+_FLAGS = {"algorithms": "--algo"}
+_OPTION = re.compile(r"`([a-z][a-z0-9_]*)(?:=([^`]*))?`")
+
+
+def as_flags(message: str) -> str:
+    """The library's `key` and `key=value` as the flags that set them: `--key`, `--key value`."""
+
+    def flag(match: re.Match) -> str:
+        key, value = match.groups()
+        name = _FLAGS.get(key, "--" + key.replace("_", "-"))
+        return name if value is None or value == "True" else f"{name} {value}"
+
+    return _OPTION.sub(flag, message)
+
+
+class _FlagConsole(Console):
+    def print(self, *objects, **kwargs) -> None:
+        super().print(*(as_flags(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+def flag_console(quiet: bool = False) -> Console:
+    """The CLI's console (stderr): the library's notes on it name options as flags."""
+    return _FlagConsole(stderr=True, quiet=quiet)
+
+
+def print_error(message: str) -> None:
+    print(f"composerlite: error: {as_flags(message)}", file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,20 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     del args.debug  # a CLI switch, not an option of the command
     try:
         return args.handler(args) or 0
-    except (UsageError, DataError) as error:
-        print(f"composerlite: error: {error}", file=sys.stderr)
+    except (ConfigError, DataError) as problem:
+        print_error(str(problem))
         return 2
-    except (PluginError, StorageError) as error:
+    except (PluginError, StorageError) as problem:
         if debug:
-            traceback.print_exception(error.__cause__ or error)
+            traceback.print_exception(problem.__cause__ or problem)
         hint = "" if debug else " (--debug shows the traceback)"
-        print(f"composerlite: error: {error}{hint}", file=sys.stderr)
+        print_error(f"{problem}{hint}")
         return 1
-    except pydantic.ValidationError as error:
-        print(f"composerlite: error: {describe_validation_error(error)}", file=sys.stderr)
+    except pydantic.ValidationError as problem:
+        print_error(describe_validation_error(problem))
         return 2
     except RunHalted as halt:
-        print(f"composerlite: {halt}", file=sys.stderr)
+        print(f"composerlite: {as_flags(str(halt))}", file=sys.stderr)
         return halt.exit_code
     except KeyboardInterrupt:
         print("composerlite: interrupted", file=sys.stderr)

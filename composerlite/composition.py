@@ -27,11 +27,11 @@ from collections.abc import Iterable
 
 from composerlite.algorithm import Algorithm
 from composerlite.engine import algorithm_label
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 
 def check_composition(algorithms: list[Algorithm]) -> None:
-    """Raise UsageError (one line, naming both algorithms) for an impossible combination."""
+    """Raise ConfigError (one line, naming both algorithms) for an impossible combination."""
     labels = [algorithm_label(algorithm) for algorithm in algorithms]
     provider: dict[str, str] = {}
     for algorithm, label in zip(algorithms, labels):
@@ -39,20 +39,20 @@ def check_composition(algorithms: list[Algorithm]) -> None:
             if capability in provider:
                 first = provider[capability]
                 who = f"algorithm '{label}' is listed twice and takes" if first == label else f"algorithms '{first}' and '{label}' both take"
-                raise UsageError(f"{who} over {capability}, so one would undo the other; keep only one")
+                raise ConfigError(f"{who} over {capability}, so one would undo the other; keep only one")
             provider[capability] = label
     for index, (algorithm, label) in enumerate(zip(algorithms, labels)):
         others = [(other, other_label) for i, (other, other_label) in enumerate(zip(algorithms, labels)) if i != index]
         for wanted in algorithm.requires:
             if not any(wanted == other_label or wanted in other.provides for other, other_label in others):
-                raise UsageError(
+                raise ConfigError(
                     f"algorithm '{label}' requires '{wanted}', which no other algorithm in this run provides"
                 )
         for excluded in algorithm.conflicts:
             for other, other_label in others:
                 if excluded == other_label or excluded in other.provides:
                     reason = "" if excluded == other_label else f" (both touch {excluded})"
-                    raise UsageError(f"algorithm '{label}' cannot run with '{other_label}'{reason}; keep only one")
+                    raise ConfigError(f"algorithm '{label}' cannot run with '{other_label}'{reason}; keep only one")
 
 
 def ordered(algorithms: Iterable[Algorithm]) -> list[Algorithm]:

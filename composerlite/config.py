@@ -1,19 +1,19 @@
 """Run configuration: validated once, here, at the edge (YAML recipe, then CLI flags over it).
 
 Everything past `RunConfig` is plain values; a bad model, algorithm, option or value is reported
-as one line naming it (`UsageError`), which the CLI turns into exit code 2.
+as one line naming it (`ConfigError`), which the CLI turns into exit code 2.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
 import yaml
 
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
+from composerlite.runtime import check_device
 from composerlite.time import Time, TimeUnit
 
 
@@ -99,9 +99,7 @@ class RunConfig(pydantic.BaseModel):
     @pydantic.field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value not in ("auto", "cpu") and not value.startswith("cuda"):
-            raise ValueError(f"unknown device '{value}'; use auto, cpu, cuda or cuda:N")
-        return value
+        return check_device(value)
 
 
 def load_config(recipe: str | Path | None, overrides: dict[str, Any]) -> RunConfig:
@@ -110,13 +108,13 @@ def load_config(recipe: str | Path | None, overrides: dict[str, Any]) -> RunConf
     if recipe is not None:
         path = Path(recipe)
         if not path.is_file():
-            raise UsageError(f"config file not found: {recipe}")
+            raise ConfigError(f"config file not found: {recipe}")
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
-            raise UsageError(f"config file {recipe} is not valid YAML: {str(error).splitlines()[0]}") from None
+            raise ConfigError(f"config file {recipe} is not valid YAML: {str(error).splitlines()[0]}") from None
         if not isinstance(values, dict):
-            raise UsageError(f"config file {recipe} must hold a mapping of options")
+            raise ConfigError(f"config file {recipe} must hold a mapping of options")
     for key, value in overrides.items():
         if value is not None and value != []:
             values[key] = value
@@ -127,7 +125,7 @@ def validated(values: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig(**values)
     except pydantic.ValidationError as error:
-        raise UsageError(describe_validation_error(error)) from None
+        raise ConfigError(describe_validation_error(error)) from None
 
 
 def describe_validation_error(error: pydantic.ValidationError) -> str:
@@ -138,11 +136,3 @@ def describe_validation_error(error: pydantic.ValidationError) -> str:
         return f"unknown option '{field}'"
     return f"invalid {field}: {message}" if field else message
 
-
-@functools.cache
-def cpu_supports_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -2,7 +2,7 @@
 and MASTER_ADDR/PORT, we join the process group and wrap the (already converted) model in DDP or FSDP2.
 
 Outside torchrun every helper here is the single-process identity, so the trainer has one code path.
-Batch semantics: `--batch-size` is the global batch; each rank trains on `batch_size / world_size`
+Batch semantics: `batch_size` is the global batch; each rank trains on `batch_size / world_size`
 sequences of its own disjoint shard, and gradients are averaged, so N processes follow the same
 loss curve as one process with the same global batch (up to float summation order).
 """
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 PARALLEL_MODES = ("ddp", "fsdp")
 
@@ -150,7 +150,7 @@ def wrap(model: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Mo
                 fully_shard(module)
         fully_shard(model)
         return model
-    raise UsageError(f"unknown --parallel '{mode}'; choose one of: {', '.join(PARALLEL_MODES)}")
+    raise ConfigError(f"unknown `parallel={mode}`; choose one of: {', '.join(PARALLEL_MODES)}")
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -175,5 +175,5 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 def per_rank_batch_size(global_batch: int) -> int:
     size = world_size()
     if global_batch % size:
-        raise UsageError(f"--batch-size {global_batch} is the global batch and must divide evenly over {size} processes")
+        raise ConfigError(f"`batch_size={global_batch}` is the global batch and must divide evenly over {size} processes")
     return global_batch // size

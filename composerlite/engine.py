@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import collections
+import functools
 import time
+from typing import Callable
 
 from composerlite.algorithm import Algorithm, Callback
-from composerlite.errors import PluginError, UsageError
+from composerlite.errors import ConfigError, PluginError
 from composerlite.event import Event
 from composerlite.loggers import Logger
 from composerlite.state import State
+
+Handler = Callable[[State, Logger], None]
 
 
 class Engine:
@@ -17,6 +21,13 @@ class Engine:
         self.state = state
         self.logger = logger
         self.seconds_per_algorithm: dict[str, float] = collections.defaultdict(float)
+        self._handlers: dict[Event, list[Handler]] | None = None  # per event, once `fix_observers` ran
+
+    def fix_observers(self) -> None:
+        """Look up every callback's and logger destination's handler for each event once, now (the
+        trainer does at FIT_START), instead of per event per step: observers added later are not
+        called."""
+        self._handlers = {event: self._observer_handlers(event) for event in Event}
 
     def run_event(self, event: Event) -> None:
         state = self.state
@@ -29,15 +40,25 @@ class Engine:
             except Exception as error:
                 # At INIT nothing has trained yet, so a failure is the plugin's: name it in one line.
                 # Later events keep their exceptions (an out-of-memory error there is handled).
-                if event is not Event.INIT or isinstance(error, UsageError):
+                if event is not Event.INIT or isinstance(error, ConfigError):
                     raise
                 raise PluginError(f"algorithm '{algorithm_label(algorithm)}' failed at {event.name}: "
                                   f"{type(error).__name__}: {error}") from error
-        for callback in state.callbacks:
-            callback.run_event(event, state, self.logger)
-        for destination in self.logger.destinations:
-            if isinstance(destination, Callback):
-                destination.run_event(event, state, self.logger)
+        handlers = self._handlers[event] if self._handlers is not None else self._observer_handlers(event)
+        for handler in handlers:
+            handler(state, self.logger)
+
+    def _observer_handlers(self, event: Event) -> list[Handler]:
+        """The callbacks', then the logger destinations', handlers for `event`: the method named
+        after it, or `run_event` itself for an observer that dispatches on its own."""
+        observers = [*self.state.callbacks, *(d for d in self.logger.destinations if isinstance(d, Callback))]
+        handlers = []
+        for observer in observers:
+            if type(observer).run_event is not Callback.run_event:
+                handlers.append(functools.partial(observer.run_event, event))
+            elif (handler := getattr(observer, event.value, None)) is not None:
+                handlers.append(handler)
+        return handlers
 
 
 def algorithm_label(algorithm: Algorithm) -> str:

@@ -1,13 +1,23 @@
-"""User mistakes: the CLI prints these as one line and exits with code 2 (never a traceback)."""
+"""The core's errors. None of them knows about a command line or exit codes: messages name
+configuration options in backquotes, as `key` or `key=value` (the names `RunConfig` and
+`composerlite.train` take, e.g. `max_duration`), and a front end shows them its own way (the CLI
+as `--max-duration`, see `composerlite.cli.as_flags`)."""
 
 
-class UsageError(ValueError):
-    pass
+class ConfigError(ValueError):
+    """A configuration that cannot run: an unknown model, algorithm or option, a bad value, an
+    impossible combination, a run directory that holds another run, a checkpoint that does not
+    fit. Raised before anything is written. The message is one line meant for the user."""
+
+
+# The name composerlite.bench still raises; it goes once the bench raises ConfigError.
+UsageError = ConfigError
 
 
 class RunHalted(RuntimeError):
-    """Training stopped on purpose (a signal, the NaN policy, a failed save). The CLI prints the
-    message, which says what was kept and how to continue, and exits with `exit_code`."""
+    """Training stopped on purpose (a signal, the NaN policy, a failed save). The message says what
+    was kept and how to continue; `exit_code` is the status a process that ran the run should end
+    with (128 + the signal's number for a signal, 1 otherwise)."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
@@ -16,5 +26,5 @@ class RunHalted(RuntimeError):
 
 class PluginError(RuntimeError):
     """An algorithm's own code raised while it was being built or converting the model at INIT (a
-    bug in that plugin, not in the command line). The CLI prints the message, which names the
-    algorithm, as one line and exits with code 1; `--debug` adds the plugin's traceback."""
+    bug in that plugin, not in the configuration). The message names the algorithm; the plugin's
+    exception is the `__cause__`."""

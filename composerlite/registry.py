@@ -24,7 +24,7 @@ import pydantic
 import yaml
 
 from composerlite.algorithm import Algorithm, NoOptions
-from composerlite.errors import PluginError, UsageError
+from composerlite.errors import ConfigError, PluginError
 
 ENTRY_POINT_GROUP = "composerlite.algorithms"
 
@@ -52,18 +52,18 @@ def algorithm_class(target: str) -> type[Algorithm]:
     if ".py:" in target:
         return _class_from_file(*target.rsplit(":", 1))
     if target.endswith(".py"):
-        raise UsageError(f"algorithm file '{target}' needs a class: {target}:ClassName")
+        raise ConfigError(f"algorithm file '{target}' needs a class: {target}:ClassName")
     entry = registered_algorithms().get(target)
     if entry is None:
         claimed = duplicate_registrations().get(target)
         if claimed:
-            raise UsageError(f"algorithm '{target}' is registered by several installed packages ({', '.join(claimed)}); uninstall all but one")
+            raise ConfigError(f"algorithm '{target}' is registered by several installed packages ({', '.join(claimed)}); uninstall all but one")
         known = ", ".join(sorted(registered_algorithms())) or "none installed"
-        raise UsageError(f"unknown algorithm '{target}'; choose one of: {known} (or path/to/file.py:ClassName)")
+        raise ConfigError(f"unknown algorithm '{target}'; choose one of: {known} (or path/to/file.py:ClassName)")
     try:
         cls = entry.load()
     except Exception as error:  # a broken third-party plugin: name it, do not crash the CLI
-        raise UsageError(f"algorithm '{target}' ({entry.value}) failed to import: {type(error).__name__}: {error}") from None
+        raise ConfigError(f"algorithm '{target}' ({entry.value}) failed to import: {type(error).__name__}: {error}") from None
     _check_is_algorithm(cls, target)
     return cls
 
@@ -71,10 +71,10 @@ def algorithm_class(target: str) -> type[Algorithm]:
 def _class_from_file(path: str, class_name: str) -> type[Algorithm]:
     file = Path(path).expanduser().resolve()
     if not file.is_file():
-        raise UsageError(f"algorithm file not found: {path}")
+        raise ConfigError(f"algorithm file not found: {path}")
     cls = getattr(_module_from_file(file), class_name, None)
     if cls is None:
-        raise UsageError(f"{path} defines no '{class_name}'")
+        raise ConfigError(f"{path} defines no '{class_name}'")
     _check_is_algorithm(cls, f"{path}:{class_name}")
     return cls
 
@@ -90,7 +90,7 @@ def _module_from_file(file: Path) -> types.ModuleType:
         spec.loader.exec_module(module)
     except Exception as error:
         del sys.modules[module_name]
-        raise UsageError(f"cannot load {file}: {_where(error, file)}{type(error).__name__}: {error}") from None
+        raise ConfigError(f"cannot load {file}: {_where(error, file)}{type(error).__name__}: {error}") from None
     return module
 
 
@@ -104,7 +104,7 @@ def _where(error: Exception, file: Path) -> str:
 
 def _check_is_algorithm(cls: Any, target: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
-        raise UsageError(f"'{target}' is not a composerlite Algorithm subclass")
+        raise ConfigError(f"'{target}' is not a composerlite Algorithm subclass")
 
 
 @functools.cache
@@ -141,12 +141,12 @@ def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
     for item in filter(None, (part.strip() for part in _top_level_items(options_text))):
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"algorithm '{target}': option '{item}' is not key=value")
+            raise ConfigError(f"algorithm '{target}': option '{item}' is not key=value")
         try:
             options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError as error:
             problem = str(getattr(error, "problem", None) or error).splitlines()[0]
-            raise UsageError(f"algorithm '{target}': option {key.strip()}={value!r} is not a valid value ({problem})") from None
+            raise ConfigError(f"algorithm '{target}': option {key.strip()}={value!r} is not a valid value ({problem})") from None
     return target, options
 
 
@@ -166,11 +166,11 @@ def validate_options(cls: type[Algorithm], target: str, options: dict[str, Any])
     Unknown keys are refused here too, even when a plugin's model would ignore them."""
     model = options_model(cls)
     if not isinstance(options, dict):
-        raise UsageError(f"algorithm '{target}': options must be a mapping of key: value, got {options!r}")
+        raise ConfigError(f"algorithm '{target}': options must be a mapping of key: value, got {options!r}")
     for key in options:
         if key not in model.model_fields:
             known = ", ".join(model.model_fields) or "none"
-            raise UsageError(f"algorithm '{target}': unknown option '{key}' (options: {known})")
+            raise ConfigError(f"algorithm '{target}': unknown option '{key}' (options: {known})")
     try:
         return model(**options).model_dump()
     except pydantic.ValidationError as error:
@@ -178,7 +178,7 @@ def validate_options(cls: type[Algorithm], target: str, options: dict[str, Any])
         option = ".".join(str(part) for part in first["loc"])
         message = first["msg"].removeprefix("Value error, ")
         where = f"option '{option}': " if option else ""  # a check across several options names none
-        raise UsageError(f"algorithm '{target}': {where}{message}") from None
+        raise ConfigError(f"algorithm '{target}': {where}{message}") from None
 
 
 def build_algorithm(target: str, options: dict[str, Any] | None = None) -> Algorithm:
@@ -187,7 +187,7 @@ def build_algorithm(target: str, options: dict[str, Any] | None = None) -> Algor
     try:
         return cls(**options)
     except ValueError as error:  # an __init__ that checks its own arguments (Composer style)
-        raise UsageError(f"algorithm '{target}': {error}") from None
+        raise ConfigError(f"algorithm '{target}': {error}") from None
     except Exception as error:
         raise PluginError(f"algorithm '{target}' failed in __init__: {type(error).__name__}: {error}") from error
 

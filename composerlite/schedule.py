@@ -17,21 +17,30 @@ from composerlite.time import Time, Timestamp
 
 @dataclasses.dataclass
 class WarmupDecaySchedule:
-    """Linear warmup from 0 to the base LR over `warmup`, then `decay` down to `alpha_f` x base LR
-    at the end of `max_duration` ("cosine", "linear" or "constant")."""
+    """Linear warmup from 0 to the base LR over `warmup`, then `decay` towards `alpha_f` x base LR
+    at the end of `max_duration` ("cosine", "linear" or "constant").
+
+    The LR of a step is computed from the time around it, as the usual warmup-cosine definition
+    has it (nanoGPT's, Hugging Face's) for step indices t in [0, T): warmup counts the step itself
+    (`end`), so the first step is not wasted at LR 0; the decay follows the time before the step
+    (`start`), so the last step starts short of the budget and trains at a small positive LR
+    rather than at `alpha_f`. A wall-clock budget's step duration is unknown when its LR is set:
+    both ends read the time at the step's start."""
 
     warmup: Time
     decay: str = "cosine"
     alpha_f: float = 0.0
-    # Fraction of the budget used when warmup ended: decay spans the rest, whatever the units.
+    # Fraction of the budget used at the start of the first step past warmup: decay spans the
+    # rest, whatever the units.
     decay_start: float | None = None
 
-    def multiplier(self, timestamp: Timestamp, max_duration: Time) -> float:
-        if self.warmup.value > 0 and not timestamp.reached(self.warmup, max_duration):
+    def multiplier(self, start: Timestamp, end: Timestamp, max_duration: Time) -> float:
+        """The LR multiplier for the step that takes training from `start` to `end`."""
+        if self.warmup.value > 0 and not end.reached(self.warmup, max_duration):
             if self.warmup.unit.value == "dur":
-                return timestamp.fraction_of(max_duration) / self.warmup.value
-            return timestamp.get(self.warmup.unit) / self.warmup.value
-        fraction = timestamp.fraction_of(max_duration)
+                return end.fraction_of(max_duration) / self.warmup.value
+            return end.get(self.warmup.unit) / self.warmup.value
+        fraction = start.fraction_of(max_duration)
         if self.decay_start is None:
             self.decay_start = fraction
         span = 1.0 - self.decay_start
@@ -44,8 +53,8 @@ class WarmupDecaySchedule:
             shape = 1.0
         return self.alpha_f + (1 - self.alpha_f) * shape
 
-    def step(self, optimizer: torch.optim.Optimizer, timestamp: Timestamp, max_duration: Time) -> None:
-        factor = self.multiplier(timestamp, max_duration)
+    def step(self, optimizer: torch.optim.Optimizer, start: Timestamp, end: Timestamp, max_duration: Time) -> None:
+        factor = self.multiplier(start, end, max_duration)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
 

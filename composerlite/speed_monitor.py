@@ -21,7 +21,7 @@ import torch
 
 from composerlite import distributed
 from composerlite.algorithm import Callback
-from composerlite.trainer import PRECISIONS
+from composerlite.runtime import PRECISIONS
 
 # Vendor dense peaks, FLOP/s, by a substring of torch.cuda.get_device_name() (first match wins:
 # more specific names first) and the run's precision. fp32 is the non-tensor-core rate (PyTorch
@@ -165,6 +165,7 @@ class SpeedMonitor(Callback):
         self._eval_started: float | None = None
         self._seen = 0  # steps since FIT_START
         self._world = 1
+        self._memory: tuple[int, float] | None = None  # (step, peak GiB) of the last peak-memory reading
 
     def fit_start(self, state, logger) -> None:
         if self.user_peak is not None:
@@ -177,6 +178,7 @@ class SpeedMonitor(Callback):
         self.measured.clear()
         self.warmup_s = self.excluded_s = self._excluded = 0.0
         self._seen = 0
+        self._memory = None
         self._started = self._mark = time.perf_counter()
         self._counts = (state.timestamp.token, state.timestamp.sample)
 
@@ -198,11 +200,20 @@ class SpeedMonitor(Callback):
             if self._seen == self.warmup_steps:
                 self.warmup_s = now - self._started - self.excluded_s
                 reset_peak_memory(state.device)
+                self._memory = None
             return
         step = (seconds, tokens, samples, flops)
         self.steps.append(step)
         self.measured.append(step)
-        logger.log_metrics(self.rates(self.steps, state.device))
+        logger.log_metrics(self.rates(self.steps, self._step_memory_gib(state.device)))
+
+    def _step_memory_gib(self, device: torch.device) -> float:
+        """The peak memory a step's record shows: read every step on CUDA (an allocator counter),
+        every `window` steps on a CPU, where reading /proc costs more than the rest of the step's
+        monitoring."""
+        if device.type == "cuda" or self._memory is None or self._seen - self._memory[0] >= self.window:
+            self._memory = (self._seen, peak_memory_gib(device)[0])
+        return self._memory[1]
 
     # Time to leave out. The span from BATCH_END to BATCH_CHECKPOINT holds the evaluation and the
     # checkpoint save when due (and the step's metrics write, microseconds); evaluation has its own
@@ -222,7 +233,7 @@ class SpeedMonitor(Callback):
         self._excluded += seconds
         self.excluded_s += seconds
 
-    def rates(self, steps, device: torch.device) -> dict[str, float]:
+    def rates(self, steps, memory_gib: float) -> dict[str, float]:
         seconds = sum(step[0] for step in steps)
         flops_per_s = sum(step[3] for step in steps) / seconds
         metrics = {
@@ -232,7 +243,7 @@ class SpeedMonitor(Callback):
         }
         if self.peak:
             metrics["throughput/mfu"] = flops_per_s / (self.peak * self._world)
-        metrics["memory/peak_gib"] = peak_memory_gib(device)[0]
+        metrics["memory/peak_gib"] = memory_gib
         return metrics
 
     def fit_end(self, state, logger) -> None:
@@ -240,7 +251,7 @@ class SpeedMonitor(Callback):
             return
         tokens = sum(step[1] for step in self.measured)
         self.summary = {
-            **self.rates(self.measured, state.device),
+            **self.rates(self.measured, peak_memory_gib(state.device)[0]),
             "measured_steps": len(self.measured),
             "step_ms": 1e3 * sum(step[0] for step in self.measured) / len(self.measured),
             "flops_per_token": sum(step[3] for step in self.measured) / tokens if tokens else 0.0,
@@ -252,11 +263,12 @@ class SpeedMonitor(Callback):
             "memory_kind": peak_memory_gib(state.device)[1],
         }
         if self.console:
-            distributed.print_once(self.summary_line())
+            distributed.print_once(speed_line(self.summary))
 
-    def summary_line(self) -> str:
-        """One line: tokens/s, samples/s, MFU when known, peak memory."""
-        s = self.summary
-        mfu = f"  MFU {s['throughput/mfu']:.1%}" if "throughput/mfu" in s else ""
-        return (f"speed: {s['throughput/tokens_per_s']:,.0f} tokens/s  {s['throughput/samples_per_s']:,.1f} samples/s"
-                f"{mfu}  peak memory {s['memory/peak_gib']:.2f} GiB ({s['memory_kind']})")
+
+def speed_line(summary: dict[str, Any]) -> str:
+    """A `SpeedMonitor.summary` as one line: tokens/s, samples/s, MFU when known, peak memory."""
+    s = summary
+    mfu = f"  MFU {s['throughput/mfu']:.1%}" if "throughput/mfu" in s else ""
+    return (f"speed: {s['throughput/tokens_per_s']:,.0f} tokens/s  {s['throughput/samples_per_s']:,.1f} samples/s"
+            f"{mfu}  peak memory {s['memory/peak_gib']:.2f} GiB ({s['memory_kind']})")

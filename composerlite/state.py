@@ -31,6 +31,10 @@ class State:
     `forward_fn(model, batch) -> outputs` and `loss_fn(outputs, batch) -> loss` are fields, not
     methods of the model, so an algorithm can change what the forward returns (hidden states
     instead of logits, say) and how the loss is computed, without patching the model.
+    `eval_loss_fn(outputs, batch)` is what evaluation reports: always the plain mean next-token
+    cross-entropy, whatever objective `loss_fn` trains (label smoothing, an auxiliary term), so
+    held-out losses compare across methods. An algorithm that changes what `forward_fn` returns
+    sets it too, to the same cross-entropy computed from its outputs (fused_cross_entropy does).
     """
 
     model: torch.nn.Module
@@ -49,6 +53,7 @@ class State:
     timestamp: Timestamp = dataclasses.field(default_factory=Timestamp)
     forward_fn: Callable[[torch.nn.Module, dict], Any] = logits_forward
     loss_fn: Callable[[Any, dict], torch.Tensor] = shifted_cross_entropy
+    eval_loss_fn: Callable[[Any, dict], torch.Tensor] = shifted_cross_entropy
     batch: dict[str, torch.Tensor] | None = None
     outputs: Any = None
     loss: torch.Tensor | None = None

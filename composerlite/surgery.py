@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 # (qualified name, module) -> its replacement, or None to keep it (and look inside it)
 Policy = Callable[[str, nn.Module], nn.Module | None]
@@ -27,13 +27,13 @@ def replace_modules(model: nn.Module, policy: Policy, *, allow_zero: bool = Fals
 
     Walks the tree top-down; a replaced module's children are not visited (its replacement is
     final, and a policy is never applied to its own output). The root itself is never replaced.
-    Returns {qualified name: replacement} in visiting order. Raises UsageError when nothing was
+    Returns {qualified name: replacement} in visiting order. Raises ConfigError when nothing was
     replaced, unless `allow_zero`; `what` names the target in that message.
     """
     replaced: dict[str, nn.Module] = {}
     _replace_children(model, "", policy, replaced)
     if not replaced and not allow_zero:
-        raise UsageError(f"model surgery matched no module of {type(model).__name__} for {what}; nothing was replaced")
+        raise ConfigError(f"model surgery matched no module of {type(model).__name__} for {what}; nothing was replaced")
     return replaced
 
 

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-import os
 import random
 import signal
 import threading
@@ -26,56 +25,16 @@ from composerlite.engine import Engine
 from composerlite.errors import RunHalted
 from composerlite.event import Event
 from composerlite.loggers import Logger
+from composerlite.runtime import PRECISIONS, default_threads, pinned_threads, resolve_device
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.state import State
 from composerlite.storage import Location, location
 from composerlite.time import Time, TimeUnit
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def default_threads() -> int:
-    """The intra-op CPU threads a run uses unless told otherwise: the physical cores this process may
-    run on, shared evenly by the processes a launcher started on this machine. Never the caller's own
-    setting (OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads): a float sum split over more
-    threads rounds differently, so that would make the same run's numbers depend on where it was
-    started from (pytest pins 2 threads, its subprocesses took the core count, torchrun sets 1)."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    cores = set()
-    for cpu in cpus:
-        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
-        try:
-            with open(f"{topology}/physical_package_id") as package, open(f"{topology}/core_id") as core:
-                cores.add((package.read().strip(), core.read().strip()))
-        except OSError:  # no sysfs topology (some containers): count logical CPUs
-            cores.add(("cpu", str(cpu)))
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE") or 1)
-    return max(1, len(cores) // max(1, local_processes))
-
-
-@contextlib.contextmanager
-def pinned_threads(threads: int):
-    """torch's intra-op thread count set to `threads` inside, the caller's restored after. Setting it
-    also turns off MKL's per-call choice of thread count (its "dynamic" mode, on in a process that
-    never set one), another way two processes could split the same sum differently."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclasses.dataclass
@@ -212,6 +171,7 @@ class Trainer:
         self._next_eval = self._advance(self.eval_interval) if self.eval_data is not None else None
         if any(algorithm.dynamic_seq_len for algorithm in state.algorithms) and state.device.type == "cuda":
             self.preallocate_full_length()
+        engine.fix_observers()
         engine.run_event(Event.FIT_START)
         while not self._done():
             engine.run_event(Event.EPOCH_START)
@@ -271,14 +231,15 @@ class Trainer:
         self.scaler.unscale_(state.optimizer)
         engine.run_event(Event.AFTER_TRAIN_BATCH)
         timestamp = state.timestamp
+        start = dataclasses.replace(timestamp)
         timestamp.batch += 1
         timestamp.batch_in_epoch += 1
         timestamp.sample += full_batch["input_ids"].shape[0] * distributed.world_size()  # counts are global
         timestamp.token += batch_tokens * distributed.world_size()
-        # The LR for this batch comes from the timestamp that counts it, so warmup's first step
-        # is not wasted at LR 0.
+        # The LR for this batch comes from the time before it and the time that counts it (see
+        # WarmupDecaySchedule): warmup's first step is not at LR 0, nor the decay's last one.
         for scheduler in state.schedulers:
-            scheduler.step(state.optimizer, timestamp, state.max_duration)
+            scheduler.step(state.optimizer, start, timestamp, state.max_duration)
         lr = state.optimizer.param_groups[0]["lr"]
         if finite:
             self.scaler.step(state.optimizer)
@@ -306,36 +267,43 @@ class Trainer:
             kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was saved yet"
             raise RunHalted(
                 f"loss became {total_loss} at step {timestamp.batch}; stopped without taking that step "
-                f"(--on-nan stop): {kept}. Resume from it with a lower --lr, or use --on-nan skip",
+                f"(`on_nan=stop`): {kept}. Resume from it with a lower `lr`, or use `on_nan=skip`",
                 exit_code=1,
             )
 
     def _forward_backward(self, full_batch: dict[str, torch.Tensor], batch_tokens: int) -> torch.Tensor:
         """Forward and backward over the microbatches of one batch; returns the batch's mean loss
         (a device scalar: reading it per microbatch would stall the GPU between microbatches)."""
-        state, engine = self.state, self.engine
-        total_loss = torch.zeros((), dtype=torch.float32, device=state.device)
-        microbatches = _split(full_batch, state.microbatch_size)
+        if self.state.microbatch_size >= full_batch["input_ids"].shape[0]:
+            return self._microbatch(full_batch, weight=1.0, last=True)  # no split, nothing to accumulate
+        total_loss = torch.zeros((), dtype=torch.float32, device=self.state.device)
+        microbatches = _split(full_batch, self.state.microbatch_size)
         for index, microbatch in enumerate(microbatches):
-            state.batch = microbatch
             weight = microbatch["input_ids"].numel() / batch_tokens
-            # DDP all-reduces gradients only on the last microbatch; the others just accumulate.
-            last = index == len(microbatches) - 1
-            sync = contextlib.nullcontext() if last or not hasattr(state.model, "no_sync") else state.model.no_sync()
-            with sync:
-                engine.run_event(Event.BEFORE_FORWARD)
-                with self._autocast():
-                    state.outputs = state.forward_fn(state.model, state.batch)
-                    engine.run_event(Event.AFTER_FORWARD)
-                    engine.run_event(Event.BEFORE_LOSS)
-                    state.loss = state.loss_fn(state.outputs, state.batch)
-                engine.run_event(Event.AFTER_LOSS)
-                engine.run_event(Event.BEFORE_BACKWARD)
-                self.scaler.scale(state.loss * weight).backward()
-                engine.run_event(Event.AFTER_BACKWARD)
-            total_loss += state.loss.detach().float() * weight
-            state.outputs = None  # free activations' outputs before the next microbatch
+            total_loss += self._microbatch(microbatch, weight, last=index == len(microbatches) - 1)
         return total_loss
+
+    def _microbatch(self, microbatch: dict[str, torch.Tensor], weight: float, last: bool) -> torch.Tensor:
+        """Forward and backward of one microbatch, its gradients weighted by its share of the batch's
+        tokens; returns its weighted loss (fp32, detached)."""
+        state, engine = self.state, self.engine
+        state.batch = microbatch
+        # DDP all-reduces gradients only on the last microbatch; the others just accumulate.
+        sync = contextlib.nullcontext() if last or not hasattr(state.model, "no_sync") else state.model.no_sync()
+        with sync:
+            engine.run_event(Event.BEFORE_FORWARD)
+            with self._autocast():
+                state.outputs = state.forward_fn(state.model, state.batch)
+                engine.run_event(Event.AFTER_FORWARD)
+                engine.run_event(Event.BEFORE_LOSS)
+                state.loss = state.loss_fn(state.outputs, state.batch)
+            engine.run_event(Event.AFTER_LOSS)
+            engine.run_event(Event.BEFORE_BACKWARD)
+            self.scaler.scale(state.loss if weight == 1.0 else state.loss * weight).backward()
+            engine.run_event(Event.AFTER_BACKWARD)
+        state.outputs = None  # free activations' outputs before the next microbatch
+        loss = state.loss.detach().float()
+        return loss if weight == 1.0 else loss * weight
 
     def _halve_microbatch(self) -> None:
         """After an out-of-memory error: drop the partial gradients and retry the batch in halves."""
@@ -368,7 +336,7 @@ class Trainer:
             with self._autocast():
                 state.outputs = state.forward_fn(state.model, state.batch)
                 engine.run_event(Event.EVAL_AFTER_FORWARD)
-                loss = state.loss_fn(state.outputs, state.batch).float().item()
+                loss = state.eval_loss_fn(state.outputs, state.batch).float().item()
             predicted = state.batch["input_ids"][:, 1:].numel()
             total_loss += loss * predicted
             total_tokens += predicted
@@ -440,8 +408,8 @@ class Trainer:
         self.engine.run_event(Event.FIT_END)
         raise RunHalted(
             f"stopped by {signal.Signals(signum).name} at step {self.state.timestamp.batch}; checkpoint saved in "
-            f"{self.last_checkpoint}. Continue with the same command plus --autoresume "
-            f"(--run-dir {self.run_location.url})",
+            f"{self.last_checkpoint}. Continue with the same settings plus `autoresume=True` "
+            f"(`run_dir={self.run_location.url}`)",
             exit_code=128 + signum,
         )
 

@@ -18,7 +18,7 @@ from composerlite.algorithms.gated_linear_units import GatedMLP, apply_gated_lin
 from composerlite.algorithms.gradient_clipping import AGC_EPS, apply_gradient_clipping, unitwise_norm
 from composerlite.algorithms.layer_freezing import freeze_fraction, freeze_layers
 from composerlite.algorithms.low_precision_layernorm import LPLayerNorm, apply_low_precision_layernorm
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.models import build_model, count_parameters
 from composerlite.registry import build_algorithm, registered_algorithms
 from composerlite.surgery import count_modules
@@ -108,11 +108,11 @@ def test_compute_ema_and_half_life():
 
 
 def test_ema_options_are_checked():
-    with pytest.raises(UsageError, match="exactly one of half_life and smoothing"):
+    with pytest.raises(ConfigError, match="exactly one of half_life and smoothing"):
         build_algorithm("ema", {"smoothing": 0.9})
-    with pytest.raises(UsageError, match="option 'half_life'"):
+    with pytest.raises(ConfigError, match="option 'half_life'"):
         build_algorithm("ema", {"half_life": "0.5dur"})
-    with pytest.raises(UsageError, match="same unit"):
+    with pytest.raises(ConfigError, match="same unit"):
         build_algorithm("ema", {"half_life": "10ba", "update_interval": "1ep"})
     assert build_algorithm("ema", {"half_life": None, "smoothing": 0.9}).update_interval.value == 1
 
@@ -137,7 +137,7 @@ def test_ema_evaluates_with_the_average_and_restores_the_training_weights(tmp_pa
         torch.testing.assert_close(seen, average, rtol=0, atol=0)
     trained = list(trainer.state.model.parameters())
     assert any(not torch.equal(p, a) for p, a in zip(trained, ema.ema_weights)), "training weights are back after eval"
-    with pytest.raises(UsageError, match="'ema' is listed twice"):
+    with pytest.raises(ConfigError, match="'ema' is listed twice"):
         tiny_trainer(tmp_path / "twice", [EMA(), EMA()], vocab_size=512)
 
 
@@ -176,7 +176,7 @@ def test_glu_replaces_every_mlp_with_matched_parameter_count(model):
     glu = model.transformer.h[0].mlp
     assert glu.gate.out_features == round(256 * 2 / 3)
     assert model(input_ids=torch.zeros(1, 8, dtype=torch.long)).logits.shape == (1, 8, 512)
-    with pytest.raises(UsageError, match="matched no module .* GPT2MLP"):
+    with pytest.raises(ConfigError, match="matched no module .* GPT2MLP"):
         apply_gated_linear_units(model)  # a second pass finds nothing to replace: loud, not silent
 
 
@@ -289,7 +289,7 @@ def test_train_checkpoint_resume_gives_the_same_weights(tmp_path, name):
         dropout=0.1, vocab_size=512, **kwargs)
     try:
         straight = make(tmp_path / "straight")
-    except UsageError as error:  # e.g. a GPU-only kernel: refused up front, nothing to resume
+    except ConfigError as error:  # e.g. a GPU-only kernel: refused up front, nothing to resume
         pytest.skip(f"{name} does not run on this CPU: {error}")
     straight.fit()
     checkpoint = tmp_path / "straight" / "checkpoints" / "ba00000002"

@@ -19,7 +19,7 @@ from composerlite.algorithms.alibi import Alibi, AlibiBias, alibi_slopes, apply_
 from composerlite.cli import main as cli
 from composerlite.composition import compose
 from composerlite.data import BatchStream
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.loggers import Logger
 from composerlite.models import ModelSpec, build_model, count_parameters
 from composerlite.registry import build_algorithm
@@ -114,9 +114,9 @@ def test_algorithm_converts_at_init_and_rejects_a_second_position_scheme():
         name = "rope"
         provides = ("position_embedding",)
 
-    with pytest.raises(UsageError, match="position_embedding"):
+    with pytest.raises(ConfigError, match="position_embedding"):
         compose([algorithm, RotaryStandIn()])
-    with pytest.raises(UsageError):
+    with pytest.raises(ConfigError):
         build_algorithm("alibi", {"max_sequence_length": 0})
 
 

@@ -17,7 +17,7 @@ from composerlite.algorithms.attention_window_warmup import (UNLIMITED, Attentio
                                                              window_at)
 from composerlite.attention import attention_layers
 from composerlite.composition import compose
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm
 
@@ -135,9 +135,9 @@ def test_reaching_the_full_length_removes_the_limit(tmp_path):
 
 
 def test_options_and_a_second_window_are_refused_in_one_line():
-    with pytest.raises(UsageError, match="final_window=8 is below initial_window=64"):
+    with pytest.raises(ConfigError, match="final_window=8 is below initial_window=64"):
         build_algorithm("attention_window_warmup", {"final_window": 8})
-    with pytest.raises(UsageError, match="attention_window") as error:
+    with pytest.raises(ConfigError, match="attention_window") as error:
         compose([build_algorithm("attention_window_warmup"), build_algorithm("attention_window_warmup")])
     assert "\n" not in str(error.value)
 

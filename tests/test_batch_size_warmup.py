@@ -12,7 +12,7 @@ from tinyrun import tiny_trainer
 
 from composerlite import Algorithm, Event
 from composerlite.algorithms.batch_size_warmup import BatchSizeWarmup, batch_size_at, default_min_batch_size
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.time import Time, Timestamp
 
@@ -58,10 +58,12 @@ def test_growth_by_accumulation_with_tokens_and_lr_schedule_counted_right(tmp_pa
     assert records[-2]["tokens"] < 384 <= records[-1]["tokens"]  # the budget ends the run at the first step past it
     assert len(records) > 384 // 64  # more, smaller steps than full batches would take
     schedule = WarmupDecaySchedule(warmup=Time.parse("0.25dur"))  # the LR follows the tokens actually trained
+    before = Timestamp()
     for r in records:
-        expected = 1e-3 * schedule.multiplier(Timestamp(batch=r["step"], token=r["tokens"], sample=r["samples"]),
-                                              Time.parse("384tok"))
+        after = Timestamp(batch=r["step"], token=r["tokens"], sample=r["samples"])
+        expected = 1e-3 * schedule.multiplier(before, after, Time.parse("384tok"))
         assert r["lr"] == pytest.approx(expected, rel=1e-12)
+        before = after
 
 
 def test_same_seed_is_deterministic(tmp_path):
@@ -74,7 +76,7 @@ def test_resume_after_a_stop_is_exact_mid_warmup(tmp_path):
 
 
 def test_listed_twice_is_refused_in_one_line(tmp_path):
-    with pytest.raises(UsageError, match="'batch_size_warmup' is listed twice and takes over batch_size") as error:
+    with pytest.raises(ConfigError, match="'batch_size_warmup' is listed twice and takes over batch_size") as error:
         tiny_trainer(tmp_path, [BatchSizeWarmup(), BatchSizeWarmup()], vocab_size=512)
     assert "\n" not in str(error.value)
 

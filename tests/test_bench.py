@@ -18,7 +18,7 @@ from composerlite.cli import main as cli
 from composerlite.commands.run import run as real_run
 from composerlite.commands.sweep import sweep_methods
 from composerlite.config import load_config
-from composerlite.errors import RunHalted, UsageError
+from composerlite.errors import ConfigError, RunHalted
 from composerlite.registry import registered_algorithms, split_spec
 
 RECIPES = Path(__file__).resolve().parent.parent / "benchmarks" / "recipes"
@@ -32,7 +32,7 @@ def test_parse_algos_keeps_option_commas_and_plugins():
                                           "plugins/mine.py:Mine", "alibi"]
     assert [m.algorithms for m in methods] == [(), ("seq_len_warmup:duration=0.3,min_seq_len=8",),
                                                ("plugins/mine.py:Mine",), ("alibi",)]
-    with pytest.raises(UsageError, match="looks like an option"):
+    with pytest.raises(ConfigError, match="looks like an option"):
         parse_algos("baseline,duration=0.3")
 
 
@@ -40,7 +40,7 @@ def test_parse_recipe():
     recipe = parse_recipe("fast=seq_len_warmup:duration=0.2,min_seq_len=8+alibi")
     assert (recipe.label, recipe.algorithms) == ("fast", ("seq_len_warmup:duration=0.2,min_seq_len=8", "alibi"))
     for bad in ("fast", "=alibi", "fast="):
-        with pytest.raises(UsageError):
+        with pytest.raises(ConfigError):
             parse_recipe(bad)
 
 
@@ -208,7 +208,7 @@ def test_sweep_methods():
     assert reference == methods[0].label
     for bad in (_sweep_args(), _sweep_args(ratios="0.5", lrs="1e-3", batch_sizes="4"), _sweep_args(lrs="1e-3"),
                 _sweep_args(ratios="half"), _sweep_args(ratios="-1"), _sweep_args(lrs="1e-3", batch_sizes="4", lr=1.0)):
-        with pytest.raises(UsageError):
+        with pytest.raises(ConfigError):
             sweep_methods(bad)
 
 

@@ -11,7 +11,7 @@ from tinyrun import CHEAP_ON_CPU, tiny_trainer
 
 from composerlite import Algorithm, Event, Order
 from composerlite.composition import compose
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.registry import build_algorithm, registered_algorithms
 
 
@@ -29,21 +29,21 @@ def names(algorithms) -> list[str]:
 
 
 def test_two_providers_of_one_capability_are_rejected_naming_both():
-    with pytest.raises(UsageError, match=r"'rope' and 'alibi' both take over position_embedding"):
+    with pytest.raises(ConfigError, match=r"'rope' and 'alibi' both take over position_embedding"):
         compose([algorithm("rope", provides=("position_embedding",)), algorithm("alibi", provides=("position_embedding",))])
 
 
 def test_an_algorithm_listed_twice_is_rejected_when_it_provides_something():
-    with pytest.raises(UsageError, match=r"'ema' is listed twice"):
+    with pytest.raises(ConfigError, match=r"'ema' is listed twice"):
         compose([algorithm("ema", provides=("eval_weights",)), algorithm("ema", provides=("eval_weights",))])
     assert len(compose([algorithm("recorder"), algorithm("recorder")])) == 2  # nothing exclusive: allowed
 
 
 def test_requires_is_met_by_a_name_or_a_capability_of_another_algorithm():
     needy = algorithm("needy", requires=("attention_scores",))
-    with pytest.raises(UsageError, match=r"'needy' requires 'attention_scores', which no other"):
+    with pytest.raises(ConfigError, match=r"'needy' requires 'attention_scores', which no other"):
         compose([needy])
-    with pytest.raises(UsageError, match="requires"):
+    with pytest.raises(ConfigError, match="requires"):
         compose([algorithm("selfish", requires=("selfish",), provides=("selfish",))])  # not by itself
     assert names(compose([needy, algorithm("alibi", provides=("attention_scores",))])) == ["needy", "alibi"]
     assert names(compose([algorithm("a", requires=("b",)), algorithm("b")])) == ["a", "b"]
@@ -53,9 +53,9 @@ def test_conflicts_by_name_or_capability_are_rejected_both_ways_round():
     compile_ = algorithm("compile", conflicts=("layernorm",))
     lpln = algorithm("low_precision_layernorm", provides=("layernorm",))
     for pair in ([compile_, lpln], [lpln, compile_]):
-        with pytest.raises(UsageError, match=r"'compile' cannot run with 'low_precision_layernorm' \(both touch layernorm\)"):
+        with pytest.raises(ConfigError, match=r"'compile' cannot run with 'low_precision_layernorm' \(both touch layernorm\)"):
             compose(pair)
-    with pytest.raises(UsageError, match=r"'x' cannot run with 'y'; keep only one"):
+    with pytest.raises(ConfigError, match=r"'x' cannot run with 'y'; keep only one"):
         compose([algorithm("x", conflicts=("y",)), algorithm("y")])
 
 
@@ -86,7 +86,7 @@ def test_the_trainer_rejects_a_bad_combination_before_init_and_runs_in_composed_
         def apply(self, event, state, logger):
             seen.append(self.name)
 
-    with pytest.raises(UsageError, match="both take over"):
+    with pytest.raises(ConfigError, match="both take over"):
         tiny_trainer(tmp_path / "a", [Probe("p", Order.SURGERY), algorithm("q", provides=("mlp",)),
                                       algorithm("r", provides=("mlp",))], vocab_size=512)
     assert seen == [], "INIT must not run for a rejected combination"
@@ -119,11 +119,11 @@ PAIRS = list(itertools.combinations(sorted(registered_algorithms()), 2))
 @pytest.mark.parametrize("first,second", PAIRS, ids=[f"{a}+{b}" for a, b in PAIRS])
 def test_every_pair_composes_and_trains_a_step_or_is_rejected_up_front(tmp_path, first, second):
     """Each pair either trains one step on gpt2-tiny (seq 16, batch 2) with a finite loss, or is
-    refused while the Trainer is built (before any step) with a one-line UsageError."""
+    refused while the Trainer is built (before any step) with a one-line ConfigError."""
     algorithms = [build_algorithm(first, CHEAP_ON_CPU.get(first)), build_algorithm(second, CHEAP_ON_CPU.get(second))]
     try:
         trainer = tiny_trainer(tmp_path, algorithms, max_duration="1ba", vocab_size=512, evaluate=False)
-    except UsageError as error:
+    except ConfigError as error:
         message = str(error)
         assert "\n" not in message and message, f"{first}+{second}: rejection must be one clear line"
         return

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from composerlite import cli
-from composerlite.trainer import default_threads
+from composerlite.runtime import default_threads
 from soak import records
 
 

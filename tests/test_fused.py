@@ -14,8 +14,8 @@ from composerlite.algorithms.fused_cross_entropy import FusedLinearCrossEntropyL
 from composerlite.algorithms.fused_gpt2_blocks import apply_fused_gpt2_blocks
 from composerlite.algorithms.fused_kernels import FusedKernelsOptions, plan
 from composerlite.algorithms.pad_vocab import apply_pad_vocab
-from composerlite.commands.throughput import RandomTokens
-from composerlite.errors import UsageError
+from composerlite.throughput import RandomTokens
+from composerlite.errors import ConfigError
 from composerlite.loggers import Logger
 from composerlite.models import build_model
 from composerlite.registry import build_from_spec
@@ -176,7 +176,7 @@ def test_bundle_says_what_it_skips_on_cpu():
     methods, skipped = plan(torch.device("cpu"), "fp32", FusedKernelsOptions(exclude=["pad_vocab"]))
     assert {"flash_attention", "fused_layernorm", "compile", "pad_vocab"} <= set(skipped)
     assert "fused_cross_entropy" in methods and "pad_vocab" not in methods
-    with pytest.raises(UsageError, match="unknown method"):
+    with pytest.raises(ConfigError, match="unknown method"):
         build_from_spec("fused_kernels:exclude=[nope]")
 
 

@@ -15,7 +15,7 @@ from tinyrun import tiny_trainer
 
 from composerlite.algorithms.fused_cross_entropy import FusedLinearCrossEntropyLoss, HiddenStates, traceable_loss
 from composerlite.algorithms.logit_softcap import LogitSoftcap, apply_logit_softcap, softcap
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm
 from composerlite.trainer import seed_everything
@@ -114,10 +114,10 @@ def test_resume_after_a_stop_is_exact(tmp_path):
 
 
 def test_bad_cap_and_listed_twice_are_refused_in_one_line(tmp_path):
-    with pytest.raises(UsageError, match="'logit_softcap' is listed twice and takes over logit_softcap") as error:
+    with pytest.raises(ConfigError, match="'logit_softcap' is listed twice and takes over logit_softcap") as error:
         tiny_trainer(tmp_path, [LogitSoftcap(), LogitSoftcap()], vocab_size=512)
     assert "\n" not in str(error.value)
-    with pytest.raises(UsageError, match="algorithm 'logit_softcap'.*cap"):
+    with pytest.raises(ConfigError, match="algorithm 'logit_softcap'.*cap"):
         build_algorithm("logit_softcap", {"cap": 0})
 
 

@@ -16,7 +16,7 @@ from tinyrun import tiny_trainer
 from composerlite import Algorithm, Event
 from composerlite.algorithms.muon import (Muon, MuonOptions, build_muon, momentum_at, muon_layouts, newton_schulz,
                                           orthogonalized_update)
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm
 from composerlite.trainer import OptimizerConfig, adamw, seed_everything
@@ -198,7 +198,7 @@ def test_resume_after_a_stop_is_exact_during_momentum_warmup(tmp_path):
 
 
 def test_listed_twice_is_refused_in_one_line(tmp_path):
-    with pytest.raises(UsageError, match="'muon' is listed twice and takes over optimizer") as error:
+    with pytest.raises(ConfigError, match="'muon' is listed twice and takes over optimizer") as error:
         tiny_trainer(tmp_path, [Muon(), Muon()], vocab_size=512)
     assert "\n" not in str(error.value)
 

@@ -16,9 +16,9 @@ from tinyrun import tiny_trainer
 
 from composerlite import cli
 from composerlite.commands.listing import algorithm_rows
-from composerlite.commands.run import algorithm_specs
+from composerlite.training import algorithm_specs
 from composerlite.config import load_config
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.registry import build_algorithm, build_from_spec, options_model, registered_algorithms, split_spec
 from composerlite.surgery import count_modules, replace_modules, replace_modules_by_type
 
@@ -113,7 +113,7 @@ def test_split_spec_forms():
 
 
 def test_unparsable_option_value_is_a_one_line_usage_error():
-    with pytest.raises(UsageError, match=r"option exclude='\[compile' is not a valid value"):
+    with pytest.raises(ConfigError, match=r"option exclude='\[compile' is not a valid value"):
         split_spec("fused_kernels:exclude=[compile")
 
 
@@ -146,7 +146,7 @@ def test_options_model_is_read_from_a_composer_style_init():
     model = options_model(cls)
     assert list(model.model_fields) == ["max_seq_len"] and model.model_fields["max_seq_len"].default == 64
     assert build_from_spec(f"{PORT}:TruncateSequences:max_seq_len=8").max_seq_len == 8
-    with pytest.raises(UsageError, match="option 'max_seq_len'"):
+    with pytest.raises(ConfigError, match="option 'max_seq_len'"):
         build_from_spec(f"{PORT}:TruncateSequences:max_seq_len=eight")
 
 
@@ -164,7 +164,7 @@ def test_unknown_keys_are_refused_even_when_the_plugins_model_would_ignore_them(
             def __init__(self, **options):
                 self.options = LaxOptions(**options)
         """))
-    with pytest.raises(UsageError, match=r"unknown option 'rat' \(options: rate\)"):
+    with pytest.raises(ConfigError, match=r"unknown option 'rat' \(options: rate\)"):
         build_from_spec(f"{lax}:Lax:rat=0.2")
 
 
@@ -223,7 +223,7 @@ def test_two_packages_claiming_one_name_are_refused(tmp_path, monkeypatch):
         monkeypatch.syspath_prepend(str(tmp_path / site))
     registered_algorithms.cache_clear()
     try:
-        with pytest.raises(UsageError, match=r"'toy' is registered by several installed packages \(toy_a:Toy, toy_b:Toy\)"):
+        with pytest.raises(ConfigError, match=r"'toy' is registered by several installed packages \(toy_a:Toy, toy_b:Toy\)"):
             build_algorithm("toy")
     finally:
         monkeypatch.undo()
@@ -273,7 +273,7 @@ def test_a_replaced_module_is_not_revisited_and_a_policy_may_keep_modules():
 
 def test_surgery_that_matches_nothing_raises_unless_allowed():
     model = toy_model()
-    with pytest.raises(UsageError, match="matched no module of Sequential for Conv1d"):
+    with pytest.raises(ConfigError, match="matched no module of Sequential for Conv1d"):
         replace_modules_by_type(model, {nn.Conv1d: lambda module, name: nn.Identity()})
     assert replace_modules_by_type(model, {nn.Conv1d: lambda module, name: nn.Identity()}, allow_zero=True) == {}
     with pytest.raises(TypeError, match="not a Module"):

@@ -15,7 +15,7 @@ from composerlite.algorithms.qk_norm import QKNorm, apply_qk_norm
 from composerlite.algorithms.rotary import apply_rotary
 from composerlite.attention import ScoreModifier, add_score_modifier
 from composerlite.composition import compose
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm
 
@@ -121,10 +121,10 @@ def test_lean_blocks_keep_qk_norm_in_either_order():
 def test_twice_is_refused_in_one_line():
     with pytest.raises(ValueError, match="already uses QK-norm"):
         apply_qk_norm(apply_qk_norm(copy.deepcopy(tiny())))
-    with pytest.raises(UsageError, match="query_key_norm") as error:
+    with pytest.raises(ConfigError, match="query_key_norm") as error:
         compose([build_algorithm("qk_norm"), build_algorithm("qk_norm")])
     assert "\n" not in str(error.value)
-    with pytest.raises(UsageError, match="eps"):
+    with pytest.raises(ConfigError, match="eps"):
         build_algorithm("qk_norm", {"eps": -1.0})
 
 

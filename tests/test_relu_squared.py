@@ -10,7 +10,7 @@ from method_checks import assert_exact_resume_after_stop, assert_same_seed_runs_
 from composerlite.algorithms.fused_gpt2_blocks import apply_fused_gpt2_blocks
 from composerlite.algorithms.relu_squared import ReLUSquared, apply_relu_squared
 from composerlite.composition import compose
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm
 
@@ -55,10 +55,10 @@ def test_lean_blocks_keep_relu_squared_which_runs_before_them():
 
 
 def test_conflicts_with_a_replaced_mlp_in_one_line():
-    with pytest.raises(UsageError, match="gated_linear_units") as error:
+    with pytest.raises(ConfigError, match="gated_linear_units") as error:
         compose([build_algorithm("relu_squared"), build_algorithm("gated_linear_units")])
     assert "'relu_squared'" in str(error.value) and "\n" not in str(error.value)
-    with pytest.raises(UsageError, match="matched no module"):
+    with pytest.raises(ConfigError, match="matched no module"):
         apply_relu_squared(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 

@@ -17,7 +17,7 @@ from composerlite.bench.analysis import (crossing, group_results, loss_at, one_s
 from composerlite.bench.report import build_report, verdict_row
 from composerlite.bench.results import BenchResults, EvalPoint, Method, RunRecord, load_results, save_results
 from composerlite.cli import main as cli
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 SETTINGS = {"model": "gpt2-tiny", "max_duration": "20ba", "data": None, "data_name": "synthetic",
             "data_id": "synthetic-0", "train_tokens": 1000, "eval_tokens": 100}
@@ -196,7 +196,7 @@ def test_merge_keeps_devices_apart(tmp_path):
 def test_merge_refuses_other_budget_unless_allowed(tmp_path):
     save_results(tmp_path / "a", results())
     save_results(tmp_path / "b", results(settings={**SETTINGS, "max_duration": "40ba"}))
-    with pytest.raises(UsageError, match="max_duration"):
+    with pytest.raises(ConfigError, match="max_duration"):
         build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "merged")
     groups = build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "merged", allow_mixed=True)
     assert len(groups) == 2
@@ -206,7 +206,7 @@ def test_merge_refuses_other_budget_unless_allowed(tmp_path):
 def test_merge_refuses_duplicate_runs(tmp_path):
     save_results(tmp_path / "a", results())
     save_results(tmp_path / "b", results())
-    with pytest.raises(UsageError, match="both hold"):
+    with pytest.raises(ConfigError, match="both hold"):
         group_results([("a", load_results(tmp_path / "a")), ("b", load_results(tmp_path / "b"))])
 
 

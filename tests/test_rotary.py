@@ -16,7 +16,7 @@ from composerlite import cli
 from composerlite.algorithms.rotary import Rotary, apply_rotary, rotate, rotated_dimensions
 from composerlite.attention import NoPositionEmbedding, query_key_transforms
 from composerlite.composition import compose
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm
 
@@ -124,15 +124,15 @@ def test_apply_rotary_drops_the_table_runs_past_n_positions_and_refuses_twice():
     assert out.shape == (1, 200, 64) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="already uses rotary"):
         apply_rotary(model)
-    with pytest.raises(UsageError, match="no pair of dimensions"):
+    with pytest.raises(ConfigError, match="no pair of dimensions"):
         apply_rotary(build_model("gpt2-tiny", vocab_size=64), fraction=0.01)
 
 
 def test_rotary_and_alibi_are_refused_together_in_one_line():
-    with pytest.raises(UsageError, match="position_embedding") as error:
+    with pytest.raises(ConfigError, match="position_embedding") as error:
         compose([build_algorithm("rotary"), build_algorithm("alibi")])
     assert "'rotary'" in str(error.value) and "'alibi'" in str(error.value) and "\n" not in str(error.value)
-    with pytest.raises(UsageError):
+    with pytest.raises(ConfigError):
         build_algorithm("rotary", {"fraction": 0})
 
 

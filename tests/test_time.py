@@ -1,5 +1,7 @@
 """Time units: parsing, arithmetic, and how far a Timestamp is through a budget."""
 
+import math
+
 import pytest
 
 from composerlite.schedule import WarmupDecaySchedule
@@ -61,20 +63,33 @@ def test_timestamp_state_roundtrip():
     assert restored == timestamp
 
 
+def multipliers(schedule: WarmupDecaySchedule, budget: Time, steps: int, tokens_per_step: int = 0) -> list[float]:
+    """The multiplier of each step 1..steps, from the timestamps before and after it, as the trainer asks."""
+    return [schedule.multiplier(Timestamp(batch=k - 1, token=(k - 1) * tokens_per_step),
+                                Timestamp(batch=k, token=k * tokens_per_step), budget)
+            for k in range(1, steps + 1)]
+
+
 def test_warmup_then_cosine_in_mixed_units():
     budget = Time.parse("1000tok")
-    schedule = WarmupDecaySchedule(warmup=Time.parse("2ba"))
-    assert schedule.multiplier(Timestamp(batch=1, token=100), budget) == 0.5
-    assert schedule.multiplier(Timestamp(batch=2, token=200), budget) == 1.0  # decay starts at 20%
-    assert schedule.multiplier(Timestamp(batch=6, token=600), budget) == pytest.approx(0.5)
-    assert schedule.multiplier(Timestamp(batch=10, token=1000), budget) == pytest.approx(0.0)
+    lrs = multipliers(WarmupDecaySchedule(warmup=Time.parse("2ba")), budget, 10, tokens_per_step=100)
+    assert lrs[:2] == [0.5, 1.0]  # warmup counts the step itself: the first step is not at LR 0
+    # Decay follows the fraction before each step, from 10% (the start of step 2) to 100%.
+    assert lrs[5] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.4 / 0.9)))  # step 6 starts at 50%
+    assert lrs[9] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.8 / 0.9)))  # step 10 starts at 90%
+    assert lrs[9] > 0.02  # the last step trains
 
 
-@pytest.mark.parametrize("decay, midpoint", [("cosine", 0.5), ("linear", 0.5), ("constant", 1.0)])
-def test_decay_shapes_with_dur_warmup(decay, midpoint):
-    budget = Time.parse("100ba")
-    schedule = WarmupDecaySchedule(warmup=Time.parse("0.1dur"), decay=decay, alpha_f=0.0)
-    assert schedule.multiplier(Timestamp(batch=5), budget) == pytest.approx(0.5)
-    assert schedule.multiplier(Timestamp(batch=10), budget) == 1.0
-    assert schedule.multiplier(Timestamp(batch=55), budget) == pytest.approx(midpoint)
-    assert schedule.multiplier(Timestamp(batch=100), budget) == pytest.approx(0.0 if decay != "constant" else 1.0)
+@pytest.mark.parametrize("decay", ["cosine", "linear", "constant"])
+def test_decay_shapes_with_dur_warmup(decay):
+    lrs = multipliers(WarmupDecaySchedule(warmup=Time.parse("0.1dur"), decay=decay, alpha_f=0.0), Time.parse("100ba"), 100)
+    assert lrs[:10] == pytest.approx([k / 10 for k in range(1, 10)] + [1.0])
+    progress = [(k - 1 - 9) / 91 for k in range(10, 101)]  # step 10 starts at 9%: decay spans 9%..100%
+    shape = {"cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)), "linear": lambda p: 1 - p, "constant": lambda p: 1.0}[decay]
+    assert lrs[9:] == pytest.approx([shape(p) for p in progress])
+    assert lrs[-1] > 0 and lrs[9:] == sorted(lrs[9:], reverse=True)
+
+
+def test_two_step_run_trains_both_steps():
+    """A 2-batch cosine run: step 2 starts half-way, so it trains at half the LR (it was 0)."""
+    assert multipliers(WarmupDecaySchedule(warmup=Time.parse("0.05dur")), Time.parse("2ba"), 2) == pytest.approx([1.0, 0.5])

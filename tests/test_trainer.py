@@ -210,3 +210,12 @@ def test_tenth_of_duration_evals_land_evenly(tmp_path, text_file):
     trainer = make_trainer(tmp_path, text_file, max_duration="30ba", eval_interval="0.1dur", eval_batches=1)
     trainer.fit()
     assert [r["step"] for r in records(trainer, "eval")] == list(range(3, 31, 3))
+
+
+def test_the_last_step_of_a_cosine_run_still_trains(tmp_path, text_file):
+    """It used to get LR 0: a 2-batch run's eval loss was the same after steps 1 and 2."""
+    trainer = make_trainer(tmp_path, text_file, max_duration="2ba", warmup="0.05dur", eval_interval="1ba", eval_batches=1)
+    trainer.fit()
+    assert [r["lr"] for r in records(trainer, "train")] == pytest.approx([3e-3, 1.5e-3])
+    first, second = (r["eval_loss"] for r in records(trainer, "eval"))
+    assert second != first

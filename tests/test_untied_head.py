@@ -11,7 +11,7 @@ from method_checks import assert_exact_resume_after_stop, assert_same_seed_runs_
 from tinyrun import tiny_trainer
 
 from composerlite.algorithms.untied_head import UntiedHead, untie_head
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.models import build_model, count_parameters
 from composerlite.trainer import seed_everything
 
@@ -51,7 +51,7 @@ def test_resume_after_a_stop_is_exact(tmp_path):
 
 
 def test_listed_twice_is_refused_in_one_line(tmp_path):
-    with pytest.raises(UsageError, match="'untied_head' is listed twice and takes over output_head") as error:
+    with pytest.raises(ConfigError, match="'untied_head' is listed twice and takes over output_head") as error:
         tiny_trainer(tmp_path, [UntiedHead(), UntiedHead()], vocab_size=512)
     assert "\n" not in str(error.value)
 

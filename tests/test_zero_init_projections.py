@@ -9,7 +9,7 @@ from method_checks import assert_exact_resume_after_stop, assert_exported_logits
 from tinyrun import tiny_trainer
 
 from composerlite.algorithms.zero_init_projections import ZeroInitProjections, zero_init_projections
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm
 from composerlite.trainer import seed_everything
@@ -56,7 +56,7 @@ def test_resume_after_a_stop_is_exact(tmp_path):
 
 
 def test_an_mlp_replacement_is_refused_in_one_line(tmp_path):
-    with pytest.raises(UsageError, match="'zero_init_projections' cannot run with 'gated_linear_units'") as error:
+    with pytest.raises(ConfigError, match="'zero_init_projections' cannot run with 'gated_linear_units'") as error:
         tiny_trainer(tmp_path, [ZeroInitProjections(), build_algorithm("gated_linear_units")], vocab_size=512)
     assert "\n" not in str(error.value)
 

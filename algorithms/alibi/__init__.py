@@ -22,7 +22,7 @@ from typing import ClassVar
 import pydantic
 import torch
 
-from composerlite import Algorithm, Event, Logger, Order, State
+from composerlite import ModelConverter, Order, State
 from composerlite.attention import ScoreModifier, add_score_modifier, drop_learned_positions, score_modifiers
 
 
@@ -73,7 +73,7 @@ def apply_alibi(model: torch.nn.Module, max_sequence_length: int = 8192) -> torc
     return model
 
 
-class Alibi(Algorithm):
+class Alibi(ModelConverter):
     """Replace learned position embeddings with per-head linear attention biases (at INIT)."""
 
     name = "alibi"
@@ -85,14 +85,5 @@ class Alibi(Algorithm):
     order = Order.SURGERY
     exportable_to_hf = False  # plain GPT2LMHeadModel has neither the bias nor a missing wpe
 
-    def __init__(self, **options):
-        self.options = AlibiOptions(**options)
-
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
+    def convert(self, state: State) -> None:
         apply_alibi(state.model, max_sequence_length=self.options.max_sequence_length)
-
-    def __repr__(self) -> str:
-        return f"Alibi(max_sequence_length={self.options.max_sequence_length})"

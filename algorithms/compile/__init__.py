@@ -85,8 +85,13 @@ def apply_compile(state: State, mode: str | None = None, backend: str = "inducto
     compiled = ["forward_fn"]
     state.forward_fn = compile_fn(state.forward_fn, mode=mode, backend=backend, fullgraph=fullgraph, dynamic_seq_len=dynamic)
     if compile_loss:
+        # Evaluation shares the compiled loss when it is the same function (plain cross-entropy
+        # trained); a different training objective leaves the eval loss as it is.
+        shared = state.eval_loss_fn is state.loss_fn
         state.loss_fn = compile_fn(state.loss_fn, mode=mode, backend=backend, fullgraph=fullgraph, dynamic_seq_len=dynamic)
         compiled.append("loss_fn")
+        if shared:
+            state.eval_loss_fn = state.loss_fn
     return compiled
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from composerlite import Algorithm, Event, Logger, State
+from composerlite import ModelConverter, State
 from composerlite.attention import route_attention
 
 FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
@@ -46,20 +46,12 @@ def apply_flash_attention(model: torch.nn.Module, forward_fn: Callable, device: 
     return functools.partial(_with_fused_kernels, forward_fn)
 
 
-class FlashAttention(Algorithm):
+class FlashAttention(ModelConverter):
     """Attention through SDPA's flash / memory-efficient kernels on GPU (composes with ALiBi)."""
 
     name = "flash_attention"
 
-    def __init__(self):
-        self.kernels: list[str] = []
-
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
+    def convert(self, state: State) -> dict[str, Any]:
         state.forward_fn = apply_flash_attention(state.model, state.forward_fn, state.device)
-        self.kernels = [b.name for b in FUSED_BACKENDS] if state.device.type == "cuda" else ["cpu-default"]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sdpa_kernels": self.kernels}
+        kernels = [b.name for b in FUSED_BACKENDS] if state.device.type == "cuda" else ["cpu-default"]
+        return {"sdpa_kernels": ",".join(kernels)}

@@ -12,11 +12,11 @@ optimizer the run builds is rebuilt with the same parameter groups and settings,
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-from composerlite import Algorithm, Event, Logger, State
+from composerlite import ModelConverter, State
 
 
 def apply_fused_adamw(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -37,17 +37,11 @@ def fused_optimizer_factory(factory: Callable[[torch.nn.Module], torch.optim.Opt
     return functools.partial(_build_fused, factory)
 
 
-class FusedAdamW(Algorithm):
+class FusedAdamW(ModelConverter):
     """Build the run's AdamW with PyTorch's fused kernel (fused=True)."""
 
     name = "fused_adamw"
     provides = ("optimizer_kernel",)
 
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
+    def convert(self, state: State) -> None:
         state.optimizer_factory = fused_optimizer_factory(state.optimizer_factory)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"fused": True}

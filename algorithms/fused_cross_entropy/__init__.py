@@ -32,13 +32,13 @@ and the gradient takes the tanh's derivative, so the loss is that of the capped 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pydantic
 import torch
 import torch.nn.functional as F
 
-from composerlite import Algorithm, Event, Logger, State
+from composerlite import ModelConverter, State
 
 
 class FusedCrossEntropyOptions(pydantic.BaseModel):
@@ -209,26 +209,17 @@ class FusedLinearCrossEntropyLoss:
 
 def apply_fused_cross_entropy(state: State, chunk_elements: int | None = None, compile_chunk: bool = True) -> None:
     """Route the run's forward through the trunk and its loss through the chunked fused head.
-    Eval uses the same pair, so eval loss is computed the same way."""
+    The fused loss is the plain next-token cross-entropy, so evaluation reports it too."""
     state.forward_fn = hidden_states_forward
-    state.loss_fn = FusedLinearCrossEntropyLoss(chunk_elements, compile_chunk, max_seq_len=state.seq_len)
+    state.loss_fn = state.eval_loss_fn = FusedLinearCrossEntropyLoss(chunk_elements, compile_chunk, max_seq_len=state.seq_len)
 
 
-class FusedCrossEntropy(Algorithm):
+class FusedCrossEntropy(ModelConverter):
     """Chunked fused lm_head + cross-entropy: never materializes the batch x seq x vocab logits."""
 
     name = "fused_cross_entropy"
     Options = FusedCrossEntropyOptions
     provides = ("loss",)
 
-    def __init__(self, chunk_elements: int | None = None, compile_chunk: bool = True):
-        self.options = FusedCrossEntropyOptions(chunk_elements=chunk_elements, compile_chunk=compile_chunk)
-
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
+    def convert(self, state: State) -> None:
         apply_fused_cross_entropy(state, **self.options.model_dump())
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"options": self.options.model_dump()}

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-from composerlite import Algorithm, Event, Logger, Order, State
+from composerlite import ModelConverter, Order, State
 from composerlite.attention import ATTENTION_NAME, has_score_modifiers
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.surgery import replace_modules_by_type
 
 # activation_function values whose GELU is the tanh approximation or the exact erf form
@@ -42,7 +42,7 @@ class LeanAttention(nn.Module):
     def __init__(self, attn: nn.Module):
         super().__init__()
         if getattr(attn, "is_cross_attention", False):
-            raise UsageError("fused_gpt2_blocks does not support cross-attention GPT-2 blocks")
+            raise ConfigError("fused_gpt2_blocks does not support cross-attention GPT-2 blocks")
         self.c_attn, self.c_proj = attn.c_attn, attn.c_proj
         # what transformers' attention functions (and composerlite's score-modifier hook) read
         self.config, self.layer_idx, self.is_causal = attn.config, attn.layer_idx, attn.is_causal
@@ -67,7 +67,7 @@ class LeanAttention(nn.Module):
                 k, v = past_key_values.update(k, v, self.layer_idx)
             function = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, None)
             if function is None:
-                raise UsageError(f"fused_gpt2_blocks: unknown attention implementation '{implementation}'")
+                raise ConfigError(f"fused_gpt2_blocks: unknown attention implementation '{implementation}'")
             y, _ = function(self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs)
         y = self.c_proj(y.reshape(batch, seq, width))
         return F.dropout(y, self.resid_p, self.training) if self.resid_p > 0 and self.training else y
@@ -94,7 +94,7 @@ class LeanGPT2Block(nn.Module):
     def __init__(self, block: GPT2Block):
         super().__init__()
         if hasattr(block, "crossattention"):
-            raise UsageError("fused_gpt2_blocks does not support cross-attention GPT-2 blocks")
+            raise ConfigError("fused_gpt2_blocks does not support cross-attention GPT-2 blocks")
         config = block.attn.config
         self.ln_1 = block.ln_1  # registered in GPT2Block's order, so state_dict order matches too
         self.attn = LeanAttention(block.attn)
@@ -114,7 +114,7 @@ def apply_fused_gpt2_blocks(model: nn.Module) -> int:
     return len(replace_modules_by_type(model, {GPT2Block: lambda block, name: LeanGPT2Block(block)}))
 
 
-class FusedGPT2Blocks(Algorithm):
+class FusedGPT2Blocks(ModelConverter):
     """Swap HF GPT2Blocks for lean blocks (packed QKV, one-kernel GELU, no dead dropout); same weights."""
 
     name = "fused_gpt2_blocks"
@@ -122,14 +122,5 @@ class FusedGPT2Blocks(Algorithm):
     conflicts = ("mlp",)  # an MLP replacement (GLU) expects HF's GPT2MLP inside HF's block
     order = Order.SURGERY
 
-    def __init__(self):
-        self.replaced = 0
-
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
-        self.replaced = apply_fused_gpt2_blocks(state.model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"replaced": self.replaced}
+    def convert(self, state: State) -> dict[str, Any]:
+        return {"replaced": apply_fused_gpt2_blocks(state.model)}

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from composerlite import Algorithm, Event, Logger, Order, State
+from composerlite import ModelConverter, Order, State
 from composerlite.surgery import replace_modules_by_type
 
 
@@ -48,21 +48,12 @@ def apply_fused_layernorm(model: nn.Module) -> int:
     return len(replace_modules_by_type(model, {nn.LayerNorm: _fused}))
 
 
-class FusedLayerNormAlgorithm(Algorithm):
+class FusedLayerNormAlgorithm(ModelConverter):
     """LayerNorm as one native kernel on the autocast dtype (no fp32 round trip); no-op in fp32."""
 
     name = "fused_layernorm"
     provides = ("layernorm",)
     order = Order.SURGERY
 
-    def __init__(self):
-        self.replaced = 0
-
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
-        self.replaced = apply_fused_layernorm(state.model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"replaced": self.replaced}
+    def convert(self, state: State) -> dict[str, Any]:
+        return {"replaced": apply_fused_layernorm(state.model)}

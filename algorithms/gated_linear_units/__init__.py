@@ -11,7 +11,7 @@ Applied at INIT, before the optimizer is built.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import pydantic
 import torch
@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
-from composerlite import Algorithm, Event, Logger, Order, State
+from composerlite import ModelConverter, Order, State
 from composerlite.surgery import replace_modules_by_type
 
 ACTIVATIONS = {
@@ -82,7 +82,7 @@ def apply_gated_linear_units(model: nn.Module, d_ff_ratio: float = 2 / 3, activa
     return len(replaced)
 
 
-class GatedLinearUnits(Algorithm):
+class GatedLinearUnits(ModelConverter):
     """Replace the GPT-2 MLP with a gated linear unit (GEGLU/SwiGLU) of equal parameter count."""
 
     name = "gated_linear_units"
@@ -91,13 +91,6 @@ class GatedLinearUnits(Algorithm):
     exportable_to_hf = False  # a gated MLP is not a GPT2MLP: plain GPT-2 cannot load these weights
     order = Order.SURGERY
 
-    def __init__(self, **options):
-        self.options = GatedLinearUnitsOptions(**options)
-
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
+    def convert(self, state: State) -> dict[str, Any]:
         o = self.options
-        count = apply_gated_linear_units(state.model, o.d_ff_ratio, o.activation, o.bias)
-        logger.log_metrics({"gated_linear_units/replaced": count})
+        return {"replaced": apply_gated_linear_units(state.model, o.d_ff_ratio, o.activation, o.bias)}

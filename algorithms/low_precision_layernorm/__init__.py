@@ -10,6 +10,8 @@ algorithm says so and changes nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import warnings
 
 import pydantic
@@ -17,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from composerlite import Algorithm, Event, Logger, Order, State
+from composerlite import ModelConverter, Order, State
 from composerlite.surgery import replace_modules_by_type
 
 
@@ -54,7 +56,7 @@ def apply_low_precision_layernorm(model: nn.Module) -> int:
     return len(replace_modules_by_type(model, {nn.LayerNorm: lambda module, name: to_low_precision(module)}))
 
 
-class LowPrecisionLayerNorm(Algorithm):
+class LowPrecisionLayerNorm(ModelConverter):
     """Run LayerNorm in bf16/fp16 under autocast instead of fp32 (a no-op in fp32 runs)."""
 
     name = "low_precision_layernorm"
@@ -62,13 +64,9 @@ class LowPrecisionLayerNorm(Algorithm):
     provides = ("layernorm",)
     order = Order.SURGERY
 
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
+    def convert(self, state: State) -> dict[str, Any]:
         if state.precision == "fp32":
             warnings.warn("low_precision_layernorm does nothing in an fp32 run: LayerNorm already runs in fp32",
                           stacklevel=2)
-            logger.log_metrics({"low_precision_layernorm/replaced": 0})
-            return
-        logger.log_metrics({"low_precision_layernorm/replaced": apply_low_precision_layernorm(state.model)})
+            return {"replaced": 0}
+        return {"replaced": apply_low_precision_layernorm(state.model)}

@@ -36,7 +36,7 @@ from transformers.pytorch_utils import Conv1D
 
 from composerlite import Algorithm, Event, Logger, State
 from composerlite.distributed import unwrap_model
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the reference's quintic: maximal slope at zero
 NS_EPS = 1e-7
@@ -46,7 +46,7 @@ NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 class MuonOptions(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     lr: float = pydantic.Field(0.02, gt=0, description="peak LR of the Muon (hidden matrix) groups; the AdamW "
-                               "groups keep the run's --lr. Both follow the run's LR schedule")
+                               "groups keep the run's `lr`. Both follow the run's LR schedule")
     momentum: float = pydantic.Field(0.95, ge=0, lt=1, description="momentum coefficient")
     nesterov: bool = pydantic.Field(True, description="Nesterov momentum (the reference's default)")
     ns_steps: int = pydantic.Field(5, ge=1, le=20, description="Newton-Schulz iterations")
@@ -222,7 +222,7 @@ def muon_param_groups(adamw: torch.optim.Optimizer, layouts: dict[int, tuple[boo
          "blocks": blocks}
         for (transposed, blocks), params in sorted(muon.items())
     ]
-    return remaining + muon_groups  # AdamW first: param_groups[0]["lr"] (the logged lr) stays the run's --lr
+    return remaining + muon_groups  # AdamW first: param_groups[0]["lr"] (the logged lr) stays the run's `lr`
 
 
 def build_muon(adamw_factory: Callable[[nn.Module], torch.optim.Optimizer], options: MuonOptions,
@@ -230,14 +230,14 @@ def build_muon(adamw_factory: Callable[[nn.Module], torch.optim.Optimizer], opti
     """The run's optimizer with Muon on the hidden matrices: `adamw_factory` (the run's own) says
     which parameters train and with what AdamW settings; Muon takes the hidden matrices from it."""
     if any(isinstance(p, DTensor) for p in model.parameters()):
-        raise UsageError("muon cannot run under --parallel fsdp: FSDP shards each weight matrix across processes and "
-                         "Newton-Schulz needs whole matrices; use --parallel ddp")
+        raise ConfigError("muon cannot run under `parallel=fsdp`: FSDP shards each weight matrix across processes and "
+                          "Newton-Schulz needs whole matrices; use `parallel=ddp`")
     adamw = adamw_factory(model)
     if not isinstance(adamw, torch.optim.AdamW):
-        raise UsageError(f"muon takes over the run's AdamW, but the run's optimizer is {type(adamw).__name__}")
+        raise ConfigError(f"muon takes over the run's AdamW, but the run's optimizer is {type(adamw).__name__}")
     groups = muon_param_groups(adamw, muon_layouts(model), options)
     if not any(group["use_muon"] for group in groups):
-        raise UsageError("muon found no hidden weight matrix (Conv1D or Linear) to optimise in this model")
+        raise ConfigError("muon found no hidden weight matrix (Conv1D or Linear) to optimise in this model")
     return MuonWithAdamW(groups)
 
 

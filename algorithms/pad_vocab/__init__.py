@@ -20,7 +20,7 @@ from typing import Any
 import pydantic
 import torch
 
-from composerlite import Algorithm, Event, Logger, State
+from composerlite import ModelConverter, State
 
 
 class PadVocabOptions(pydantic.BaseModel):
@@ -49,22 +49,13 @@ def apply_pad_vocab(model: torch.nn.Module, multiple: int = 64) -> tuple[int, in
     return original, int(model.config.vocab_size)
 
 
-class PadVocab(Algorithm):
+class PadVocab(ModelConverter):
     """Pad the vocabulary to a multiple of 64 (tensor-core friendly lm_head); padded logits masked."""
 
     name = "pad_vocab"
     Options = PadVocabOptions
     provides = ("vocab_size",)
 
-    def __init__(self, multiple: int = 64):
-        self.multiple = multiple
-        self.sizes: tuple[int, int] | None = None
-
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
-        self.sizes = apply_pad_vocab(state.model, self.multiple)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"vocab_size": list(self.sizes) if self.sizes else None, "multiple": self.multiple}
+    def convert(self, state: State) -> dict[str, Any]:
+        original, padded = apply_pad_vocab(state.model, self.options.multiple)
+        return {"vocab_size": padded, "unpadded_vocab_size": original}

@@ -23,7 +23,7 @@ import pydantic
 import torch
 import torch.nn.functional as F
 
-from composerlite import Algorithm, Event, Logger, Order, State
+from composerlite import ModelConverter, Order, State
 from composerlite.attention import QueryKeyTransform, add_query_key_transform, query_key_transforms
 
 
@@ -55,7 +55,7 @@ def apply_qk_norm(model: torch.nn.Module, eps: float | None = None) -> torch.nn.
     return model
 
 
-class QKNorm(Algorithm):
+class QKNorm(ModelConverter):
     """RMS-normalise queries and keys per head before the attention scores (at INIT)."""
 
     name = "qk_norm"
@@ -64,14 +64,5 @@ class QKNorm(Algorithm):
     order = Order.SURGERY
     exportable_to_hf = False  # plain GPT-2 attention does not normalise queries and keys
 
-    def __init__(self, **options):
-        self.options = QKNormOptions(**options)
-
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
+    def convert(self, state: State) -> None:
         apply_qk_norm(state.model, eps=self.options.eps)
-
-    def __repr__(self) -> str:
-        return f"QKNorm(eps={self.options.eps})"

@@ -11,10 +11,12 @@ unchanged; only the function between the MLP's two matrices is.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers.activations import ACT2FN
 
-from composerlite import Algorithm, Event, Logger, Order, State
+from composerlite import ModelConverter, Order, State
 from composerlite.surgery import replace_modules
 
 # transformers' own name for ReLU² (its ReLUSquaredActivation), so the config says what the MLP computes
@@ -32,7 +34,7 @@ def apply_relu_squared(model: torch.nn.Module) -> int:
     return len(replaced)
 
 
-class ReLUSquared(Algorithm):
+class ReLUSquared(ModelConverter):
     """Replace the GPT-2 MLP activation (GELU) with ReLU(x)² (at INIT)."""
 
     name = "relu_squared"
@@ -46,8 +48,5 @@ class ReLUSquared(Algorithm):
     # into GPT2LMHeadModel and computes what training computed.
     hf_config_overrides = {"activation_function": RELU_SQUARED}
 
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
-        logger.log_metrics({"relu_squared/replaced": apply_relu_squared(state.model)})
+    def convert(self, state: State) -> dict[str, Any]:
+        return {"replaced": apply_relu_squared(state.model)}

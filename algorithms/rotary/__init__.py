@@ -20,9 +20,9 @@ from typing import ClassVar
 import pydantic
 import torch
 
-from composerlite import Algorithm, Event, Logger, Order, State
+from composerlite import ModelConverter, Order, State
 from composerlite.attention import QueryKeyTransform, add_query_key_transform, drop_learned_positions, query_key_transforms
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 
 class RotaryOptions(pydantic.BaseModel):
@@ -42,7 +42,7 @@ def rotated_dimensions(head_dim: int, fraction: float) -> int:
     """How many of a head's dimensions are rotated: the fraction, rounded down to whole pairs."""
     rotated = int(head_dim * fraction) // 2 * 2
     if rotated < 2:
-        raise UsageError(f"rotary: fraction {fraction} of head_dim {head_dim} leaves no pair of dimensions to rotate")
+        raise ConfigError(f"rotary: fraction {fraction} of head_dim {head_dim} leaves no pair of dimensions to rotate")
     return rotated
 
 
@@ -86,7 +86,7 @@ def apply_rotary(model: torch.nn.Module, base: float = 10000.0, fraction: float 
     return model
 
 
-class Rotary(Algorithm):
+class Rotary(ModelConverter):
     """Replace learned position embeddings with rotary position embeddings on queries and keys (at INIT)."""
 
     name = "rotary"
@@ -96,16 +96,6 @@ class Rotary(Algorithm):
     order = Order.SURGERY
     exportable_to_hf = False  # plain GPT2LMHeadModel has a learned position table and no rotation
 
-    def __init__(self, **options):
-        self.options = RotaryOptions(**options)
-
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
+    def convert(self, state: State) -> None:
         o = self.options
         apply_rotary(state.model, base=o.base, fraction=o.fraction, max_sequence_length=o.max_sequence_length)
-
-    def __repr__(self) -> str:
-        o = self.options
-        return f"Rotary(base={o.base}, fraction={o.fraction}, max_sequence_length={o.max_sequence_length})"

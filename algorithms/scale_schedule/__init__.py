@@ -14,12 +14,14 @@ before any other algorithm (Order.SCHEDULE), so everything sees the scaled budge
 
 from __future__ import annotations
 
+from typing import Any
+
 import dataclasses
 
 import pydantic
 
-from composerlite import Algorithm, Event, Logger, Order, State, Time, TimeUnit
-from composerlite.errors import UsageError
+from composerlite import ModelConverter, Order, State, Time, TimeUnit
+from composerlite.errors import ConfigError
 
 
 class ScaleScheduleOptions(pydantic.BaseModel):
@@ -35,7 +37,7 @@ def scale_time(time: Time, ratio: float) -> Time:
 def scale_scheduler(scheduler, ratio: float) -> None:
     """Scale, in place, every `Time` field of a dataclass scheduler (e.g. WarmupDecaySchedule.warmup)."""
     if not dataclasses.is_dataclass(scheduler):
-        raise UsageError(
+        raise ConfigError(
             f"scale_schedule cannot scale {type(scheduler).__name__}: only dataclass schedules with Time fields"
         )
     for field in dataclasses.fields(scheduler):
@@ -50,7 +52,7 @@ def apply_scale_schedule(state: State, ratio: float) -> None:
         scale_scheduler(scheduler, ratio)
 
 
-class ScaleSchedule(Algorithm):
+class ScaleSchedule(ModelConverter):
     """Multiply max_duration and every absolute LR-schedule time by `ratio` (quality-vs-steps ablations)."""
 
     name = "scale_schedule"
@@ -58,12 +60,6 @@ class ScaleSchedule(Algorithm):
     provides = ("max_duration",)  # two ratios would compound silently
     order = Order.SCHEDULE
 
-    def __init__(self, **options):
-        self.options = ScaleScheduleOptions(**options)
-
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
+    def convert(self, state: State) -> dict[str, Any]:
         apply_scale_schedule(state, self.options.ratio)
-        logger.log_metrics({"scale_schedule/max_duration": str(state.max_duration)})
+        return {"max_duration": str(state.max_duration)}

@@ -11,10 +11,12 @@ setting. Applied at INIT, before the optimizer exists (and before `pad_vocab` pa
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
-from composerlite import Algorithm, Event, Logger, Order, State
+from composerlite import ModelConverter, Order, State
 
 
 def untie_head(model: nn.Module) -> nn.Parameter:
@@ -29,15 +31,12 @@ def untie_head(model: nn.Module) -> nn.Parameter:
     return head.weight
 
 
-class UntiedHead(Algorithm):
+class UntiedHead(ModelConverter):
     """Untie the lm_head from the token embedding and start it at zero."""
 
     name = "untied_head"
     provides = ("output_head",)
     order = Order.SURGERY
 
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
-        logger.log_metrics({"untied_head/parameters": untie_head(state.model).numel()})
+    def convert(self, state: State) -> dict[str, Any]:
+        return {"parameters": untie_head(state.model).numel()}

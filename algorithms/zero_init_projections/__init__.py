@@ -10,22 +10,24 @@ GPT-2 and exports as one. Applied at INIT after any module replacement, before t
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
-from composerlite import Algorithm, Event, Logger, Order, State
-from composerlite.errors import UsageError
+from composerlite import ModelConverter, Order, State
+from composerlite.errors import ConfigError
 
 
 def output_projections(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of each transformer block's attention and MLP output projection (`c_proj`).
-    Raises UsageError naming the first block part without one (replaced by a different module)."""
+    Raises ConfigError naming the first block part without one (replaced by a different module)."""
     found = []
     for index, block in enumerate(model.transformer.h):
         for part in ("attn", "mlp"):
             projection = getattr(getattr(block, part, None), "c_proj", None)
             if projection is None:
-                raise UsageError(f"zero_init_projections: block {index}'s {part} has no c_proj output projection "
+                raise ConfigError(f"zero_init_projections: block {index}'s {part} has no c_proj output projection "
                                  "(another algorithm replaced it)")
             found.append((f"transformer.h.{index}.{part}.c_proj", projection))
     return found
@@ -43,7 +45,7 @@ def zero_init_projections(model: nn.Module) -> int:
     return len(projections)
 
 
-class ZeroInitProjections(Algorithm):
+class ZeroInitProjections(ModelConverter):
     """Zero-initialise every attention and MLP output projection (c_proj): residual branches start as identity."""
 
     name = "zero_init_projections"
@@ -51,8 +53,5 @@ class ZeroInitProjections(Algorithm):
     conflicts = ("mlp",)  # a replaced MLP (gated_linear_units) has its own output projection and init
     order = Order.SURGERY + 10  # after the modules it initialises are in place
 
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT
-
-    def apply(self, event: Event, state: State, logger: Logger) -> None:
-        logger.log_metrics({"zero_init_projections/zeroed": zero_init_projections(state.model)})
+    def convert(self, state: State) -> dict[str, Any]:
+        return {"zeroed": zero_init_projections(state.model)}

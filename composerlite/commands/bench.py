@@ -12,7 +12,8 @@ import shlex
 from pathlib import Path
 
 from composerlite.config import RunConfig, load_config
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
+from composerlite.runtime import AUTO_PRECISION
 
 # Twenty evaluations per run: enough points to read the cost of the baseline's loss off the curve.
 BENCH_EVAL_INTERVAL = "0.05dur"
@@ -43,7 +44,7 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--warmup", help="LR warmup length: 90ba, 0.05dur, ...")
     parser.add_argument("--dropout", type=float)
-    parser.add_argument("--precision", help="auto, fp32, bf16 or fp16")
+    parser.add_argument("--precision", help=f"auto, fp32, bf16 or fp16 (auto: {AUTO_PRECISION})")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--eval-interval", help=f"evaluate every ... (default {BENCH_EVAL_INTERVAL}, unless the recipe sets one)")
     parser.add_argument("--eval-batches", type=int, help="held-out batches per evaluation")
@@ -75,7 +76,7 @@ def base_config(args: argparse.Namespace) -> RunConfig:
         overrides = {**CPU_PRESET, **{key: value for key, value in overrides.items() if value is not None}}
     config = load_config(args.config, overrides)
     if config.max_duration is None:
-        raise UsageError("give every run the same budget with --budget (e.g. 60ba, 2e6tok, 10min)")
+        raise ConfigError("give every run the same budget with --budget (e.g. 60ba, 2e6tok, 10min)")
     if "eval_interval" not in config.model_fields_set:
         config = config.model_copy(update={"eval_interval": BENCH_EVAL_INTERVAL})
     return config
@@ -91,7 +92,7 @@ def _has_gpu(device: str | None) -> bool:
 
 def seeds_of(args: argparse.Namespace, config: RunConfig) -> list[int]:
     if args.seeds < 1:
-        raise UsageError("--seeds must be at least 1")
+        raise ConfigError("--seeds must be at least 1")
     return [config.seed + i for i in range(args.seeds)]
 
 
@@ -118,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
 
     config = base_config(args)
     if args.reference_repeats < 0:
-        raise UsageError("--reference-repeats must be 0 or more")
+        raise ConfigError("--reference-repeats must be 0 or more")
     methods = parse_algos(args.algos) + [parse_recipe(text) for text in args.recipes]
     out = out_dir(args, config, "bench")
     run_bench(out, config, methods, seeds_of(args, config), command_line(args), reference_repeats=args.reference_repeats)

@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 from composerlite.registry import algorithm_class, options_model, registered_algorithms
 
 
@@ -22,7 +22,7 @@ def algorithm_rows() -> list[tuple[str, str, str]]:
     for name in sorted(registered_algorithms()):
         try:
             cls = algorithm_class(name)
-        except UsageError as error:
+        except ConfigError as error:
             rows.append((name, f"unavailable: {error}", "-"))
             continue
         rows.append((name, summary(cls), options_text(options_model(cls)) or "-"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def main(args: argparse.Namespace) -> int:
 
     folders = [Path(folder) for folder in args.folders]
     if args.out is None and len(folders) > 1:
-        raise UsageError("merging several folders: say where the merged report goes with --out")
+        raise ConfigError("merging several folders: say where the merged report goes with --out")
     out = Path(args.out) if args.out else folders[0]
     groups = build_report(folders, out, allow_mixed=args.allow_mixed)
     console = Console()

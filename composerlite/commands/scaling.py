@@ -14,7 +14,7 @@ import math
 from rich.console import Console
 from rich.table import Table
 
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 N_NOTE = ("N is Kaplan's: non-embedding parameters (token and position embeddings excluded), as in the paper. "
           "The card's predictions sit a nearly constant gap above ours with that N (with total N the gap drifts "
@@ -35,9 +35,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         compute = float(args.compute)
     except ValueError:
-        raise UsageError(f"--compute takes a number of FLOPs (e.g. 3.4e18), not '{args.compute}'") from None
+        raise ConfigError(f"--compute takes a number of FLOPs (e.g. 3.4e18), not '{args.compute}'") from None
     if not math.isfinite(compute) or compute <= 0:
-        raise UsageError("--compute must be a positive number of FLOPs")
+        raise ConfigError("--compute must be a positive number of FLOPs")
     table, note = compute_table(compute)
     console.print(table)
     console.print(note)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from composerlite.commands.bench import add_shared_arguments, base_config, command_line, out_dir, seeds_of
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +26,9 @@ def _numbers(text: str, kind: type, flag: str) -> list:
     try:
         values = [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UsageError(f"{flag} takes comma-separated numbers, not '{text}'") from None
+        raise ConfigError(f"{flag} takes comma-separated numbers, not '{text}'") from None
     if not values or any(value <= 0 for value in values):
-        raise UsageError(f"{flag} needs positive numbers, got '{text}'")
+        raise ConfigError(f"{flag} needs positive numbers, got '{text}'")
     return values
 
 
@@ -39,16 +39,16 @@ def sweep_methods(args: argparse.Namespace):
 
     grid = args.lrs is not None or args.batch_sizes is not None
     if (args.ratios is None) == (not grid):
-        raise UsageError("choose one sweep: --ratios R,R,... or --lrs A,B,... with --batch-sizes X,Y,...")
+        raise ConfigError("choose one sweep: --ratios R,R,... or --lrs A,B,... with --batch-sizes X,Y,...")
     if args.ratios is not None:
         ratios = [ratio for ratio in _numbers(args.ratios, float, "--ratios") if ratio != 1.0]
         methods = [Method(label=BASELINE)] + [
             Method(label=f"scale_schedule {ratio:g}", algorithms=(f"scale_schedule:ratio={ratio:g}",)) for ratio in ratios]
         return methods, BASELINE
     if args.lrs is None or args.batch_sizes is None:
-        raise UsageError("an lr x batch-size sweep needs both --lrs and --batch-sizes")
+        raise ConfigError("an lr x batch-size sweep needs both --lrs and --batch-sizes")
     if args.lr is not None or args.batch_size is not None:
-        raise UsageError("--lr/--batch-size fix what the grid varies; use --lrs/--batch-sizes only")
+        raise ConfigError("--lr/--batch-size fix what the grid varies; use --lrs/--batch-sizes only")
     methods = [Method(label=f"lr={lr:g} bs={batch}", overrides={"lr": lr, "batch_size": batch})
                for lr in _numbers(args.lrs, float, "--lrs") for batch in _numbers(args.batch_sizes, int, "--batch-sizes")]
     return methods, methods[0].label

@@ -1,0 +1,130 @@
+"""`evaluate_run(run_dir)`: the held-out loss of a run's latest checkpoint at any sequence length.
+
+The model is rebuilt from the run's config.yaml exactly as `train` built it: the same family member
+and the same algorithms with the same options, converted at Event.INIT by the same Trainer, so an
+ALiBi model gets its attention hook back before the weights are loaded. The checkpoint is then
+restored whole (algorithm state included) and the Trainer's own evaluation runs, so algorithms that
+act at eval events act here too. Nothing is written to the run directory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from composerlite.checkpoint import is_checkpoint, load_checkpoint, newest_valid_checkpoint
+from composerlite.config import RunConfig, validated
+from composerlite.errors import ConfigError
+from composerlite.loggers import Logger
+from composerlite.registry import build_algorithm
+from composerlite.runtime import native_precisions, resolve_device
+from composerlite.storage import Location, location
+from composerlite.trainer import Trainer, seed_everything
+from composerlite.training import algorithm_specs, position_limit
+
+DEFAULT_BATCH_SIZE = 8
+
+
+def find_run(target: str) -> tuple[Location, Location]:
+    """(run directory, checkpoint): a run directory's newest valid checkpoint, or one checkpoint
+    folder inside a run directory. Local paths or fsspec URLs."""
+    where = location(target)
+    if is_checkpoint(where):
+        return where.parent.parent, where  # RUN_DIR/checkpoints/baNNNNNNNN
+    if not where.exists():
+        raise ConfigError(f"run directory not found: {target}")
+    if not where.child("config.yaml").exists():
+        raise ConfigError(f"{target} is not a composerlite run directory (no config.yaml)")
+    checkpoint = newest_valid_checkpoint(where)
+    if checkpoint is None:
+        raise ConfigError(f"{target} has no valid checkpoint to evaluate")
+    return where, checkpoint
+
+
+def load_run_config(run_dir: Location) -> RunConfig:
+    """The resolved configuration `train` wrote (model, algorithms and their options)."""
+    path = run_dir.child("config.yaml")
+    if not path.exists():
+        raise ConfigError(f"{run_dir} has no config.yaml to say which model and algorithms it used")
+    try:
+        values = yaml.safe_load(path.read_bytes())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of options")
+    # config.yaml also records facts about the run that are not options (e.g. world_size).
+    options = {key: value for key, value in values.items() if key in RunConfig.model_fields}
+    try:
+        return validated(options)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, max_batches: int | None = None,
+                 device: str = "auto") -> dict[str, Any]:
+    """Held-out loss and perplexity of `run_dir`'s newest valid checkpoint (or of the checkpoint
+    folder given), on `data`'s held-out split (default: the run's), at `seq_len` (default: the
+    run's), in the run's precision where this device computes it natively, else fp32."""
+    from composerlite.data import BatchStream, DataError, prepare_corpus
+    from composerlite.models import build_model
+
+    run_dir, checkpoint = find_run(str(run_dir))
+    config = load_run_config(run_dir)
+    seq_len = seq_len if seq_len is not None else config.seq_len
+    if seq_len is None or seq_len < 2:
+        raise ConfigError(f"`seq_len` must be at least 2 (a token and the one it predicts), got {seq_len}")
+    if batch_size < 1:
+        raise ConfigError(f"`batch_size` must be positive, got {batch_size}")
+    if max_batches is not None and max_batches < 1:
+        raise ConfigError(f"`max_batches` must be positive, got {max_batches}")
+    torch_device = resolve_device(device)
+    data = data if data is not None else config.data
+    try:
+        corpus = prepare_corpus(data)
+        stream = BatchStream(corpus.eval_tokens, seq_len=seq_len, batch_size=batch_size, shuffle=False)
+    except DataError as error:
+        raise ConfigError(f"held-out split of {data or 'the default corpus'}: {error}") from None
+    algorithms = [build_algorithm(target, options) for target, options in algorithm_specs(config)]
+    seed_everything(config.seed)
+    # Dropout is off in eval mode; the state_dict does not depend on it.
+    trainer = Trainer(
+        model=build_model(config.model, dropout=0.0),
+        train_data=stream,
+        eval_data=stream,
+        max_duration="1ba",
+        logger=Logger([]),
+        run_dir=run_dir.url,  # never written: no fit, no save
+        algorithms=algorithms,
+        precision=config.precision if config.precision in native_precisions(torch_device) else "fp32",
+        device=str(torch_device),
+        seed=config.seed,
+        eval_batches=max_batches,
+        threads=config.threads,  # the run's: its recorded eval losses are then reproduced bit for bit
+    )
+    limit = position_limit(trainer.state.model)
+    if limit is not None and seq_len > limit:
+        raise ConfigError(
+            f"cannot evaluate {config.model} at {seq_len} tokens: its learned position embeddings cover "
+            f"{limit} positions (n_positions); a model trained with `algorithms=alibi` has no such limit"
+        )
+    load_checkpoint(trainer.state, checkpoint)
+    metrics = trainer.evaluate()
+    n_batches = len(stream) if max_batches is None else min(len(stream), max_batches)
+    return {
+        "run_dir": run_dir.url,
+        "checkpoint": checkpoint.url,
+        "step": trainer.state.timestamp.batch,
+        "model": config.model,
+        "algorithms": [target for target, _ in algorithm_specs(config)],
+        "data": corpus.name,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "batches": n_batches,
+        "tokens": n_batches * batch_size * (seq_len - 1),  # predicted tokens
+        "device": str(torch_device),
+        "precision": trainer.state.precision,
+        "eval_loss": metrics["eval_loss"],
+        "eval_ppl": metrics["eval_ppl"],
+    }

@@ -1,0 +1,109 @@
+"""Where a run runs, resolved once for `train`, `evaluate_run` and `measure_throughput` alike.
+
+    device     "auto": the first CUDA GPU if there is one, else the CPU; "cpu", "cuda", "cuda:N"
+    precision  "auto": AUTO_PRECISION below; "fp32", "bf16", or "fp16" (GPUs only)
+    threads    intra-op CPU threads, `default_threads()` unless given; the Trainer pins them
+
+bf16 is chosen only where the device computes it natively: emulated bf16 matrix multiplication on
+a CPU without avx512_bf16 or AMX is far slower than fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+from composerlite.errors import ConfigError
+
+# precision -> the autocast dtype (None: no autocast)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTO_PRECISION = "bf16 where the device computes it natively (GPUs that support it, CPUs with avx512_bf16 or AMX), else fp32"
+
+
+@functools.cache
+def cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_threads() -> int:
+    """The intra-op CPU threads a run uses unless told otherwise: the physical cores this process may
+    run on, shared evenly by the processes a launcher started on this machine. Never the caller's own
+    setting (OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads): a float sum split over more
+    threads rounds differently, so that would make the same run's numbers depend on where it was
+    started from (pytest pins 2 threads, its subprocesses took the core count, torchrun sets 1)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with open(f"{topology}/physical_package_id") as package, open(f"{topology}/core_id") as core:
+                cores.add((package.read().strip(), core.read().strip()))
+        except OSError:  # no sysfs topology (some containers): count logical CPUs
+            cores.add(("cpu", str(cpu)))
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE") or 1)
+    return max(1, len(cores) // max(1, local_processes))
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int):
+    """torch's intra-op thread count set to `threads` inside, the caller's restored after. Setting it
+    also turns off MKL's per-call choice of thread count (its "dynamic" mode, on in a process that
+    never set one), another way two processes could split the same sum differently."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def check_device(device: str) -> str:
+    """A device name this resolver knows (whether this machine has it is `resolve_device`'s to say)."""
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ConfigError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_device(device: str) -> torch.device:
+    if check_device(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"`device={device}` requested but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def native_precisions(device: torch.device) -> tuple[str, ...]:
+    """The precisions `device` computes at full speed."""
+    if device.type == "cuda":
+        return ("fp32", "bf16", "fp16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
+    return ("fp32", "bf16") if cpu_supports_bf16() else ("fp32",)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if "bf16" in native_precisions(device) else "fp32"
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown `precision={precision}`; choose auto, fp32, bf16 or fp16")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 needs a GPU; use bf16 or fp32 on CPU")
+    return precision
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: str
+
+
+def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    torch_device = resolve_device(device)
+    return Runtime(torch_device, resolve_precision(precision, torch_device))

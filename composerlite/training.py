@@ -1,0 +1,425 @@
+"""`train(config)`: one training run, everything `composerlite run` does, as a library call.
+
+    import composerlite
+
+    result = composerlite.train({"model": "gpt2-tiny", "max_duration": "20ba", "run_dir": "runs/demo"})
+    result.summary["eval_loss"], result.records[-1], result.run_dir
+
+It resolves the device and precision, fills in the defaults (a CPU demo without a budget, the
+card's recipe on request), prepares the data, checks everything that can refuse the run before its
+first write, resumes (`resume`, `autoresume`), writes the run directory (config.yaml,
+metrics.jsonl, checkpoints; local or an fsspec URL, metrics uploaded to a remote one) and trains.
+Progress is observable while it runs through `callbacks` (events) and `loggers` (each record as
+it is written); the result holds every record of the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from composerlite import distributed
+from composerlite.algorithm import Callback
+from composerlite.checkpoint import (
+    check_resumable,
+    complete_checkpoints,
+    newest_valid_checkpoint,
+    read_step,
+    remove_unfinished,
+    resolve_resume,
+)
+from composerlite.config import RunConfig, validated
+from composerlite.distributed import unwrap_model
+from composerlite.errors import ConfigError
+from composerlite.loggers import (ConsoleLogger, JSONLinesLogger, Logger, LoggerDestination, RecordList,
+                                  UploadedJSONLinesLogger)
+from composerlite.registry import build_algorithm, split_spec
+from composerlite.runtime import default_threads, resolve_runtime
+from composerlite.schedule import WarmupDecaySchedule
+from composerlite.speed_monitor import SpeedMonitor
+from composerlite.storage import Location, StorageError, location, remove_temporaries
+from composerlite.time import Time, TimeUnit
+from composerlite.trainer import OptimizerConfig, Trainer, seed_everything
+
+# With no `max_duration`, a CPU run is a demo that finishes in a few minutes on 2 cores.
+CPU_DEMO = {"max_duration": "20ba", "batch_size": 8, "seq_len": 128}
+GPU_DEFAULT = {"max_duration": "1000ba", "batch_size": 32, "seq_len": 1024}
+# A remote run directory's metrics.jsonl is at most this far behind the local mirror (and never
+# behind a checkpoint): each upload sends the whole file, so not after every step.
+METRICS_UPLOAD_INTERVAL_S = 30.0
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished run gives back.
+
+    summary   steps, tokens, wall_s, tokens_per_s, final_train_loss, eval_loss and eval_ppl (when
+              evaluated), seconds_per_algorithm, run_dir, and speed (the SpeedMonitor's summary:
+              throughput/*, memory/peak_gib, step_ms, ...; empty for a run of one step)
+    records   every metrics.jsonl record of the run, in order (train and eval lines; for a resumed
+              run those kept from before the resume first); on rank 0, this process's elsewhere
+    config    the resolved configuration written to config.yaml, every default filled in
+    """
+
+    run_dir: str
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+    config: dict[str, Any]
+    checkpoint: str | None  # the newest checkpoint, a path or URL
+
+    @property
+    def evals(self) -> list[dict[str, Any]]:
+        return [record for record in self.records if record["event"] == "eval"]
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """The resolved run: every default filled in, plus the notes that explain the defaults."""
+
+    config: RunConfig
+    max_duration: str
+    batch_size: int
+    seq_len: int
+    lr: float
+    warmup: str
+    dropout: float
+    precision: str
+    device: torch.device
+    run_dir: str  # a local path or an fsspec URL
+    threads: int  # intra-op CPU threads: part of what makes CPU results reproducible, so recorded
+    notes: list[str]
+
+
+def plan_run(config: RunConfig) -> RunPlan:
+    from composerlite.models import get_spec
+
+    spec = get_spec(config.model)
+    runtime = resolve_runtime(config.device, config.precision)
+    device = runtime.device
+    notes = []
+    defaults: dict[str, Any] = {}
+    recipe = spec.recipe
+    if config.card_recipe:
+        if recipe is None:
+            raise ConfigError(f"{spec.name} has no card recipe; it is a test/demo configuration")
+        defaults = {"max_duration": f"{recipe.steps}ba", "batch_size": recipe.global_batch_size,
+                    "seq_len": recipe.seq_len}
+        notes.append(f"card recipe: {recipe.steps} steps of {recipe.global_batch_size}x{recipe.seq_len} tokens")
+    elif config.max_duration is None:
+        defaults = CPU_DEMO if device.type == "cpu" else GPU_DEFAULT
+        notes.append(
+            f"no `max_duration`: a short {'CPU demo' if device.type == 'cpu' else 'GPU run'} of "
+            f"{defaults['max_duration']} at batch {config.batch_size or defaults['batch_size']} x "
+            f"{config.seq_len or defaults['seq_len']} tokens. The card's full recipe is `card_recipe=True`."
+        )
+    pick = lambda name, fallback: getattr(config, name) if getattr(config, name) is not None else defaults.get(name, fallback)
+    warmup = config.warmup
+    if warmup is None:
+        warmup = f"{recipe.warmup_batches}ba" if config.card_recipe and recipe and recipe.warmup_batches else "0.05dur"
+    run_dir = config.run_dir or f"runs/{config.model}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    return RunPlan(
+        config=config,
+        max_duration=pick("max_duration", None),
+        batch_size=pick("batch_size", 8),
+        seq_len=pick("seq_len", 128),
+        lr=config.lr or (recipe.lr if recipe else 1e-3),
+        warmup=warmup,
+        dropout=config.dropout if config.dropout is not None else (recipe.dropout if recipe else 0.0),
+        precision=runtime.precision,
+        device=device,
+        run_dir=run_dir,
+        threads=config.threads or default_threads(),
+        notes=notes,
+    )
+
+
+def algorithm_specs(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
+    """`algorithms` entries (`name`, `name:k=v`, or `{name: {k: v}}`) as (target, options)."""
+    specs = []
+    for entry in config.algorithms:
+        if isinstance(entry, dict):
+            if len(entry) != 1:
+                raise ConfigError(f"algorithm entry {entry} must be a single name: {{options}} mapping")
+            (target, options), = entry.items()
+            if options is not None and not isinstance(options, dict):
+                raise ConfigError(f"algorithm '{target}': options must be a mapping of key: value, not {options!r}")
+            specs.append((target, dict(options or {})))
+        else:
+            specs.append(split_spec(entry))
+    return specs
+
+
+def prepare_run_dir(run_dir: Location) -> None:
+    """Create the run directory, failing now (not at the first checkpoint) if it is unwritable.
+    The first write of a run: every check that can refuse the run has passed before it."""
+    try:
+        run_dir.makedirs()
+        probe = run_dir.child(".write-test")
+        probe.write_bytes(b"")
+        probe.remove()
+    except StorageError:
+        raise  # the store is down, not the path wrong: a runtime failure
+    except OSError as error:
+        raise ConfigError(f"cannot write to run directory {run_dir}: {error.strerror or error}") from None
+
+
+def check_budget(plan: RunPlan) -> None:
+    """A budget in samples or tokens smaller than one batch would train zero steps."""
+    budget = Time.parse(plan.max_duration)
+    per_batch = {TimeUnit.SAMPLE: plan.batch_size, TimeUnit.TOKEN: plan.batch_size * plan.seq_len}.get(budget.unit)
+    if per_batch is not None and budget.value < per_batch:
+        raise ConfigError(
+            f"`max_duration={plan.max_duration}` is shorter than one step ({per_batch} {budget.unit.value} per batch of "
+            f"{plan.batch_size}x{plan.seq_len})"
+        )
+
+
+def checkpoint_to_resume(config: RunConfig, run_dir: Location) -> Location | None:
+    """The checkpoint this run continues from (None: a fresh start): with `autoresume` the run
+    directory's newest valid one, else `resume`'s. Refuses, reading only, a run directory that is a
+    file, one that holds another run, and one whose every checkpoint is damaged (starting over there
+    would rewrite the metrics the checkpoints belong to)."""
+    if run_dir.is_file():
+        raise ConfigError(f"`run_dir={run_dir}` is a file, not a folder")
+    problems: list[str] = []
+    checkpoint = newest_valid_checkpoint(run_dir, problems) if config.autoresume else None
+    if checkpoint is None and problems and complete_checkpoints(run_dir):
+        raise ConfigError(f"`autoresume`: every checkpoint in {run_dir} is damaged (newest: {problems[0]}); nothing was "
+                          "written. Continue from one with `resume=CHECKPOINT`, or start over in a new `run_dir`")
+    for problem in problems:
+        print(f"composerlite: skipping {problem}", file=sys.stderr)
+    if checkpoint is None and config.resume:
+        checkpoint = resolve_resume(config.resume)
+    continuing = config.autoresume or (checkpoint is not None and checkpoint.parent.parent.same_place(run_dir))
+    if not continuing and (run_dir.child("metrics.jsonl").exists() or run_dir.child("config.yaml").exists()):
+        branch = " (to branch from `resume`, give a new `run_dir`)" if config.resume else ""
+        raise ConfigError(f"run directory {run_dir} already holds a run; choose another `run_dir`, "
+                          f"or continue it with `autoresume`{branch}")
+    if checkpoint is not None:
+        check_same_model(checkpoint, config.model)
+    return checkpoint
+
+
+def check_same_model(checkpoint: Location, model: str) -> None:
+    """Compare the checkpoint's run config with this one (weights are checked by shape, and the
+    algorithms by name, once the model is built)."""
+    saved_config = checkpoint.parent.parent.child("config.yaml")
+    if saved_config.exists():
+        saved_model = (yaml.safe_load(saved_config.read_bytes()) or {}).get("model")
+        if saved_model and saved_model != model:
+            raise ConfigError(f"checkpoint {checkpoint} is a {saved_model} run; this run is {model}: pass `model={saved_model}`")
+
+
+def position_limit(model: torch.nn.Module) -> int | None:
+    """How many positions a learned position-embedding table covers; None when positions are not
+    looked up in a table (e.g. after ALiBi removed it)."""
+    wpe = getattr(getattr(unwrap_model(model), "transformer", None), "wpe", None)
+    return wpe.num_embeddings if isinstance(wpe, torch.nn.Embedding) else None
+
+
+def on_rank_zero(check: Callable[[], T]) -> T:
+    """`check()` run on rank 0 alone (only rank 0 reads run files); every rank gets its result, or
+    the same `ConfigError`."""
+    value, problem = None, None
+    if distributed.is_rank_zero():
+        try:
+            value = check()
+        except ConfigError as error:
+            problem = str(error)
+    value, problem = distributed.broadcast_object((value, problem))
+    if problem is not None:
+        raise ConfigError(problem)
+    return value
+
+
+def truncate_metrics(metrics: Location, step: int) -> list[dict[str, Any]]:
+    """Drop records past `step`, so a resumed run's metrics.jsonl reads as one uninterrupted run;
+    returns the records kept."""
+    if not metrics.exists():
+        return []
+    kept = [line for line in metrics.read_bytes().decode().splitlines(keepends=True)
+            if line.strip() and _record_step(line) <= step]
+    metrics.write_bytes("".join(kept).encode())
+    return [json.loads(line) for line in kept]
+
+
+def _record_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except ValueError:
+        return 1 << 62  # a line torn by a crash mid-write: past any checkpoint
+
+
+def metrics_destination(run_dir: Location) -> JSONLinesLogger:
+    """metrics.jsonl, appended in the run directory; for a remote one, appended to a local mirror
+    (seeded from the remote copy) that is uploaded as `UploadedJSONLinesLogger` says."""
+    if run_dir.is_local:
+        return JSONLinesLogger(Path(run_dir.path) / "metrics.jsonl")
+    cache = Path(os.environ.get("COMPOSERLITE_CACHE") or Path.home() / ".cache" / "composerlite")
+    mirror = cache / "runs" / hashlib.sha256(run_dir.url.encode()).hexdigest()[:20] / "metrics.jsonl"
+    mirror.parent.mkdir(parents=True, exist_ok=True)
+    remote = run_dir.child("metrics.jsonl")
+    mirror.write_bytes(remote.read_bytes() if remote.exists() else b"")
+    return UploadedJSONLinesLogger(mirror, remote, upload_interval_s=METRICS_UPLOAD_INTERVAL_S)
+
+
+def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback] = (),
+          loggers: Sequence[LoggerDestination] = (), console: Console | None = None) -> RunResult:
+    """Train one run as `config` (a `RunConfig`, or a mapping of its keys) says.
+
+    callbacks  observers of the run's events (`Callback` subclasses: `batch_end(state, logger)`...)
+    loggers    destinations that receive each metrics record as it is written (`log(record)`)
+    console    where the progress bar and notes go (default: stderr on rank 0;
+               `Console(quiet=True)` for none)
+
+    Raises `ConfigError` (nothing written) for a configuration that cannot run, `DataError` for
+    unusable data, `PluginError` for an algorithm that fails while building or converting the
+    model, `RunHalted` when training stops on purpose (a signal, a non-finite loss, a failed save:
+    the message says what was kept and how to continue)."""
+    from composerlite.data import BatchStream, prepare_corpus
+    from composerlite.models import build_model
+
+    config = config if isinstance(config, RunConfig) else validated(dict(config))
+    plan = plan_run(config)
+    rank_device = distributed.init(plan.device.type)
+    if rank_device is not None:
+        plan.device = rank_device
+    if config.microbatch_size == "auto" and distributed.world_size() > 1:
+        raise ConfigError("`microbatch_size=auto` works in a single process only; give a number under torchrun")
+    plan.run_dir = distributed.broadcast_object(plan.run_dir)  # the default name has a timestamp
+    console = console or Console(stderr=True, quiet=not distributed.is_rank_zero())
+    check_budget(plan)
+    algorithms = [build_algorithm(target, options) for target, options in algorithm_specs(config)]
+    per_rank_batch = distributed.per_rank_batch_size(plan.batch_size)
+    if not distributed.is_rank_zero():
+        distributed.barrier()  # rank 0 tokenizes and caches the corpus first; the others then read the cache
+    corpus = prepare_corpus(config.data)
+    if distributed.is_rank_zero():
+        distributed.barrier()
+    shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
+    train_data = BatchStream(corpus.train_tokens, seq_len=plan.seq_len, batch_size=per_rank_batch, seed=config.seed, **shard)
+    eval_data = BatchStream(corpus.eval_tokens, seq_len=plan.seq_len, batch_size=per_rank_batch, seed=0, shuffle=False, **shard)
+    # Every check that can refuse the run comes before its first write, so a refused run leaves the
+    # run directory exactly as it was.
+    run_dir = location(plan.run_dir)
+    def resume_url() -> str | None:  # a URL, not a Location: it travels to the other ranks
+        checkpoint = checkpoint_to_resume(config, run_dir)
+        return checkpoint.url if checkpoint else None
+
+    url = on_rank_zero(resume_url)
+    resume_from = location(url) if url else None
+    seed_everything(config.seed)
+    model = build_model(config.model, dropout=plan.dropout)
+    records = RecordList()
+    logger = Logger([ConsoleLogger(console), records, *loggers])
+    # Every run measures its speed (throughput/* and memory/peak_gib in metrics.jsonl).
+    speed = SpeedMonitor(window=20, warmup_steps=1, console=False)
+    trainer = Trainer(
+        model=model,
+        train_data=train_data,
+        eval_data=eval_data,
+        max_duration=plan.max_duration,
+        logger=logger,
+        run_dir=plan.run_dir,
+        algorithms=algorithms,
+        callbacks=[speed, *callbacks],
+        optimizer=OptimizerConfig(lr=plan.lr, weight_decay=config.weight_decay),
+        schedule=WarmupDecaySchedule(warmup=Time.parse(plan.warmup), decay=config.decay),
+        microbatch_size=config.microbatch_size,
+        precision=plan.precision,
+        device=str(plan.device),
+        seed=config.seed,
+        save_interval=config.save_interval,
+        eval_interval=config.eval_interval,
+        eval_batches=config.eval_batches,
+        target_loss=config.target_loss,
+        load_path=resume_from,
+        keep_checkpoints=config.keep_checkpoints,
+        on_nan=config.on_nan,
+        parallel=config.parallel,
+        threads=plan.threads,
+    )
+    limit = position_limit(trainer.state.model)
+    if limit is not None and plan.seq_len > limit:
+        raise ConfigError(f"`seq_len={plan.seq_len}` is longer than {config.model}'s {limit} learned positions "
+                          "(n_positions); train at most that long, or with `algorithms=alibi`, which has no such limit")
+    if resume_from is not None:
+        check_resumable(trainer.state, resume_from)
+
+    resolved = {**config.model_dump(), "max_duration": plan.max_duration, "batch_size": plan.batch_size,
+                "seq_len": plan.seq_len, "lr": plan.lr, "warmup": plan.warmup, "dropout": plan.dropout,
+                "precision": plan.precision, "device": str(plan.device), "run_dir": plan.run_dir,
+                "threads": plan.threads, "world_size": distributed.world_size()}
+    earlier: list[dict[str, Any]] = []
+    if distributed.is_rank_zero():  # the run's first writes
+        continuing = run_dir.exists()  # and, having passed the checks above, it is this run's
+        prepare_run_dir(run_dir)
+        if continuing:
+            leftovers = [*remove_temporaries(run_dir), *(folder.url for folder in remove_unfinished(run_dir))]
+            if leftovers:
+                console.print(f"removed what interrupted writes left: {', '.join(leftovers)}")
+        # Records past the checkpoint are replayed by the resumed run; without one, none survive.
+        earlier = truncate_metrics(run_dir.child("metrics.jsonl"), read_step(resume_from) if resume_from else 0)
+        run_dir.child("config.yaml").write_bytes(yaml.safe_dump(resolved, sort_keys=False).encode())
+        logger.destinations.append(metrics_destination(run_dir))
+    for note in plan.notes:
+        console.print(f"[yellow]{note}[/yellow]")
+    if resume_from is not None:
+        console.print(f"resuming from {resume_from}")
+    console.print(
+        f"[bold]{config.model}[/bold] on {corpus.name} ({len(corpus.train_tokens):,} train tokens), "
+        f"{plan.device} {plan.precision}, algorithms: {', '.join(a.name or type(a).__name__ for a in algorithms) or 'none'}"
+        + (f", {distributed.world_size()} processes ({config.parallel})" if distributed.world_size() > 1 else "")
+    )
+    try:
+        summary = {**trainer.fit(), "speed": speed.summary}
+    except BaseException:
+        # Best effort: the error being raised is the one to report; records past the newest
+        # checkpoint are replayed on resume anyway.
+        with contextlib.suppress(OSError):
+            logger.sync()
+        raise
+    else:
+        logger.sync()
+    finally:
+        logger.close()
+    checkpoint = trainer.last_checkpoint.url if trainer.last_checkpoint else None
+    return RunResult(run_dir=run_dir.url, summary=summary, records=[*earlier, *records.records], config=resolved,
+                     checkpoint=checkpoint)
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """A `RunResult.summary` as the table `composerlite run` ends with."""
+    table = Table(title="run summary", show_header=False)
+    table.add_row("steps / tokens", f"{summary['steps']:,} / {summary['tokens']:,}")
+    table.add_row("time in training steps", f"{summary['wall_s']:.1f} s ({summary['tokens_per_s']:,.0f} tokens/s)")
+    speed = summary.get("speed") or {}
+    if speed:
+        table.add_row("throughput", f"{speed['throughput/tokens_per_s']:,.0f} tokens/s, {speed['throughput/samples_per_s']:,.1f} "
+                      f"samples/s ({speed['measured_steps']} steps after warmup, data and logging included)")
+        if "throughput/mfu" in speed:
+            table.add_row("model FLOPs utilization", f"{speed['throughput/mfu']:.1%} (peak {speed['peak_flops_source']})")
+        else:
+            table.add_row("model FLOPs utilization", f"unknown ({speed['peak_flops_source']})")
+        table.add_row("peak memory", f"{speed['memory/peak_gib']:.2f} GiB ({speed['memory_kind']})")
+    table.add_row("final train loss", f"{summary['final_train_loss']:.4f}")
+    if "eval_loss" in summary:
+        table.add_row("final eval loss / ppl", f"{summary['eval_loss']:.4f} / {summary['eval_ppl']:.2f}")
+    for name, seconds in summary["seconds_per_algorithm"].items():
+        table.add_row(f"time in {name}", f"{seconds:.3f} s")
+    table.add_row("run directory", summary["run_dir"])
+    return table
