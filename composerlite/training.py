@@ -49,7 +49,7 @@ from composerlite.loggers import (ConsoleLogger, JSONLinesLogger, Logger, Logger
 from composerlite.registry import build_algorithm, split_spec
 from composerlite.runtime import default_threads, resolve_runtime
 from composerlite.schedule import WarmupDecaySchedule
-from composerlite.speed_monitor import SpeedMonitor
+from composerlite.speed_monitor import SpeedMonitor, speed_line
 from composerlite.storage import Location, StorageError, location, remove_temporaries
 from composerlite.time import Time, TimeUnit
 from composerlite.trainer import OptimizerConfig, Trainer, seed_everything
@@ -400,6 +400,13 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     checkpoint = trainer.last_checkpoint.url if trainer.last_checkpoint else None
     return RunResult(run_dir=run_dir.url, summary=summary, records=[*earlier, *records.records], config=resolved,
                      checkpoint=checkpoint)
+
+
+def print_summary(summary: dict[str, Any], console: Console) -> None:
+    """What `composerlite run` ends with: the speed line (a run of one step has none) and the table."""
+    if summary["speed"]:
+        console.print(speed_line(summary["speed"]))
+    console.print(summary_table(summary))
 
 
 def summary_table(summary: dict[str, Any]) -> Table:

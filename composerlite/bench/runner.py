@@ -40,8 +40,9 @@ from composerlite.bench.results import (BenchResults, EvalPoint, Method, RunReco
 from composerlite.config import RunConfig, validated
 from composerlite.errors import RunHalted, UsageError
 from composerlite.registry import build_algorithm, split_spec
+from composerlite.runtime import resolve_device
 from composerlite.speed_monitor import peak_memory_gib, reset_peak_memory
-from composerlite.trainer import resolve_device
+from composerlite.training import algorithm_specs, print_summary, train
 
 BASELINE = "baseline"
 REPEAT_SUFFIX = " (repeat)"
@@ -84,8 +85,6 @@ def parse_recipe(text: str) -> Method:
 
 def check_methods(base: RunConfig, methods: list[Method]) -> None:
     """Fail before any training on unknown algorithms, bad options, duplicate labels or folder clashes."""
-    from composerlite.commands.run import algorithm_specs
-
     for target, options in algorithm_specs(base):
         build_algorithm(target, options)
     labels = [method.label for method in methods]
@@ -289,10 +288,9 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
               run: Callable[..., dict[str, Any]] | None = None, reference_repeats: int = 1) -> BenchResults:
     """Run every (method, seed) not yet in `out/results.json`, interleaved (`run_order`), the
     reference `reference_repeats` extra times per seed; a stopped benchmark has compared all methods
-    on its first seeds. `run(config, console)` trains one run; by default `composerlite run`'s."""
-    if run is None:
-        from composerlite.commands.run import run
-
+    on its first seeds. `run(config, console)` trains one run and returns its summary; by default
+    `train_run`."""
+    run = run or train_run
     console = console or Console(stderr=True)
     out = Path(out)
     check_methods(base, methods)
@@ -356,6 +354,14 @@ def _show(progress: Progress, task, index: int, record: dict[str, Any]) -> None:
                         status=f"step {record['step']} loss {record['loss']:.3f}")
     elif record.get("event") == "eval" and "eval_loss" in record:
         progress.console.print(f"  eval @ step {record['step']} ({record['wall_s']:.0f} s): loss {record['eval_loss']:.4f}")
+
+
+def train_run(config: RunConfig, console: Console) -> dict[str, Any]:
+    """One run of the benchmark: `train`, then its speed line and summary table into the run's log
+    (what `composerlite run` prints); returns the run's summary."""
+    summary = train(config, console=console).summary
+    print_summary(summary, console)
+    return summary
 
 
 def run_one(out: Path, base: RunConfig, method: Method, seed: int, device: torch.device, run: Callable,

@@ -12,8 +12,7 @@ from composerlite import distributed
 from composerlite.cli import flag_console
 from composerlite.config import RunConfig, load_config
 from composerlite.runtime import AUTO_PRECISION
-from composerlite.speed_monitor import speed_line
-from composerlite.training import algorithm_specs, summary_table, train  # noqa: F401 -- algorithm_specs: composerlite.bench imports it from here
+from composerlite.training import print_summary, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,9 +61,7 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
     console = console or flag_console(quiet=not distributed.is_rank_zero())
     summary = train(config, console=console).summary
     if distributed.is_rank_zero():
-        if summary["speed"]:
-            console.print(speed_line(summary["speed"]))
-        console.print(summary_table(summary))
+        print_summary(summary, console)
     return summary
 
 
