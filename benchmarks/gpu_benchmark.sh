@@ -122,16 +122,16 @@ WINDOW=attention_window_warmup:initial_window=16,step_size=16  # the speedrun's 
 want bench && bench gpu-preset-speedrun \
     "baseline,muon,batch_size_warmup,zero_init_projections,untied_head,logit_softcap,rotary,qk_norm,relu_squared,$WINDOW,$CALIBRATION:NoOp,$CALIBRATION:Sleeper" \
     --recipe "speedrun=${SPEEDRUN/+muon/}+$WINDOW+batch_size_warmup+muon"
+want bench && bench gpu-preset-composer "baseline,seq_len_warmup,alibi,ema,gated_linear_units,layer_freezing,scale_schedule,gradient_clipping"
 # Not in the default PARTS, a call of its own (~9 min): issue 11's recipe at gpt2-52m scale, time to
 # the baseline's loss on the card under one wall-clock budget per run, every method with the bundle.
-if want quality52m; then
+if want quality52m; then  # last: it replaces PRESET
   if [[ $SMOKE == 1 ]]; then PRESET=(--device cpu --model gpt2-tiny --budget 2ba --batch-size 2 --seq-len 32 --eval-batches 1
                                       --seeds 2 --reference-repeats 0)
   else PRESET=(--device cuda --model gpt2-52m --budget 1min --batch-size 32 --seq-len 1024 --lr 1.5e-3 --warmup 20ba
                --dropout 0 --precision bf16 --eval-batches 4 --seeds 2 --reference-repeats 0); fi
   bench gpu-52m-speedrun baseline --config benchmarks/configs/with-fused_kernels.yaml --recipe "speedrun=$SPEEDRUN"
 fi
-want bench && bench gpu-preset-composer "baseline,seq_len_warmup,alibi,ema,gated_linear_units,layer_freezing,scale_schedule,gradient_clipping"
 
 echo "total $((SECONDS - START)) s"
 exit "$STATUS"

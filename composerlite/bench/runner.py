@@ -319,13 +319,9 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
             try:
                 record = run_one(out, base, method, seed, device, run,
                                  lambda record, index=index: _show(progress, task, index, record))
-            except RunHalted as halt:
-                if halt.exit_code > 128:  # stopped by a signal (SIGTERM, a scheduler's timeout): stop the bench
-                    raise
-                failures.append(f"{method.label} seed {seed} ({halt})")
-                progress.console.print(f"[red]failed[/red] {description}: {failures[-1]}")
-                continue
             except Exception as error:  # noqa: BLE001 -- one method's failure must not cost the other runs
+                if isinstance(error, RunHalted) and error.exit_code > 128:  # a signal (SIGTERM, a scheduler's timeout)
+                    raise
                 failures.append(f"{method.label} seed {seed} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
                 progress.console.print(f"[red]failed[/red] {description}: {failures[-1]}")
                 continue
