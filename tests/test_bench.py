@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rich.console import Console
+
 from composerlite.bench.results import load_results
-from composerlite.bench.runner import parse_algos, parse_recipe, run_bench
+from composerlite.bench.runner import parse_algos, parse_recipe, run_bench, train_run
 from composerlite.cli import main as cli
-from composerlite.commands.run import run as real_run
 from composerlite.commands.sweep import sweep_methods
 from composerlite.config import load_config
 from composerlite.errors import ConfigError, RunHalted
@@ -126,25 +127,25 @@ def test_interrupted_benchmark_resumes_without_losing_anything(tmp_path, text_fi
     out = tmp_path / "bench"
     calls = []
 
-    def interrupted(config, console):
+    def interrupted(config, console, **hooks):
         calls.append(Path(config.run_dir))
         if len(calls) == 2:  # the second run dies after writing its first metrics line
             calls[-1].mkdir(parents=True)
             (calls[-1] / "metrics.jsonl").write_text('{"event": "train", "step": 1}\n')
             raise KeyboardInterrupt
-        return real_run(config, console)
+        return train_run(config, console, **hooks)
 
     with pytest.raises(KeyboardInterrupt):
-        run_bench(out, base, methods, [17], "first", run=interrupted, reference_repeats=0)
+        run_bench(out, base, methods, [17], "first", run=interrupted, reference_repeats=0, interleave="runs")
     assert [run.method for run in load_results(out).runs] == ["baseline"]
 
     resumed = []
 
-    def counting(config, console):
+    def counting(config, console, **hooks):
         resumed.append(Path(config.run_dir))
-        return real_run(config, console)
+        return train_run(config, console, **hooks)
 
-    results = run_bench(out, base, methods, [17], "second", run=counting, reference_repeats=0)
+    results = run_bench(out, base, methods, [17], "second", run=counting, reference_repeats=0, interleave="runs")
     assert resumed == [out / "runs" / "seq_len_warmup" / "seed17-retry1"]  # baseline was not rerun
     assert (out / "runs" / "seq_len_warmup" / "seed17" / "metrics.jsonl").read_text().count("\n") == 1  # kept
     assert [run.method for run in results.runs] == ["baseline", "seq_len_warmup"]
@@ -158,13 +159,13 @@ def test_a_failing_method_costs_only_its_own_runs(tmp_path, text_file):
     methods = parse_algos("baseline,seq_len_warmup")
     out = tmp_path / "bench"
 
-    def broken_warmup(config, console):
+    def broken_warmup(config, console, **hooks):
         if config.algorithms:
             raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore detail")
-        return real_run(config, console)
+        return train_run(config, console, **hooks)
 
     with pytest.raises(RunHalted) as halted:
-        run_bench(out, base, methods, [17, 18], "first", run=broken_warmup, reference_repeats=0)
+        run_bench(out, base, methods, [17, 18], "first", run=broken_warmup, reference_repeats=0, interleave="runs")
     assert halted.value.exit_code == 1
     message = str(halted.value)
     assert "2 of 4 runs failed" in message and "seq_len_warmup seed 17 (RuntimeError: CUDA error" in message
@@ -175,20 +176,20 @@ def test_a_failing_method_costs_only_its_own_runs(tmp_path, text_file):
 
     retried = []
 
-    def counting(config, console):
+    def counting(config, console, **hooks):
         retried.append(config.seed)
-        return real_run(config, console)
+        return train_run(config, console, **hooks)
 
-    def terminated(config, console):
+    def terminated(config, console, **hooks):
         retried.append(config.seed)
         raise RunHalted("stopped by SIGTERM at step 1; checkpoint saved", exit_code=143)
 
     with pytest.raises(RunHalted, match="SIGTERM"):  # a signal stops the whole bench, not one run
-        run_bench(out, base, methods, [17, 18], "interrupted", run=terminated, reference_repeats=0)
+        run_bench(out, base, methods, [17, 18], "interrupted", run=terminated, reference_repeats=0, interleave="runs")
     assert retried == [17]
     retried.clear()
 
-    results = run_bench(out, base, methods, [17, 18], "second", run=counting, reference_repeats=0)
+    results = run_bench(out, base, methods, [17, 18], "second", run=counting, reference_repeats=0, interleave="runs")
     assert sorted(retried) == [17, 18]  # only the failed runs
     assert sorted((run.method, run.seed) for run in results.runs) == [
         ("baseline", 17), ("baseline", 18), ("seq_len_warmup", 17), ("seq_len_warmup", 18)]
@@ -253,3 +254,66 @@ def test_recipe_validates_and_its_algorithms_are_registered(path):
     if recipe is not None:  # card models: the card's batch, sequence length, LR and step count
         assert (config.batch_size, config.seq_len, config.lr) == (recipe.global_batch_size, recipe.seq_len, recipe.lr)
         assert config.max_duration == f"{recipe.steps}ba" and config.dropout == recipe.dropout
+
+
+LOCKSTEP_PLUGINS = Path(__file__).resolve().parent / "lockstep_plugins.py"
+
+
+def _lockstep_base(text_file, budget="4ba", algorithms=()):
+    return load_config(None, {"model": "gpt2-tiny", "max_duration": budget, "batch_size": 2, "seq_len": 16,
+                              "eval_batches": 1, "eval_interval": "2ba", "device": "cpu", "precision": "fp32",
+                              "data": str(text_file), "algorithms": list(algorithms)})
+
+
+def test_lockstep_runs_take_turns_one_step_at_a_time_and_train_as_alone(tmp_path, text_file):
+    steps_log = tmp_path / "steps.log"
+    base = _lockstep_base(text_file, algorithms=[f"{LOCKSTEP_PLUGINS}:StepLog:path={steps_log}"])
+    results = run_bench(tmp_path / "bench", base, parse_algos("baseline,seq_len_warmup"), [17], "lockstep",
+                        reference_repeats=1, interleave="steps")
+    assert sorted(run.method for run in results.runs) == ["baseline", "baseline (repeat)", "seq_len_warmup"]
+    steps = sorted((int(start), int(end), pid) for pid, start, end in (line.split() for line in steps_log.read_text().splitlines()))
+    assert len(steps) == 3 * 4 and len({pid for _, _, pid in steps}) == 3  # three worker processes
+    assert all(end <= next_start for (_, end, _), (next_start, _, _) in zip(steps, steps[1:]))  # never two at once
+    order = [pid for _, _, pid in steps]
+    assert order == order[:3] * 4  # round robin: a step each in turn
+
+    # Each run computed exactly what it computes alone in this process.
+    alone = train_run(base.model_copy(update={"seed": 17, "run_dir": str(tmp_path / "alone")}), Console(quiet=True))
+    by_method = {run.method: run for run in results.runs}
+    assert [point.eval_loss for point in by_method["baseline"].evals] == [record["eval_loss"] for record in alone.evals]
+    assert [p.eval_loss for p in by_method["baseline"].evals] == [p.eval_loss for p in by_method["baseline (repeat)"].evals]
+
+
+def test_lockstep_signal_stops_every_run_with_a_checkpoint_and_the_rerun_finishes(tmp_path, text_file):
+    import os
+
+    base = _lockstep_base(text_file)
+    out = tmp_path / "bench"
+    signaller = f"{LOCKSTEP_PLUGINS}:SignalAt:step=2,pid={os.getpid()}"
+    methods = parse_algos(f"baseline,{signaller}")
+    with pytest.raises(RunHalted, match="stopped by SIGTERM") as halted:
+        run_bench(out, base, methods, [17], "first", reference_repeats=0, interleave="steps")
+    assert halted.value.exit_code == 143
+    assert load_results(out).runs == []
+    for folder in (out / "runs").iterdir():  # each run saved a checkpoint after its second step
+        assert [path.name for path in (folder / "seed17" / "checkpoints").glob("ba*")] == ["ba00000002"]
+
+    # Resumed from those checkpoints (the signaller is past its step): both finish, and, training the same
+    # way, agree to the last bit.
+    results = run_bench(out, base, methods, [17], "second", reference_repeats=0, interleave="steps")
+    runs = {run.method: run for run in results.runs}
+    assert set(runs) == {"baseline", signaller} and all(run.train["steps"] == 4 for run in runs.values())
+    assert runs["baseline"].evals == [point.model_copy(update={"wall_s": other.wall_s})
+                                      for point, other in zip(runs[signaller].evals, runs["baseline"].evals)]
+
+
+def test_lockstep_a_crashing_plugin_costs_only_its_own_run(tmp_path, text_file):
+    base = _lockstep_base(text_file)
+    out = tmp_path / "bench"
+    methods = parse_algos(f"baseline,{LOCKSTEP_PLUGINS}:CrashAt:step=2")
+    with pytest.raises(RunHalted, match="1 of 2 runs failed") as halted:
+        run_bench(out, base, methods, [17], "crash", reference_repeats=0, interleave="steps")
+    assert halted.value.exit_code == 1 and "ValueError: a bug at this step" in str(halted.value)
+    assert [run.method for run in load_results(out).runs] == ["baseline"]
+    log = next((out / "logs").glob("*CrashAt*.log")).read_text()
+    assert "Traceback" in log and "a bug at this step" in log

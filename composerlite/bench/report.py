@@ -39,7 +39,10 @@ DEFINITIONS = [
     f"over seeds and a {CONFIDENCE:.0%} Student-t interval on the mean log speedup (n-1 degrees of freedom).",
     "Wall-clock intervals use the larger of the seeds' own variance and the run-to-run timing noise of the A/A "
     "comparison: the reference runs twice per seed (its repeat row), same seed and same work, so their difference "
-    "in time is the machine's noise. Runs are interleaved: the order of methods rotates by one for each seed.",
+    "in time is the machine's noise. Runs are interleaved: the order of methods rotates by one for each seed; "
+    "with interleave \"steps\" (the default on CPU) the runs of a seed also train side by side, one step each in "
+    "turn (its evaluation and checkpoint included), so no step is timed while another run computes and consecutive "
+    "steps of every method meet the same load. Each command below says how its runs were interleaved.",
     "Verdict: faster if the whole interval lies above 1, slower if below 1, else no different (then the point "
     "figure means nothing on its own). Tokens and FLOPs to target are deterministic for a seed and independent of "
     "the hardware: a method that changes nothing gets exactly 1 on them.",
@@ -127,7 +130,8 @@ def group_header(group: Group) -> list[tuple[str, str]]:
     if first:
         lines.append(("Versions", ", ".join(f"{name} {version}" for name, version in first.versions.items())))
     for command in group.commands:
-        lines.append(("Command", f"`{command['command']}` ({command['started']})"))
+        how = f", interleave: {command['interleave']}" if "interleave" in command else ""
+        lines.append(("Command", f"`{command['command']}` ({command['started']}{how})"))
     if group.sources != ["."]:
         lines.append(("Results from", ", ".join(group.sources)))
     return lines

@@ -1,10 +1,12 @@
-"""Run a benchmark: every method x seed as an ordinary `composerlite run` under the same settings,
-recording each finished run in `results.json` and rebuilding the report.
+"""Run a benchmark: every method x seed as an ordinary `composerlite.train` run under the same
+settings, recording each finished run in `results.json` and rebuilding the report.
 
 Runs are interleaved so the machine's drift cannot become a method's result: seeds outermost, and
-the order of methods rotated by one for each seed, so no method always runs first or last. The
-reference method runs twice per seed (its repeat labelled "<reference> (repeat)"): same seed, same
-work, so the difference in their times is the run-to-run timing noise the verdicts account for.
+the order of methods rotated by one for each seed, so no method always runs first or last. On a CPU
+the runs of a seed go further and train side by side, a step each in turn (see `lockstep`), so a
+shared host's changing load meets every method alike. The reference method runs twice per seed
+(its repeat labelled "<reference> (repeat)"): same seed, same work, so the difference in their times
+is the run-to-run timing noise the verdicts account for.
 
 Layout of a benchmark folder:
     results.json                  every finished run (see results.py); the resume point
@@ -15,25 +17,28 @@ Layout of a benchmark folder:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import importlib.metadata
 import itertools
-import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from composerlite.algorithm import Callback
+from composerlite.bench.lockstep import Stop, run_to_end, take_turns
 from composerlite.bench.report import build_report, print_verdicts
 from composerlite.bench.results import (BenchResults, EvalPoint, Method, RunRecord, load_results,
                                         save_results)
@@ -41,8 +46,9 @@ from composerlite.config import RunConfig, validated
 from composerlite.errors import RunHalted, UsageError
 from composerlite.registry import build_algorithm, split_spec
 from composerlite.runtime import resolve_device
+from composerlite.loggers import LoggerDestination, RecordList
 from composerlite.speed_monitor import peak_memory_gib, reset_peak_memory
-from composerlite.training import algorithm_specs, print_summary, train
+from composerlite.training import RunResult, algorithm_specs, print_summary, train
 
 BASELINE = "baseline"
 REPEAT_SUFFIX = " (repeat)"
@@ -151,47 +157,14 @@ def versions() -> dict[str, str]:
     return found
 
 
-# -- following a run -------------------------------------------------------------------------
+# -- a run's records ---------------------------------------------------------------------------
 
-class MetricsFollower(threading.Thread):
-    """Reads a run's metrics.jsonl as the trainer appends to it and hands each record to `on_record`,
-    so the benchmark's progress display needs nothing from inside the run."""
-
-    def __init__(self, path: Path, on_record: Callable[[dict[str, Any]], None], poll_s: float = 0.5):
-        super().__init__(daemon=True)
-        self.path, self.on_record, self.poll_s = path, on_record, poll_s
-        self._offset = 0
-        self._stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self._stopping.wait(self.poll_s):
-            self.poll()
-        self.poll()
-
-    def poll(self) -> None:
-        if not self.path.exists():
-            return
-        with self.path.open("rb") as file:
-            file.seek(self._offset)
-            data = file.read()
-        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next poll
-        self._offset += len(complete)
-        for line in complete.splitlines():
-            if line.strip():
-                self.on_record(json.loads(line))
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.join()
-
-
-def read_metrics(run_dir: Path) -> tuple[list[EvalPoint], list[dict[str, Any]]]:
+def split_records(records: list[dict[str, Any]]) -> tuple[list[EvalPoint], list[dict[str, Any]]]:
     """Eval points and train records of a finished run (the last record per step wins, for resumed
     runs). An eval point's FLOPs are the `model_flops` of the steps up to it, added up."""
     evals: dict[int, dict[str, Any]] = {}
     train: dict[int, dict[str, Any]] = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in records:
         if record.get("event") == "eval":
             evals[record["step"]] = record
         elif record.get("event") == "train":
@@ -283,123 +256,225 @@ def run_folder(out: Path, method: Method, seed: int) -> tuple[Path, bool]:
     return attempts[-1], False
 
 
+@dataclasses.dataclass
+class RunJob:
+    """One run of the benchmark, as handed to the process that trains it (so it pickles)."""
+
+    method: Method
+    seed: int
+    config: RunConfig
+    log_path: Path
+    device: str
+    run: Callable[..., RunResult]
+
+    @property
+    def name(self) -> str:
+        return f"{self.method.label} seed {self.seed}"
+
+
+def execute_run(job: RunJob, callbacks: list[Callback], on_record: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Train `job` in this process, its console output into its log; returns what its record needs."""
+    device = torch.device(job.device)
+    job.log_path.parent.mkdir(parents=True, exist_ok=True)
+    with job.log_path.open("a") as log:
+        reset_peak_memory(device)
+        try:
+            result = job.run(job.config, Console(file=log, width=120, force_terminal=False), callbacks=callbacks,
+                             loggers=[RecordList(on_record)])
+        except Exception:
+            traceback.print_exc(file=log)
+            raise
+    memory_gib, memory_kind = peak_memory_gib(device)
+    return {"summary": result.summary, "records": result.records, "config": result.config,
+            "peak_memory_bytes": int(memory_gib * 2**30), "peak_memory_kind": memory_kind}
+
+
 def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int], command: str,
               reference: str = BASELINE, kind: str = "bench", console: Console | None = None,
-              run: Callable[..., dict[str, Any]] | None = None, reference_repeats: int = 1) -> BenchResults:
+              run: Callable[..., RunResult] | None = None, reference_repeats: int = 1,
+              interleave: str | None = None) -> BenchResults:
     """Run every (method, seed) not yet in `out/results.json`, interleaved (`run_order`), the
     reference `reference_repeats` extra times per seed; a stopped benchmark has compared all methods
-    on its first seeds. `run(config, console)` trains one run and returns its summary; by default
-    `train_run`."""
+    on its first seeds. `run(config, console, callbacks, loggers)` trains one run (default
+    `train_run`). `interleave`: "steps" trains the runs of a seed side by side, a step each in turn
+    (`lockstep`: wall-clock verdicts that hold on a loaded machine; all of a seed's runs in memory at
+    once), "runs" one after another in this process; default: steps on CPU, runs on a GPU."""
     run = run or train_run
     console = console or Console(stderr=True)
     out = Path(out)
     check_methods(base, methods)
     if reference not in {method.label for method in methods}:
         console.print(f"[yellow]no '{reference}' method: the report will have no speedups[/yellow]")
+    device = resolve_device(base.device)
+    interleave = interleave or ("runs" if device.type == "cuda" else "steps")
+    if interleave not in INTERLEAVE:
+        raise UsageError(f"interleave must be one of {', '.join(INTERLEAVE)}, not '{interleave}'")
     methods = with_reference_repeats(methods, reference, reference_repeats)
     out.mkdir(parents=True, exist_ok=True)
     results = open_results(out, base, methods, reference, kind)
-    results.commands.append({"command": command, "started": datetime.datetime.now().isoformat(timespec="seconds")})
+    results.commands.append({"command": command, "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                             "interleave": interleave})
     save_results(out, results)
     todo = [(method, seed) for method, seed in run_order(methods, seeds) if not results.finished(method.label, seed)]
     skipped = len(methods) * len(seeds) - len(todo)
     if skipped:
         console.print(f"{skipped} run(s) already finished in {out}; running the other {len(todo)}")
-    device = resolve_device(base.device)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
                         TimeRemainingColumn(), console=console)
-    task = progress.add_task("benchmark", total=max(len(todo), 1), status="")
-    failures: list[str] = []
-    reported_at = time.monotonic()
-    with progress:
-        for index, (method, seed) in enumerate(todo):
-            description = f"run {index + 1}/{len(todo)}: {method.label} seed {seed}"
-            progress.update(task, description=description, completed=index, status="starting")
-            try:
-                record = run_one(out, base, method, seed, device, run,
-                                 lambda record, index=index: _show(progress, task, index, record))
-            except Exception as error:  # noqa: BLE001 -- one method's failure must not cost the other runs
-                if isinstance(error, RunHalted) and error.exit_code > 128:  # a signal (SIGTERM, a scheduler's timeout)
-                    raise
-                failures.append(f"{method.label} seed {seed} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
-                progress.console.print(f"[red]failed[/red] {description}: {failures[-1]}")
-                continue
-            results.runs.append(record)
-            save_results(out, results)
-            progress.console.print(f"[green]done[/green] {description}: eval loss {record.final_eval_loss:.4f}, "
-                                   f"{record.tokens_per_s:,.0f} tokens/s, {record.train['wall_s']:.1f} s")
-            # A stopped benchmark still has a current report; at most once a minute, since with
-            # short runs (a small model on a GPU) drawing the plots would take longer than training.
-            if time.monotonic() - reported_at > REPORT_EVERY_S:
-                build_report([out], out)
-                reported_at = time.monotonic()
-        progress.update(task, completed=max(len(todo), 1), status="")
+    overall = progress.add_task(f"benchmark: {len(todo)} runs", total=max(len(todo), 1), status="")
+    tracking = BenchProgress(out, results, progress, overall)
+    with progress, stop_on_signals(progress.console) as stop:
+        for seed in dict.fromkeys(seed for _, seed in todo):
+            jobs = [make_job(out, base, method, seed, device, run) for method, this_seed in todo if this_seed == seed]
+            for job in jobs:
+                tracking.add(job)
+            if interleave == "steps":
+                try:
+                    take_turns(jobs, execute_run, tracking.on_message, lambda: stop.signum is not None or tracking.halted)
+                except Stop:
+                    pass
+            else:
+                for job in jobs:
+                    if stop.signum is not None or tracking.halted:
+                        break
+                    run_to_end(execute_run, job, [], lambda *message, job=job: tracking.on_message(job, message))
+            if stop.signum is not None or tracking.halted:
+                break
+        progress.update(overall, completed=max(len(todo), 1), status="")
     groups = build_report([out], out)
+    if stop.signum is not None or tracking.halted:
+        signum = stop.signum or tracking.halted
+        raise RunHalted(f"benchmark stopped by {signal.Signals(signum).name}: every run still going saved a "
+                        f"checkpoint; rerun the same command to finish ({len(tracking.finished)} of {len(todo)} "
+                        f"runs finished in {out})", exit_code=128 + signum)
     print_verdicts(groups, console)
-    if failures:
-        raise RunHalted(f"{len(failures)} of {len(todo)} runs failed: {'; '.join(failures)}. The finished runs are "
-                        f"kept in {out} (each failure's traceback is in its log under {out / 'logs'}); rerun the "
-                        "same command to retry the failed runs only", exit_code=1)
+    if tracking.failures:
+        raise RunHalted(f"{len(tracking.failures)} of {len(todo)} runs failed: {'; '.join(tracking.failures)}. The "
+                        f"finished runs are kept in {out} (each failure's traceback is in its log under "
+                        f"{out / 'logs'}); rerun the same command to retry the failed runs only", exit_code=1)
     return results
 
 
-def _show(progress: Progress, task, index: int, record: dict[str, Any]) -> None:
-    if record.get("event") == "train" and "fraction" in record:
-        progress.update(task, completed=index + record["fraction"],
-                        status=f"step {record['step']} loss {record['loss']:.3f}")
-    elif record.get("event") == "eval" and "eval_loss" in record:
-        progress.console.print(f"  eval @ step {record['step']} ({record['wall_s']:.0f} s): loss {record['eval_loss']:.4f}")
+INTERLEAVE = ("steps", "runs")
 
 
-def train_run(config: RunConfig, console: Console) -> dict[str, Any]:
+class BenchProgress:
+    """What the runs report, as it arrives: records into the progress display, finished runs into
+    `results.json` (saved after each), failures collected, the report rebuilt at most once a minute."""
+
+    def __init__(self, out: Path, results: BenchResults, progress: Progress, overall):
+        self.out, self.results, self.progress, self.overall = out, results, progress, overall
+        self.tasks: dict[str, Any] = {}
+        self.finished: list[str] = []
+        self.failures: list[str] = []
+        self.halted = 0  # the signal number that halted a run, if one did
+        self.reported_at = time.monotonic()
+
+    def add(self, job: RunJob) -> None:
+        self.tasks[job.name] = self.progress.add_task(job.name, total=1.0, status="waiting")
+
+    def on_message(self, job: RunJob, message: tuple) -> None:
+        kind, task, console = message[0], self.tasks[job.name], self.progress.console
+        if kind == "record":
+            record = message[1]
+            if record.get("event") == "train" and "fraction" in record:
+                self.progress.update(task, completed=record["fraction"],
+                                     status=f"step {record['step']} loss {record['loss']:.3f}")
+            elif record.get("event") == "eval" and "eval_loss" in record:
+                console.print(f"  {job.name}: eval @ step {record['step']} ({record['wall_s']:.0f} s training): "
+                              f"loss {record['eval_loss']:.4f}")
+            return
+        self.progress.remove_task(task)
+        if kind == "done":
+            record = run_record(self.out, job, message[1])
+            self.results.runs.append(record)
+            save_results(self.out, self.results)
+            self.finished.append(job.name)
+            self.progress.advance(self.overall)
+            console.print(f"[green]done[/green] {job.name}: eval loss {record.final_eval_loss:.4f}, "
+                          f"{record.tokens_per_s:,.0f} tokens/s, {record.train['wall_s']:.1f} s")
+            # A stopped benchmark still has a current report; at most once a minute, since with
+            # short runs (a small model on a GPU) drawing the plots would take longer than training.
+            if time.monotonic() - self.reported_at > REPORT_EVERY_S:
+                build_report([self.out], self.out)
+                self.reported_at = time.monotonic()
+        elif kind == "halted" and message[2] > 128:  # a signal (SIGTERM, a scheduler's timeout): stop everything
+            self.halted = self.halted or message[2] - 128
+            console.print(f"[yellow]stopped[/yellow] {job.name}: {message[1]}")
+        elif kind != "not_started":
+            self.failures.append(f"{job.name} ({message[1]})")
+            console.print(f"[red]failed[/red] {job.name}: {message[1]}")
+
+
+class SignalStop:
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def stop_on_signals(console: Console):
+    """While the benchmark runs, SIGTERM and SIGINT stop every run at its next step, each saving a
+    checkpoint (a second signal aborts at once). Runs trained in this process install the trainer's
+    own handlers while they fit, which stop them the same way."""
+    stop = SignalStop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signal handlers can only be installed from the main thread
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum, frame):
+        if stop.signum is not None:
+            raise KeyboardInterrupt
+        stop.signum = signum
+        console.print(f"composerlite bench: got {signal.Signals(signum).name}; stopping every run after its current "
+                      "step, checkpoints saved (send it again to abort without saving)")
+
+    for signum in previous:
+        signal.signal(signum, handler)
+    try:
+        yield stop
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def train_run(config: RunConfig, console: Console, callbacks: Sequence[Callback] = (),
+              loggers: Sequence[LoggerDestination] = ()) -> RunResult:
     """One run of the benchmark: `train`, then its speed line and summary table into the run's log
-    (what `composerlite run` prints); returns the run's summary."""
-    summary = train(config, console=console).summary
-    print_summary(summary, console)
-    return summary
+    (what `composerlite run` prints)."""
+    result = train(config, callbacks=callbacks, loggers=loggers, console=console)
+    print_summary(result.summary, console)
+    return result
 
 
-def run_one(out: Path, base: RunConfig, method: Method, seed: int, device: torch.device, run: Callable,
-            on_record: Callable[[dict[str, Any]], None]) -> RunRecord:
+def make_job(out: Path, base: RunConfig, method: Method, seed: int, device: torch.device, run: Callable) -> RunJob:
     run_dir, resume = run_folder(out, method, seed)
     values = {**base.model_dump(), "algorithms": [*base.algorithms, *method.algorithms], **method.overrides,
               "seed": seed, "run_dir": str(run_dir), **({"autoresume": True} if resume else {})}
-    config = validated(values)
-    log_path = out / "logs" / f"{run_dir.parent.name}-{run_dir.name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    reset_peak_memory(device)
-    follower = MetricsFollower(run_dir / "metrics.jsonl", on_record)
-    follower.start()
-    try:
-        with log_path.open("a") as log:
-            try:
-                summary = run(config, console=Console(file=log, width=120, force_terminal=False))
-            except Exception:
-                traceback.print_exc(file=log)
-                raise
-    finally:
-        follower.stop()
-    memory_gib, memory_kind = peak_memory_gib(device)
-    memory = int(memory_gib * 2**30)
-    evals, train = read_metrics(run_dir)
+    return RunJob(method=method, seed=seed, config=validated(values), device=str(device), run=run,
+                  log_path=out / "logs" / f"{run_dir.parent.name}-{run_dir.name}.log")
+
+
+def run_record(out: Path, job: RunJob, outcome: dict[str, Any]) -> RunRecord:
+    evals, train = split_records(outcome["records"])
     if not evals:
-        raise UsageError(f"{method.label} seed {seed} finished without an evaluation; check --eval-interval")
+        raise UsageError(f"{job.name} finished without an evaluation; check --eval-interval")
+    summary, device = outcome["summary"], torch.device(job.device)
     losses = [record["loss"] for record in train]
     step_seconds, step_tokens = step_costs(train)
     return RunRecord(
-        method=method.label,
-        seed=seed,
-        run_dir=os.path.relpath(run_dir, out),
-        config=yaml.safe_load((run_dir / "config.yaml").read_text()),
+        method=job.method.label,
+        seed=job.seed,
+        run_dir=os.path.relpath(job.config.run_dir, out),
+        config=outcome["config"],
         evals=evals,
         train={"steps": summary["steps"], "tokens": summary["tokens"], "wall_s": summary["wall_s"],
                "first_loss": losses[0], "final_loss": losses[-1], "min_loss": min(losses)},
         step_seconds=step_seconds,
         step_tokens=step_tokens,
         tokens_per_s=summary["tokens_per_s"],
-        peak_memory_bytes=memory,
-        peak_memory_kind=memory_kind,
+        peak_memory_bytes=outcome["peak_memory_bytes"],
+        peak_memory_kind=outcome["peak_memory_kind"],
         device=device_label(device),
         hardware=hardware_info(device),
         versions=versions(),

@@ -49,6 +49,10 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-interval", help=f"evaluate every ... (default {BENCH_EVAL_INTERVAL}, unless the recipe sets one)")
     parser.add_argument("--eval-batches", type=int, help="held-out batches per evaluation")
     parser.add_argument("--save-interval", help="also checkpoint every 0.1dur, 100ba, ... (quality after N steps, later)")
+    parser.add_argument("--interleave", choices=["steps", "runs"],
+                        help="steps: a seed's runs train side by side, a step each in turn, so a loaded machine slows "
+                             "every method alike (all of them in memory at once); runs: one after another "
+                             "(default: steps on CPU, runs on a GPU)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +126,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--reference-repeats must be 0 or more")
     methods = parse_algos(args.algos) + [parse_recipe(text) for text in args.recipes]
     out = out_dir(args, config, "bench")
-    run_bench(out, config, methods, seeds_of(args, config), command_line(args), reference_repeats=args.reference_repeats)
+    run_bench(out, config, methods, seeds_of(args, config), command_line(args), reference_repeats=args.reference_repeats,
+              interleave=args.interleave)
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0

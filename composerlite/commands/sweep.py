@@ -60,6 +60,7 @@ def main(args: argparse.Namespace) -> int:
     config = base_config(args)
     methods, reference = sweep_methods(args)
     out = out_dir(args, config, "sweep")
-    run_bench(out, config, methods, seeds_of(args, config), command_line(args), reference=reference, kind="sweep")
+    run_bench(out, config, methods, seeds_of(args, config), command_line(args), reference=reference, kind="sweep",
+              interleave=args.interleave)
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0
