@@ -10,9 +10,6 @@ class ConfigError(ValueError):
     fit. Raised before anything is written. The message is one line meant for the user."""
 
 
-# The name composerlite.bench still raises; it goes once the bench raises ConfigError.
-UsageError = ConfigError
-
 
 class RunHalted(RuntimeError):
     """Training stopped on purpose (a signal, the NaN policy, a failed save). The message says what

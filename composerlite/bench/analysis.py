@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from composerlite.bench.results import BenchResults, EvalPoint, RunRecord
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 CONFIDENCE = 0.95
 AXES = ("wall_s", "tokens", "flops")  # EvalPoint fields a target's cost is measured in
@@ -305,7 +305,7 @@ def group_results(sources: list[tuple[str, BenchResults]], allow_mixed: bool = F
     for name, results in sources[1:]:
         differences = _differences(first, results)
         if differences and not allow_mixed:
-            raise UsageError(
+            raise ConfigError(
                 f"cannot merge {name} into {first_name}: they differ in {'; '.join(differences)}. "
                 "Pass --allow-mixed to report them side by side as separate groups"
             )
@@ -319,7 +319,7 @@ def group_results(sources: list[tuple[str, BenchResults]], allow_mixed: bool = F
                 group = groups[key] = Group(results.settings, results.reference, run.device, results.kind,
                                             [], {}, dict(results.references), [], [], [])
             if any(other.method == run.method and other.seed == run.seed for other in group.runs):
-                raise UsageError(f"{name} and another folder both hold '{run.method}' seed {run.seed} on {run.device}")
+                raise ConfigError(f"{name} and another folder both hold '{run.method}' seed {run.seed} on {run.device}")
             group.runs.append(run.model_copy(update={"run_dir": str(Path(name) / run.run_dir)}))
             group.repeats.update(repeats)
             if name not in group.sources:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pydantic
 
-from composerlite.errors import UsageError
+from composerlite.errors import ConfigError
 
 RESULTS_FILE = "results.json"
 FORMAT_VERSION = 2  # 2: FLOPs at evals, per-step times, reference repeats, reference losses
@@ -82,18 +82,18 @@ class BenchResults(pydantic.BaseModel):
 def load_results(folder: Path) -> BenchResults:
     path = Path(folder) / RESULTS_FILE
     if not path.is_file():
-        raise UsageError(f"no {RESULTS_FILE} in {folder}")
+        raise ConfigError(f"no {RESULTS_FILE} in {folder}")
     try:
         found = json.loads(path.read_text()).get("format")
     except (ValueError, AttributeError) as error:
-        raise UsageError(f"{path} is not a composerlite results file: {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"{path} is not a composerlite results file: {str(error).splitlines()[0]}") from None
     if found != FORMAT_VERSION:
-        raise UsageError(f"{path} has results format {found!r}, this composerlite reads format {FORMAT_VERSION}: "
+        raise ConfigError(f"{path} has results format {found!r}, this composerlite reads format {FORMAT_VERSION}: "
                          "rerun the benchmark with this version (its runs lack what verdicts need)")
     try:
         return BenchResults.model_validate_json(path.read_text())
     except (pydantic.ValidationError, ValueError) as error:
-        raise UsageError(f"{path} is not a composerlite results file: {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"{path} is not a composerlite results file: {str(error).splitlines()[0]}") from None
 
 
 def save_results(folder: Path, results: BenchResults) -> None:

@@ -43,7 +43,7 @@ from composerlite.bench.report import build_report, print_verdicts
 from composerlite.bench.results import (BenchResults, EvalPoint, Method, RunRecord, load_results,
                                         save_results)
 from composerlite.config import RunConfig, validated
-from composerlite.errors import RunHalted, UsageError
+from composerlite.errors import ConfigError, RunHalted
 from composerlite.registry import build_algorithm, split_spec
 from composerlite.runtime import resolve_device
 from composerlite.loggers import LoggerDestination, RecordList
@@ -73,7 +73,7 @@ def parse_algos(text: str) -> list[Method]:
             continue
         if _OPTION_CONTINUATION.fullmatch(piece):
             if not entries or ":" not in entries[-1]:
-                raise UsageError(f"--algos: '{piece}' looks like an option but follows no 'name:option=value' entry")
+                raise ConfigError(f"--algos: '{piece}' looks like an option but follows no 'name:option=value' entry")
             entries[-1] += f",{piece}"
         else:
             entries.append(piece)
@@ -85,7 +85,7 @@ def parse_recipe(text: str) -> Method:
     name, sep, spec = text.partition("=")
     parts = [part.strip() for part in spec.split("+") if part.strip()]
     if not sep or not name.strip() or not parts:
-        raise UsageError(f"--recipe '{text}' must be NAME=ALGO+ALGO[+...]")
+        raise ConfigError(f"--recipe '{text}' must be NAME=ALGO+ALGO[+...]")
     return Method(label=name.strip(), algorithms=tuple(parts))
 
 
@@ -96,14 +96,14 @@ def check_methods(base: RunConfig, methods: list[Method]) -> None:
     labels = [method.label for method in methods]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
-        raise UsageError(f"method listed twice: {', '.join(duplicates)}")
+        raise ConfigError(f"method listed twice: {', '.join(duplicates)}")
     folders: dict[str, str] = {}
     for method in methods:
         for spec in method.algorithms:
             build_algorithm(*split_spec(spec))
         other = folders.setdefault(method_folder(method.label), method.label)
         if other != method.label:
-            raise UsageError(f"methods '{other}' and '{method.label}' would share a folder; name one with --recipe")
+            raise ConfigError(f"methods '{other}' and '{method.label}' would share a folder; name one with --recipe")
 
 
 def method_folder(label: str) -> str:
@@ -231,12 +231,12 @@ def open_results(out: Path, base: RunConfig, methods: list[Method], reference: s
                    if settings.get(key) != results.settings.get(key)]
         if changed or results.reference != reference or results.kind != kind:
             what = ", ".join(f"{key} ({results.settings.get(key)!r} there, {settings.get(key)!r} now)" for key in changed)
-            raise UsageError(f"{out} holds a {results.kind} with other settings ({what or 'reference method'}); "
+            raise ConfigError(f"{out} holds a {results.kind} with other settings ({what or 'reference method'}); "
                              "resume with the same settings or choose another --out")
         known = {method.label: method for method in results.methods}
         for method in methods:
             if method.label in known and known[method.label] != method:
-                raise UsageError(f"{out} already has a method '{method.label}' with other algorithms or options")
+                raise ConfigError(f"{out} already has a method '{method.label}' with other algorithms or options")
         results.methods += [method for method in methods if method.label not in known]
         return results
     return BenchResults(kind=kind, settings=settings, reference=reference, references=references, methods=methods)
@@ -308,7 +308,7 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
     device = resolve_device(base.device)
     interleave = interleave or ("runs" if device.type == "cuda" else "steps")
     if interleave not in INTERLEAVE:
-        raise UsageError(f"interleave must be one of {', '.join(INTERLEAVE)}, not '{interleave}'")
+        raise ConfigError(f"interleave must be one of {', '.join(INTERLEAVE)}, not '{interleave}'")
     methods = with_reference_repeats(methods, reference, reference_repeats)
     out.mkdir(parents=True, exist_ok=True)
     results = open_results(out, base, methods, reference, kind)
@@ -387,24 +387,33 @@ class BenchProgress:
             return
         self.progress.remove_task(task)
         if kind == "done":
-            record = run_record(self.out, job, message[1])
-            self.results.runs.append(record)
-            save_results(self.out, self.results)
-            self.finished.append(job.name)
-            self.progress.advance(self.overall)
-            console.print(f"[green]done[/green] {job.name}: eval loss {record.final_eval_loss:.4f}, "
-                          f"{record.tokens_per_s:,.0f} tokens/s, {record.train['wall_s']:.1f} s")
-            # A stopped benchmark still has a current report; at most once a minute, since with
-            # short runs (a small model on a GPU) drawing the plots would take longer than training.
-            if time.monotonic() - self.reported_at > REPORT_EVERY_S:
-                build_report([self.out], self.out)
-                self.reported_at = time.monotonic()
-        elif kind == "halted" and message[2] > 128:  # a signal (SIGTERM, a scheduler's timeout): stop everything
+            try:
+                record = run_record(self.out, job, message[1])
+            except ConfigError as error:
+                message = ("failed", str(error))
+            else:
+                self._finished(job, record)
+                return
+        if kind == "halted" and message[2] > 128:  # a signal (SIGTERM, a scheduler's timeout): stop everything
             self.halted = self.halted or message[2] - 128
             console.print(f"[yellow]stopped[/yellow] {job.name}: {message[1]}")
         elif kind != "not_started":
             self.failures.append(f"{job.name} ({message[1]})")
             console.print(f"[red]failed[/red] {job.name}: {message[1]}")
+
+    def _finished(self, job: RunJob, record: RunRecord) -> None:
+        console = self.progress.console
+        self.results.runs.append(record)
+        save_results(self.out, self.results)
+        self.finished.append(job.name)
+        self.progress.advance(self.overall)
+        console.print(f"[green]done[/green] {job.name}: eval loss {record.final_eval_loss:.4f}, "
+                      f"{record.tokens_per_s:,.0f} tokens/s, {record.train['wall_s']:.1f} s")
+        # A stopped benchmark still has a current report; at most once a minute, since with
+        # short runs (a small model on a GPU) drawing the plots would take longer than training.
+        if time.monotonic() - self.reported_at > REPORT_EVERY_S:
+            build_report([self.out], self.out)
+            self.reported_at = time.monotonic()
 
 
 class SignalStop:
@@ -458,7 +467,7 @@ def make_job(out: Path, base: RunConfig, method: Method, seed: int, device: torc
 def run_record(out: Path, job: RunJob, outcome: dict[str, Any]) -> RunRecord:
     evals, train = split_records(outcome["records"])
     if not evals:
-        raise UsageError(f"{job.name} finished without an evaluation; check --eval-interval")
+        raise ConfigError(f"{job.name} finished without an evaluation; check --eval-interval")
     summary, device = outcome["summary"], torch.device(job.device)
     losses = [record["loss"] for record in train]
     step_seconds, step_tokens = step_costs(train)
