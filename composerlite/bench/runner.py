@@ -341,7 +341,8 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
                     run_to_end(execute_run, job, [], lambda *message, job=job: tracking.on_message(job, message))
             if stop.signum is not None or tracking.halted:
                 break
-        progress.update(overall, completed=max(len(todo), 1), status="")
+        else:
+            progress.update(overall, completed=max(len(todo), 1), status="")
     groups = build_report([out], out)
     if stop.signum is not None or tracking.halted:
         signum = stop.signum or tracking.halted
