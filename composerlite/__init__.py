@@ -8,13 +8,13 @@ import importlib
 
 from composerlite.algorithm import Algorithm, Callback, ModelConverter, Order
 from composerlite.event import Event
-from composerlite.loggers import Logger
-from composerlite.state import State
 from composerlite.time import Time, TimeUnit, Timestamp
 
 # Imported on first use: a plugin's `from composerlite import Algorithm` should not pay for the
-# whole training stack.
+# whole training stack, nor the command line for torch (`State`) before it has checked its flags.
 _LAZY = {
+    "Logger": "composerlite.loggers",
+    "State": "composerlite.state",
     "train": "composerlite.training",
     "RunResult": "composerlite.training",
     "RunConfig": "composerlite.config",

@@ -23,36 +23,56 @@ Capability names in use: "position_embedding" (alibi), "mlp" (gated_linear_units
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from composerlite.algorithm import Algorithm
-from composerlite.engine import algorithm_label
 from composerlite.errors import ConfigError
 
 
-def check_composition(algorithms: list[Algorithm]) -> None:
+@dataclasses.dataclass(frozen=True)
+class Declaration:
+    """What an algorithm declares about the others in its run, under the name errors call it by.
+    Read from built algorithms (`of`) or, before any is built, from their classes
+    (`composerlite.registry.declaration`)."""
+
+    label: str
+    provides: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, algorithm: Algorithm) -> Declaration:
+        # Imported here: the engine imports torch, which a check from the classes alone must not.
+        from composerlite.engine import algorithm_label
+
+        return cls(algorithm_label(algorithm), tuple(algorithm.provides), tuple(algorithm.requires),
+                   tuple(algorithm.conflicts))
+
+
+def check_composition(declarations: list[Declaration]) -> None:
     """Raise ConfigError (one line, naming both algorithms) for an impossible combination."""
-    labels = [algorithm_label(algorithm) for algorithm in algorithms]
     provider: dict[str, str] = {}
-    for algorithm, label in zip(algorithms, labels):
-        for capability in algorithm.provides:
+    for declaration in declarations:
+        label = declaration.label
+        for capability in declaration.provides:
             if capability in provider:
                 first = provider[capability]
                 who = f"algorithm '{label}' is listed twice and takes" if first == label else f"algorithms '{first}' and '{label}' both take"
                 raise ConfigError(f"{who} over {capability}, so one would undo the other; keep only one")
             provider[capability] = label
-    for index, (algorithm, label) in enumerate(zip(algorithms, labels)):
-        others = [(other, other_label) for i, (other, other_label) in enumerate(zip(algorithms, labels)) if i != index]
-        for wanted in algorithm.requires:
-            if not any(wanted == other_label or wanted in other.provides for other, other_label in others):
+    for index, declaration in enumerate(declarations):
+        others = [other for i, other in enumerate(declarations) if i != index]
+        for wanted in declaration.requires:
+            if not any(wanted == other.label or wanted in other.provides for other in others):
                 raise ConfigError(
-                    f"algorithm '{label}' requires '{wanted}', which no other algorithm in this run provides"
+                    f"algorithm '{declaration.label}' requires '{wanted}', which no other algorithm in this run provides"
                 )
-        for excluded in algorithm.conflicts:
-            for other, other_label in others:
-                if excluded == other_label or excluded in other.provides:
-                    reason = "" if excluded == other_label else f" (both touch {excluded})"
-                    raise ConfigError(f"algorithm '{label}' cannot run with '{other_label}'{reason}; keep only one")
+        for excluded in declaration.conflicts:
+            for other in others:
+                if excluded == other.label or excluded in other.provides:
+                    reason = "" if excluded == other.label else f" (both touch {excluded})"
+                    raise ConfigError(f"algorithm '{declaration.label}' cannot run with '{other.label}'{reason}; keep only one")
 
 
 def ordered(algorithms: Iterable[Algorithm]) -> list[Algorithm]:
@@ -63,5 +83,5 @@ def ordered(algorithms: Iterable[Algorithm]) -> list[Algorithm]:
 def compose(algorithms: Iterable[Algorithm]) -> list[Algorithm]:
     """The run's algorithms, checked and in the order the engine will run them."""
     algorithms = list(algorithms)
-    check_composition(algorithms)
+    check_composition([Declaration.of(algorithm) for algorithm in algorithms])
     return ordered(algorithms)

@@ -13,6 +13,7 @@ import pydantic
 import yaml
 
 from composerlite.errors import ConfigError
+from composerlite.registry import split_spec
 from composerlite.runtime import check_device
 from composerlite.time import Time, TimeUnit
 
@@ -100,6 +101,22 @@ class RunConfig(pydantic.BaseModel):
     @classmethod
     def _device(cls, value: str) -> str:
         return check_device(value)
+
+
+def algorithm_specs(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
+    """`algorithms` entries (`name`, `name:k=v`, or `{name: {k: v}}`) as (target, options)."""
+    specs = []
+    for entry in config.algorithms:
+        if isinstance(entry, dict):
+            if len(entry) != 1:
+                raise ConfigError(f"algorithm entry {entry} must be a single name: {{options}} mapping")
+            (target, options), = entry.items()
+            if options is not None and not isinstance(options, dict):
+                raise ConfigError(f"algorithm '{target}': options must be a mapping of key: value, not {options!r}")
+            specs.append((target, dict(options or {})))
+        else:
+            specs.append(split_spec(entry))
+    return specs
 
 
 def load_config(recipe: str | Path | None, overrides: dict[str, Any]) -> RunConfig:

@@ -1,27 +1,24 @@
 """`evaluate_run(run_dir)`: the held-out loss of a run's latest checkpoint at any sequence length.
 
-The model is rebuilt from the run's config.yaml exactly as `train` built it: the same family member
-and the same algorithms with the same options, converted at Event.INIT by the same Trainer, so an
-ALiBi model gets its attention hook back before the weights are loaded. The checkpoint is then
-restored whole (algorithm state included) and the Trainer's own evaluation runs, so algorithms that
-act at eval events act here too. Nothing is written to the run directory.
+The model is rebuilt from the run's config.yaml as `train` built it: the same family member and
+the same algorithms with the same options, converted at Event.INIT, so an ALiBi model gets its
+attention hook back before the weights are loaded. No Trainer: no optimizer, no training data, no
+optimizer state loaded. The checkpoint's weights, algorithm state and time are restored, and the
+evaluation is the Trainer's own (`held_out_loss`), so algorithms that act at eval events (EMA's
+averaged weights) act here too. Nothing is written to the run directory.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from composerlite.checkpoint import is_checkpoint, load_checkpoint, newest_valid_checkpoint
-from composerlite.config import RunConfig, validated
+from composerlite.config import RunConfig, algorithm_specs, validated
 from composerlite.errors import ConfigError
-from composerlite.loggers import Logger
-from composerlite.registry import build_algorithm
-from composerlite.runtime import native_precisions, resolve_device
+from composerlite.plugins import run_algorithms
 from composerlite.storage import Location, location
-from composerlite.trainer import Trainer, seed_everything
-from composerlite.training import algorithm_specs, position_limit
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -29,6 +26,8 @@ DEFAULT_BATCH_SIZE = 8
 def find_run(target: str) -> tuple[Location, Location]:
     """(run directory, checkpoint): a run directory's newest valid checkpoint, or one checkpoint
     folder inside a run directory. Local paths or fsspec URLs."""
+    from composerlite.checkpoint import is_checkpoint, newest_valid_checkpoint  # torch: not for `eval --help`
+
     where = location(target)
     if is_checkpoint(where):
         return where.parent.parent, where  # RUN_DIR/checkpoints/baNNNNNNNN
@@ -43,7 +42,8 @@ def find_run(target: str) -> tuple[Location, Location]:
 
 
 def load_run_config(run_dir: Location) -> RunConfig:
-    """The resolved configuration `train` wrote (model, algorithms and their options)."""
+    """The resolved configuration `train` wrote (model, algorithms and their options), as written:
+    `plugins.run_algorithms` makes its plugin files importable."""
     path = run_dir.child("config.yaml")
     if not path.exists():
         raise ConfigError(f"{run_dir} has no config.yaml to say which model and algorithms it used")
@@ -67,8 +67,20 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     """Held-out loss and perplexity of `run_dir`'s newest valid checkpoint (or of the checkpoint
     folder given), on `data`'s held-out split (default: the run's), at `seq_len` (default: the
     run's), in the run's precision where this device computes it natively, else fp32."""
+    from composerlite.checkpoint import load_checkpoint
+    from composerlite.composition import compose
     from composerlite.data import BatchStream, DataError, prepare_corpus
+    from composerlite.engine import Engine
+    from composerlite.event import Event
+    from composerlite.loggers import Logger
     from composerlite.models import build_model
+    from composerlite.registry import build_algorithm
+    from composerlite.runtime import default_threads, native_precisions, pinned_threads, resolve_device
+    from composerlite.schedule import WarmupDecaySchedule
+    from composerlite.state import State
+    from composerlite.time import Time
+    from composerlite.trainer import held_out_loss, seed_everything
+    from composerlite.training import position_limit
 
     run_dir, checkpoint = find_run(str(run_dir))
     config = load_run_config(run_dir)
@@ -80,42 +92,48 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     if max_batches is not None and max_batches < 1:
         raise ConfigError(f"`max_batches` must be positive, got {max_batches}")
     torch_device = resolve_device(device)
+    algorithms = compose(build_algorithm(target, options) for target, options in algorithm_specs(run_algorithms(config, run_dir)))
     data = data if data is not None else config.data
     try:
         corpus = prepare_corpus(data)
         stream = BatchStream(corpus.eval_tokens, seq_len=seq_len, batch_size=batch_size, shuffle=False)
     except DataError as error:
         raise ConfigError(f"held-out split of {data or 'the default corpus'}: {error}") from None
-    algorithms = [build_algorithm(target, options) for target, options in algorithm_specs(config)]
     seed_everything(config.seed)
-    # Dropout is off in eval mode; the state_dict does not depend on it.
-    trainer = Trainer(
+    # The state the run's algorithms saw, less what only training needs: INIT-time conversions and
+    # eval-time algorithms read it. Dropout is off in eval mode; the state_dict does not depend on it.
+    state = State(
         model=build_model(config.model, dropout=0.0),
-        train_data=stream,
-        eval_data=stream,
-        max_duration="1ba",
-        logger=Logger([]),
-        run_dir=run_dir.url,  # never written: no fit, no save
-        algorithms=algorithms,
+        max_duration=Time.parse(config.max_duration),
+        device=torch_device,
         precision=config.precision if config.precision in native_precisions(torch_device) else "fp32",
-        device=str(torch_device),
         seed=config.seed,
-        eval_batches=max_batches,
-        threads=config.threads,  # the run's: its recorded eval losses are then reproduced bit for bit
+        run_dir=Path(run_dir.path),  # never written
+        algorithms=algorithms,
+        schedulers=[WarmupDecaySchedule(warmup=Time.parse(config.warmup), decay=config.decay)],
+        batch_size=batch_size,
+        microbatch_size=batch_size,
+        seq_len=seq_len,
+        batches_per_epoch=len(stream),
     )
-    limit = position_limit(trainer.state.model)
-    if limit is not None and seq_len > limit:
-        raise ConfigError(
-            f"cannot evaluate {config.model} at {seq_len} tokens: its learned position embeddings cover "
-            f"{limit} positions (n_positions); a model trained with `algorithms=alibi` has no such limit"
-        )
-    load_checkpoint(trainer.state, checkpoint)
-    metrics = trainer.evaluate()
+    engine = Engine(state, Logger([]))
+    # The run's thread count: its recorded eval losses are then reproduced bit for bit.
+    with pinned_threads(config.threads or default_threads()):
+        engine.run_event(Event.INIT)
+        state.model.to(torch_device)
+        limit = position_limit(state.model)
+        if limit is not None and seq_len > limit:
+            raise ConfigError(
+                f"cannot evaluate {config.model} at {seq_len} tokens: its learned position embeddings cover "
+                f"{limit} positions (n_positions); a model trained with `algorithms=alibi` has no such limit"
+            )
+        load_checkpoint(state, checkpoint)  # weights, algorithm state, time; no optimizer to restore
+        metrics = held_out_loss(state, engine, stream, max_batches)
     n_batches = len(stream) if max_batches is None else min(len(stream), max_batches)
     return {
         "run_dir": run_dir.url,
         "checkpoint": checkpoint.url,
-        "step": trainer.state.timestamp.batch,
+        "step": state.timestamp.batch,
         "model": config.model,
         "algorithms": [target for target, _ in algorithm_specs(config)],
         "data": corpus.name,
@@ -124,7 +142,7 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
         "batches": n_batches,
         "tokens": n_batches * batch_size * (seq_len - 1),  # predicted tokens
         "device": str(torch_device),
-        "precision": trainer.state.precision,
+        "precision": state.precision,
         "eval_loss": metrics["eval_loss"],
         "eval_ppl": metrics["eval_ppl"],
     }

@@ -8,6 +8,7 @@ pydantic `Options`.
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib.metadata
@@ -24,6 +25,7 @@ import pydantic
 import yaml
 
 from composerlite.algorithm import Algorithm, NoOptions
+from composerlite.composition import Declaration, check_composition
 from composerlite.errors import ConfigError, PluginError
 
 ENTRY_POINT_GROUP = "composerlite.algorithms"
@@ -105,6 +107,83 @@ def _where(error: Exception, file: Path) -> str:
 def _check_is_algorithm(cls: Any, target: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
         raise ConfigError(f"'{target}' is not a composerlite Algorithm subclass")
+
+
+def check_combination(targets: list[str]) -> None:
+    """Every target known, every plugin file there, and the combination possible by composition's
+    rules, for most algorithms without importing them (see `declaration`): the command line's
+    answer to a mistyped or impossible `--algo` list comes in a fraction of a second."""
+    check_composition([declaration(target) for target in targets])
+
+
+def declaration(target: str) -> Declaration:
+    """What `target`'s class declares about composition. Importing an algorithm imports torch and
+    transformers (seconds), so the declaration is read from the class's source where that states
+    it as literals on a direct subclass of Algorithm or ModelConverter (every built-in does);
+    otherwise, and for every mistake in `target`, from the imported class. A declaration an
+    instance changes in its `__init__` is caught when the run composes its built algorithms."""
+    source = _class_source(target)
+    declared = _literal_declaration(*source) if source else None
+    if declared is None:
+        cls = algorithm_class(target)
+        declared = Declaration(cls.name or cls.__name__, tuple(cls.provides), tuple(cls.requires), tuple(cls.conflicts))
+    return declared
+
+
+def _class_source(target: str) -> tuple[Path, str] | None:
+    """(source file, class name) of a `file.py:Class` target or a registered name; None when it
+    cannot be told without importing."""
+    if ".py:" in target:
+        path, class_name = target.rsplit(":", 1)
+        return Path(path).expanduser().resolve(), class_name
+    entry = registered_algorithms().get(target)
+    if entry is None or "." in entry.attr:
+        return None
+    try:
+        spec = importlib.util.find_spec(entry.module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin), entry.attr
+
+
+_DECLARED = {"name": str, "provides": tuple, "requires": tuple, "conflicts": tuple}
+
+
+def _literal_declaration(file: Path, class_name: str) -> Declaration | None:
+    try:
+        tree = ast.parse(file.read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    classes = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == class_name]
+    if not classes:
+        return None
+    node = classes[-1]  # the definition the module ends with
+    bases = [base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", None) for base in node.bases]
+    if not bases or not set(bases) <= {"Algorithm", "ModelConverter"} or node.keywords or node.decorator_list:
+        return None  # inherited or computed declarations: only the class knows them
+    values: dict[str, Any] = {"name": "", "provides": (), "requires": (), "conflicts": ()}
+    for statement in node.body:
+        if isinstance(statement, ast.Assign):
+            names = statement.targets
+        elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+            names = [statement.target]
+        else:
+            continue
+        for name in names:
+            if isinstance(name, ast.Name) and name.id in values:
+                try:
+                    values[name.id] = ast.literal_eval(statement.value)
+                except (ValueError, TypeError):  # not a literal
+                    return None
+    for key, kind in _DECLARED.items():
+        value = values[key]
+        if kind is tuple and isinstance(value, list):
+            value = values[key] = tuple(value)
+        if not isinstance(value, kind) or (kind is tuple and not all(isinstance(item, str) for item in value)):
+            return None
+    return Declaration(values["name"] or class_name, values["provides"], values["requires"], values["conflicts"])
 
 
 @functools.cache

@@ -15,13 +15,16 @@ import dataclasses
 import functools
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from composerlite.errors import ConfigError
 
-# precision -> the autocast dtype (None: no autocast)
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a device or dtype is needed, not here: the command line checks its flags
+# (`check_device`, the precision names, `AUTO_PRECISION` in --help) without it.
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
 AUTO_PRECISION = "bf16 where the device computes it natively (GPUs that support it, CPUs with avx512_bf16 or AMX), else fp32"
 
 
@@ -53,11 +56,21 @@ def default_threads() -> int:
     return max(1, len(cores) // max(1, local_processes))
 
 
+def __getattr__(name: str):
+    if name == "PRECISIONS":  # precision -> the autocast dtype (None: no autocast)
+        import torch
+
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @contextlib.contextmanager
 def pinned_threads(threads: int):
     """torch's intra-op thread count set to `threads` inside, the caller's restored after. Setting it
     also turns off MKL's per-call choice of thread count (its "dynamic" mode, on in a process that
     never set one), another way two processes could split the same sum differently."""
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -74,6 +87,8 @@ def check_device(device: str) -> str:
 
 
 def resolve_device(device: str) -> torch.device:
+    import torch
+
     if check_device(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -83,6 +98,8 @@ def resolve_device(device: str) -> torch.device:
 
 def native_precisions(device: torch.device) -> tuple[str, ...]:
     """The precisions `device` computes at full speed."""
+    import torch
+
     if device.type == "cuda":
         return ("fp32", "bf16", "fp16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
     return ("fp32", "bf16") if cpu_supports_bf16() else ("fp32",)
@@ -91,7 +108,7 @@ def native_precisions(device: torch.device) -> tuple[str, ...]:
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if "bf16" in native_precisions(device) else "fp32"
-    if precision not in PRECISIONS:
+    if precision not in PRECISION_NAMES:
         raise ConfigError(f"unknown `precision={precision}`; choose auto, fp32, bf16 or fp16")
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("fp16 needs a GPU; use bf16 or fp32 on CPU")

@@ -60,6 +60,45 @@ def adamw(model: torch.nn.Module, config: OptimizerConfig) -> torch.optim.AdamW:
     return optimizer
 
 
+def autocast(state: State):
+    """The run's precision as a context for its forward passes (none for fp32)."""
+    dtype = PRECISIONS[state.precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(state.device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def held_out_loss(state: State, engine: Engine, eval_data, max_batches: int | None = None) -> dict[str, float]:
+    """One evaluation: the EVAL_* events around a pass over `eval_data` (at most `max_batches`
+    batches) in the run's precision. Sets and returns `state.eval_metrics`: the token-weighted
+    mean loss over every rank's batches and its perplexity. The Trainer's evaluation, and
+    `evaluate_run`'s without a Trainer."""
+    engine.run_event(Event.EVAL_START)
+    state.model.eval()
+    train_batch, total_loss, total_tokens = state.batch, 0.0, 0
+    for index, batch in enumerate(eval_data.epoch(0)):
+        if max_batches is not None and index >= max_batches:
+            break
+        state.batch = {key: value.to(state.device) for key, value in batch.items()}
+        engine.run_event(Event.EVAL_BATCH_START)
+        engine.run_event(Event.EVAL_BEFORE_FORWARD)
+        with autocast(state):
+            state.outputs = state.forward_fn(state.model, state.batch)
+            engine.run_event(Event.EVAL_AFTER_FORWARD)
+            loss = state.eval_loss_fn(state.outputs, state.batch).float().item()
+        predicted = state.batch["input_ids"][:, 1:].numel()
+        total_loss += loss * predicted
+        total_tokens += predicted
+        engine.run_event(Event.EVAL_BATCH_END)
+    state.batch, state.outputs = train_batch, None
+    total_loss, total_tokens = distributed.all_reduce_sum([total_loss, total_tokens], state.device)
+    eval_loss = total_loss / max(total_tokens, 1)
+    state.eval_metrics = {"eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50.0))}
+    engine.run_event(Event.EVAL_END)
+    return state.eval_metrics
+
+
 class Trainer:
     """Trains `model` on `train_data` until `max_duration`, firing events for algorithms and callbacks.
 
@@ -292,7 +331,7 @@ class Trainer:
         sync = contextlib.nullcontext() if last or not hasattr(state.model, "no_sync") else state.model.no_sync()
         with sync:
             engine.run_event(Event.BEFORE_FORWARD)
-            with self._autocast():
+            with autocast(self.state):
                 state.outputs = state.forward_fn(state.model, state.batch)
                 engine.run_event(Event.AFTER_FORWARD)
                 engine.run_event(Event.BEFORE_LOSS)
@@ -321,31 +360,9 @@ class Trainer:
         with pinned_threads(self.threads):
             return self._evaluate()
 
-    @torch.no_grad()
     def _evaluate(self) -> dict[str, float]:
-        state, engine = self.state, self.engine
-        engine.run_event(Event.EVAL_START)
-        state.model.eval()
-        train_batch, total_loss, total_tokens = state.batch, 0.0, 0
-        for index, batch in enumerate(self.eval_data.epoch(0)):
-            if self.eval_batches is not None and index >= self.eval_batches:
-                break
-            state.batch = {key: value.to(state.device) for key, value in batch.items()}
-            engine.run_event(Event.EVAL_BATCH_START)
-            engine.run_event(Event.EVAL_BEFORE_FORWARD)
-            with self._autocast():
-                state.outputs = state.forward_fn(state.model, state.batch)
-                engine.run_event(Event.EVAL_AFTER_FORWARD)
-                loss = state.eval_loss_fn(state.outputs, state.batch).float().item()
-            predicted = state.batch["input_ids"][:, 1:].numel()
-            total_loss += loss * predicted
-            total_tokens += predicted
-            engine.run_event(Event.EVAL_BATCH_END)
-        state.batch, state.outputs = train_batch, None
-        total_loss, total_tokens = distributed.all_reduce_sum([total_loss, total_tokens], state.device)
-        eval_loss = total_loss / max(total_tokens, 1)
-        state.eval_metrics = {"eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50.0))}
-        engine.run_event(Event.EVAL_END)
+        state = self.state
+        held_out_loss(state, self.engine, self.eval_data, self.eval_batches)
         self.logger.record(
             "eval",
             step=state.timestamp.batch,
@@ -354,7 +371,7 @@ class Trainer:
             **state.eval_metrics,
         )
         state.eval_step = state.timestamp.batch
-        self._note_eval(state.timestamp.batch, eval_loss)
+        self._note_eval(state.timestamp.batch, state.eval_metrics["eval_loss"])
         return state.eval_metrics
 
     def save(self) -> Location:
@@ -422,19 +439,13 @@ class Trainer:
         shape = (state.microbatch_size, state.seq_len)
         batch = {"input_ids": torch.zeros(shape, dtype=torch.long, device=state.device)}
         state.model.train()
-        with self._autocast():
+        with autocast(self.state):
             loss = state.loss_fn(state.forward_fn(state.model, batch), batch)
         loss.backward()
         state.optimizer.zero_grad(set_to_none=True)
         restore_rng_state(saved_rng)
 
     # -- helpers -------------------------------------------------------------------------------
-
-    def _autocast(self):
-        dtype = PRECISIONS[self.state.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.state.device.type, dtype=dtype)
 
     def _done(self) -> bool:
         return self.state.stop_training or self.state.reached(self.state.max_duration)

@@ -41,12 +41,14 @@ from composerlite.checkpoint import (
     remove_unfinished,
     resolve_resume,
 )
-from composerlite.config import RunConfig, validated
+from composerlite.composition import compose
+from composerlite.config import RunConfig, algorithm_specs, validated
 from composerlite.distributed import unwrap_model
 from composerlite.errors import ConfigError
 from composerlite.loggers import (ConsoleLogger, JSONLinesLogger, Logger, LoggerDestination, RecordList,
                                   UploadedJSONLinesLogger)
-from composerlite.registry import build_algorithm, split_spec
+from composerlite.plugins import store_plugins, stored_algorithms
+from composerlite.registry import build_algorithm
 from composerlite.runtime import default_threads, resolve_runtime
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.speed_monitor import SpeedMonitor, speed_line
@@ -145,22 +147,6 @@ def plan_run(config: RunConfig) -> RunPlan:
         threads=config.threads or default_threads(),
         notes=notes,
     )
-
-
-def algorithm_specs(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
-    """`algorithms` entries (`name`, `name:k=v`, or `{name: {k: v}}`) as (target, options)."""
-    specs = []
-    for entry in config.algorithms:
-        if isinstance(entry, dict):
-            if len(entry) != 1:
-                raise ConfigError(f"algorithm entry {entry} must be a single name: {{options}} mapping")
-            (target, options), = entry.items()
-            if options is not None and not isinstance(options, dict):
-                raise ConfigError(f"algorithm '{target}': options must be a mapping of key: value, not {options!r}")
-            specs.append((target, dict(options or {})))
-        else:
-            specs.append(split_spec(entry))
-    return specs
 
 
 def prepare_run_dir(run_dir: Location) -> None:
@@ -303,8 +289,19 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     plan.run_dir = distributed.broadcast_object(plan.run_dir)  # the default name has a timestamp
     console = console or Console(stderr=True, quiet=not distributed.is_rank_zero())
     check_budget(plan)
-    algorithms = [build_algorithm(target, options) for target, options in algorithm_specs(config)]
+    # Every check that can refuse the run comes before its first write, so a refused run leaves the
+    # run directory exactly as it was; those that need no data come before the data is read too
+    # (tokenizing a new corpus takes minutes). The converted model's checks follow the data: the
+    # Trainer converts it.
+    algorithms = compose(build_algorithm(target, options) for target, options in algorithm_specs(config))
     per_rank_batch = distributed.per_rank_batch_size(plan.batch_size)
+    run_dir = location(plan.run_dir)
+    def resume_url() -> str | None:  # a URL, not a Location: it travels to the other ranks
+        checkpoint = checkpoint_to_resume(config, run_dir)
+        return checkpoint.url if checkpoint else None
+
+    url = on_rank_zero(resume_url)
+    resume_from = location(url) if url else None
     if not distributed.is_rank_zero():
         distributed.barrier()  # rank 0 tokenizes and caches the corpus first; the others then read the cache
     corpus = prepare_corpus(config.data)
@@ -313,15 +310,6 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
     train_data = BatchStream(corpus.train_tokens, seq_len=plan.seq_len, batch_size=per_rank_batch, seed=config.seed, **shard)
     eval_data = BatchStream(corpus.eval_tokens, seq_len=plan.seq_len, batch_size=per_rank_batch, seed=0, shuffle=False, **shard)
-    # Every check that can refuse the run comes before its first write, so a refused run leaves the
-    # run directory exactly as it was.
-    run_dir = location(plan.run_dir)
-    def resume_url() -> str | None:  # a URL, not a Location: it travels to the other ranks
-        checkpoint = checkpoint_to_resume(config, run_dir)
-        return checkpoint.url if checkpoint else None
-
-    url = on_rank_zero(resume_url)
-    resume_from = location(url) if url else None
     seed_everything(config.seed)
     model = build_model(config.model, dropout=plan.dropout)
     records = RecordList()
@@ -360,7 +348,7 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     if resume_from is not None:
         check_resumable(trainer.state, resume_from)
 
-    resolved = {**config.model_dump(), "max_duration": plan.max_duration, "batch_size": plan.batch_size,
+    resolved = {**config.model_dump(), "algorithms": stored_algorithms(config), "max_duration": plan.max_duration, "batch_size": plan.batch_size,
                 "seq_len": plan.seq_len, "lr": plan.lr, "warmup": plan.warmup, "dropout": plan.dropout,
                 "precision": plan.precision, "device": str(plan.device), "run_dir": plan.run_dir,
                 "threads": plan.threads, "world_size": distributed.world_size()}
@@ -374,6 +362,7 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
                 console.print(f"removed what interrupted writes left: {', '.join(leftovers)}")
         # Records past the checkpoint are replayed by the resumed run; without one, none survive.
         earlier = truncate_metrics(run_dir.child("metrics.jsonl"), read_step(resume_from) if resume_from else 0)
+        store_plugins(config, run_dir)  # before config.yaml, which names the copies
         run_dir.child("config.yaml").write_bytes(yaml.safe_dump(resolved, sort_keys=False).encode())
         logger.destinations.append(metrics_destination(run_dir))
     for note in plan.notes:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .gpt2 import FAMILY, count_parameters
+from .family import FAMILY
+from .gpt2 import count_parameters
 
 
 @dataclass(frozen=True)

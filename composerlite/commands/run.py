@@ -8,11 +8,10 @@ from typing import Any
 
 from rich.console import Console
 
-from composerlite import distributed
 from composerlite.cli import flag_console
-from composerlite.config import RunConfig, load_config
+from composerlite.config import RunConfig, algorithm_specs, load_config
+from composerlite.registry import check_combination
 from composerlite.runtime import AUTO_PRECISION
-from composerlite.training import print_summary, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
     """`composerlite run` as a function: `train`, then the speed line and the summary table on the
     console; returns the run's summary."""
+    from composerlite import distributed
+    from composerlite.training import print_summary, train
+
     console = console or flag_console(quiet=not distributed.is_rank_zero())
     summary = train(config, console=console).summary
     if distributed.is_rank_zero():
@@ -67,5 +69,9 @@ def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "handler")}
-    run(load_config(args.config, overrides))
+    config = load_config(args.config, overrides)
+    # Before `run` imports the training stack (torch: seconds): a mistyped or impossible algorithm
+    # list is answered at once.
+    check_combination([target for target, _ in algorithm_specs(config)])
+    run(config)
     return 0
