@@ -8,7 +8,6 @@ import functools
 import math
 import random
 import signal
-import threading
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from composerlite.event import Event
 from composerlite.loggers import Logger
 from composerlite.runtime import PRECISIONS, default_threads, pinned_threads, resolve_device
 from composerlite.schedule import WarmupDecaySchedule
+from composerlite.signals import StopRequest, stop_on_signals
 from composerlite.state import State
 from composerlite.storage import Location, location
 from composerlite.time import Time, TimeUnit
@@ -158,7 +158,7 @@ class Trainer:
         self._regular_eval_gap = 0  # most steps seen between two evaluations: the regular schedule's spacing
         self.auto_microbatch = microbatch_size == "auto"
         self.last_checkpoint: Location | None = None
-        self._signal: int | None = None
+        self._stop = StopRequest()  # SIGTERM/SIGINT: save after the current batch, then RunHalted
         self._last_saved_batch = -1
         self._next_save = self.save_interval
         self._next_eval = self.eval_interval
@@ -195,7 +195,9 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to `max_duration`. SIGTERM/SIGINT save a checkpoint after the current batch and
         raise `RunHalted` whose message says how to resume."""
-        with self._stop_on_signals(), pinned_threads(self.threads):
+        announce = lambda name: print(f"composerlite: got {name}; saving a checkpoint after this batch "
+                                      "(send it again to abort without saving)", file=sys.stderr)
+        with stop_on_signals(self._stop, announce), pinned_threads(self.threads):
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
@@ -392,32 +394,8 @@ class Trainer:
 
     # -- signals -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _stop_on_signals(self):
-        """While fitting, SIGTERM (preemption) and SIGINT (Ctrl-C) ask for a save-and-exit at the
-        next batch boundary; a second signal aborts at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be installed from the main thread
-            return
-        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-
-        def handler(signum, frame):
-            if self._signal is not None:
-                raise KeyboardInterrupt
-            self._signal = signum
-            print(f"composerlite: got {signal.Signals(signum).name}; saving a checkpoint after this batch "
-                  "(send it again to abort without saving)", file=sys.stderr)
-
-        for signum in previous:
-            signal.signal(signum, handler)
-        try:
-            yield
-        finally:
-            for signum, old in previous.items():
-                signal.signal(signum, old)
-
     def _halt_if_signalled(self) -> None:
-        signum = distributed.all_reduce_max(self._signal or 0, self.state.device)  # ranks stop together
+        signum = distributed.all_reduce_max(self._stop.signum or 0, self.state.device)  # ranks stop together
         if not signum:
             return
         if self.state.timestamp.batch != self._last_saved_batch:

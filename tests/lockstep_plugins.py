@@ -41,10 +41,9 @@ class AtStepOptions(pydantic.BaseModel):
     pid: int = 0
 
 
-class SignalAt(Algorithm):
-    """Sends SIGTERM to process `pid` (the benchmark) at the end of step `step`."""
+class AtStep(Algorithm):
+    """Acts once, at the end of step `step`."""
 
-    name = "signal_at"
     Options = AtStepOptions
 
     def __init__(self, **options):
@@ -52,22 +51,21 @@ class SignalAt(Algorithm):
 
     def match(self, event: Event, state: State) -> bool:
         return event is Event.BATCH_END and state.timestamp.batch == self.options.step
+
+
+class SignalAt(AtStep):
+    """Sends SIGTERM to process `pid` (the benchmark) at the end of step `step`."""
+
+    name = "signal_at"
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         os.kill(self.options.pid, signal.SIGTERM)
 
 
-class CrashAt(Algorithm):
+class CrashAt(AtStep):
     """Raises at the end of step `step`: a plugin bug in the middle of a run."""
 
     name = "crash_at"
-    Options = AtStepOptions
-
-    def __init__(self, **options):
-        self.options = AtStepOptions(**options)
-
-    def match(self, event: Event, state: State) -> bool:
-        return event is Event.BATCH_END and state.timestamp.batch == self.options.step
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         raise ValueError("a bug at this step")

@@ -17,7 +17,6 @@ Layout of a benchmark folder:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -27,7 +26,6 @@ import platform
 import re
 import signal
 import subprocess
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -46,6 +44,7 @@ from composerlite.config import RunConfig, validated
 from composerlite.errors import ConfigError, RunHalted
 from composerlite.registry import build_algorithm, split_spec
 from composerlite.runtime import resolve_device
+from composerlite.signals import StopRequest, stop_on_signals
 from composerlite.loggers import LoggerDestination, RecordList
 from composerlite.speed_monitor import peak_memory_gib, reset_peak_memory
 from composerlite.training import RunResult, algorithm_specs, print_summary, train
@@ -324,7 +323,10 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
                         TimeRemainingColumn(), console=console)
     overall = progress.add_task(f"benchmark: {len(todo)} runs", total=max(len(todo), 1), status="")
     tracking = BenchProgress(out, results, progress, overall)
-    with progress, stop_on_signals(progress.console) as stop:
+    announce = lambda name: progress.console.print(
+        f"composerlite bench: got {name}; stopping every run after its current step, checkpoints saved (send "
+        "it again to abort without saving)")
+    with progress, stop_on_signals(StopRequest(), announce) as stop:
         for seed in dict.fromkeys(seed for _, seed in todo):
             jobs = [make_job(out, base, method, seed, device, run) for method, this_seed in todo if this_seed == seed]
             for job in jobs:
@@ -415,37 +417,6 @@ class BenchProgress:
         if time.monotonic() - self.reported_at > REPORT_EVERY_S:
             build_report([self.out], self.out)
             self.reported_at = time.monotonic()
-
-
-class SignalStop:
-    signum: int | None = None
-
-
-@contextlib.contextmanager
-def stop_on_signals(console: Console):
-    """While the benchmark runs, SIGTERM and SIGINT stop every run at its next step, each saving a
-    checkpoint (a second signal aborts at once). Runs trained in this process install the trainer's
-    own handlers while they fit, which stop them the same way."""
-    stop = SignalStop()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop  # signal handlers can only be installed from the main thread
-        return
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-
-    def handler(signum, frame):
-        if stop.signum is not None:
-            raise KeyboardInterrupt
-        stop.signum = signum
-        console.print(f"composerlite bench: got {signal.Signals(signum).name}; stopping every run after its current "
-                      "step, checkpoints saved (send it again to abort without saving)")
-
-    for signum in previous:
-        signal.signal(signum, handler)
-    try:
-        yield stop
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 def train_run(config: RunConfig, console: Console, callbacks: Sequence[Callback] = (),
