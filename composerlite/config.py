@@ -38,6 +38,7 @@ class RunConfig(pydantic.BaseModel):
 
     model: str = "gpt2-52m"
     algorithms: list[str | dict[str, Any]] = pydantic.Field(default_factory=list)
+    loggers: list[str | dict[str, Any]] = pydantic.Field(default_factory=list)  # besides console and metrics.jsonl
     data: str | None = None
     max_duration: str | None = None
     batch_size: int | None = pydantic.Field(None, gt=0)
