@@ -319,6 +319,8 @@ class ConsoleLogger(LoggerDestination):
 
     def eval_end(self, state, logger) -> None:
         self._status.evaluating = False
+        if self.progress is not None:
+            self.progress.refresh()  # the bar is drawn again under the evaluation's line: without "evaluating"
 
     def fit_end(self, state, logger) -> None:
         self.progress.update(self.task, completed=1.0 if state.fraction_done >= 1.0 else state.fraction_done)
