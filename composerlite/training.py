@@ -66,7 +66,10 @@ class RunResult:
 
     summary   steps, tokens, wall_s, tokens_per_s, final_train_loss, eval_loss and eval_ppl (when
               evaluated), seconds_per_algorithm, run_dir, and speed (the SpeedMonitor's summary:
-              throughput/*, memory/peak_gib, step_ms, ...; empty for a run of one step)
+              throughput/*, memory/peak_gib, step_ms, ...; empty for a run of one step).
+              tokens_per_s is the SpeedMonitor's, the rate the progress bar and the speed line
+              show too (tokens over whole step periods after warmup); a run of one step has only
+              tokens / wall_s
     records   every metrics.jsonl record of the run, in order (train and eval lines; for a resumed
               run those kept from before the resume first); on rank 0, this process's elsewhere
     config    the resolved configuration written to config.yaml, every default filled in
@@ -405,6 +408,8 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     )
     try:
         summary = {**trainer.fit(), "speed": speed.summary}
+        if speed.summary:  # one definition of tokens/s for the summary, the speed line and the progress bar
+            summary["tokens_per_s"] = speed.summary["throughput/tokens_per_s"]
     except BaseException:
         # Best effort: the error being raised is the one to report; records past the newest
         # checkpoint are replayed on resume anyway.
@@ -433,8 +438,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
     """A `RunResult.summary` as the table `composerlite run` ends with."""
     table = Table(title="run summary", show_header=False)
     table.add_row("steps / tokens", f"{summary['steps']:,} / {summary['tokens']:,}")
-    table.add_row("time in training steps", f"{summary['wall_s']:.1f} s ({summary['tokens_per_s']:,.0f} tokens/s)")
     speed = summary.get("speed") or {}
+    rate = "" if speed else f" ({summary['tokens_per_s']:,.0f} tokens/s)"  # else the throughput row has it
+    table.add_row("time in training steps", f"{summary['wall_s']:.1f} s{rate}")
     if speed:
         table.add_row("throughput", f"{speed['throughput/tokens_per_s']:,.0f} tokens/s, {speed['throughput/samples_per_s']:,.1f} "
                       f"samples/s ({speed['measured_steps']} steps after warmup, data and logging included)")

@@ -189,13 +189,17 @@ def test_sweep_passes_its_loggers_to_every_run():
     assert base_config(args).loggers == ["tensorboard"]
 
 
-def test_the_progress_bar_says_when_it_evaluates(tmp_path, text_file):
+def test_the_progress_bar_says_when_it_evaluates_and_shows_the_one_tokens_per_s(tmp_path, text_file):
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=200, color_system=None)
-    composerlite.train({"model": "gpt2-tiny", "data": str(text_file), "max_duration": "2ba", "batch_size": 2, "seq_len": 16,
-                        "eval_interval": "1ba", "eval_batches": 1, "precision": "fp32", "device": "cpu",
-                        "run_dir": str(tmp_path / "run")}, console=console)
+    result = composerlite.train({"model": "gpt2-tiny", "data": str(text_file), "max_duration": "2ba", "batch_size": 2,
+                                 "seq_len": 16, "eval_interval": "1ba", "eval_batches": 1, "precision": "fp32",
+                                 "device": "cpu", "run_dir": str(tmp_path / "run")}, console=console)
     frames = screen.getvalue().replace("\n", "\r").split("\r")
     evaluating = [frame for frame in frames if "evaluating" in frame]
     assert len(evaluating) == 2 and all("ETA" in frame for frame in evaluating)  # one frame per evaluation
     assert "evaluating" not in frames[-2] and "100%" in frames[-2]  # the last frame, before the cursor comes back
+    # One definition of tokens/s: the speed monitor's, in the summary, the speed line and the bar
+    rate = result.summary["speed"]["throughput/tokens_per_s"]
+    assert result.summary["tokens_per_s"] == rate == result.records[-2]["throughput/tokens_per_s"]
+    assert f"{rate:,.0f} tok/s" in frames[-2]
