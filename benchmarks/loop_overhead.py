@@ -3,8 +3,9 @@
 Both loops train the same model (`--model micro`: gpt2-tiny with a 512-token vocabulary; `nano`: one
 16-wide layer and 64 tokens, whose own work is small enough that the loops' costs dominate, for
 comparing versions of the loop on a busy machine) in fp32 on the CPU, on the same random tokens, with the same AdamW, a cosine LR set every step, and one loss read per step.
-The Trainer is built as `composerlite.train` builds it: the SpeedMonitor, the progress bar (on a
-terminal console writing to /dev/null), metrics.jsonl and the in-memory record list. A step is
+The Trainer is built as `composerlite.train` builds it: the SpeedMonitor, the in-memory record list
+and the default logger destinations, built and opened by the same calls (`build_loggers`: the
+progress bar, on a terminal console writing to /dev/null, and metrics.jsonl). A step is
 the period between two consecutive batch fetches, read by the data stream both loops share, so
 neither loop carries a timing hook of its own; it is measured in the process's CPU time (all its
 threads: the progress bar's refresh thread counts) and in wall-clock time. CPU time is the
@@ -28,21 +29,23 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import transformers
 from rich.console import Console
 from scipy import stats
 
-from composerlite.loggers import ConsoleLogger, JSONLinesLogger, Logger, RecordList
+from composerlite.config import RunConfig
+from composerlite.loggers import Logger, RecordList, RunInfo
 from composerlite.models import ModelSpec, build_model
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.speed_monitor import SpeedMonitor, device_name
 from composerlite.state import shifted_cross_entropy
+from composerlite.storage import location
 from composerlite.throughput import RandomTokens, write_json
 from composerlite.time import Time
 from composerlite.trainer import OptimizerConfig, Trainer, adamw, seed_everything
+from composerlite.training import build_loggers
 
 LR = 1e-3
 # name -> (architecture, vocabulary size)
@@ -83,7 +86,8 @@ def hand_loop(model: torch.nn.Module, data: TimedTokens, steps: int) -> None:
 def trainer_loop(model: torch.nn.Module, data: TimedTokens, steps: int) -> None:
     with tempfile.TemporaryDirectory(prefix="composerlite-overhead-") as run_dir:
         console = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)
-        logger = Logger([ConsoleLogger(console), RecordList(), JSONLinesLogger(Path(run_dir) / "metrics.jsonl")])
+        logger = Logger([RecordList(), *build_loggers(RunConfig())])
+        logger.open(RunInfo(run_dir=location(run_dir), config={}, console=console))
         trainer = Trainer(model=model, train_data=data,
                           max_duration=f"{steps}ba", logger=logger, run_dir=run_dir,
                           callbacks=[SpeedMonitor(window=20, warmup_steps=1, console=False)],

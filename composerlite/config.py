@@ -39,6 +39,7 @@ class RunConfig(pydantic.BaseModel):
 
     model: str = "gpt2-52m"
     algorithms: list[str | dict[str, Any]] = pydantic.Field(default_factory=list)
+    loggers: list[str | dict[str, Any]] = pydantic.Field(default_factory=list)  # besides console and metrics.jsonl
     data: str | None = None
     max_duration: str | None = None
     batch_size: int | None = pydantic.Field(None, gt=0)
@@ -103,20 +104,24 @@ class RunConfig(pydantic.BaseModel):
         return check_device(value)
 
 
-def algorithm_specs(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
-    """`algorithms` entries (`name`, `name:k=v`, or `{name: {k: v}}`) as (target, options)."""
+def plugin_specs(entries: list[str | dict[str, Any]], noun: str) -> list[tuple[str, dict[str, Any]]]:
+    """`algorithms` or `loggers` entries (`name`, `name:k=v`, or `{name: {k: v}}`) as (target, options)."""
     specs = []
-    for entry in config.algorithms:
+    for entry in entries:
         if isinstance(entry, dict):
             if len(entry) != 1:
-                raise ConfigError(f"algorithm entry {entry} must be a single name: {{options}} mapping")
+                raise ConfigError(f"{noun} entry {entry} must be a single name: {{options}} mapping")
             (target, options), = entry.items()
             if options is not None and not isinstance(options, dict):
-                raise ConfigError(f"algorithm '{target}': options must be a mapping of key: value, not {options!r}")
+                raise ConfigError(f"{noun} '{target}': options must be a mapping of key: value, not {options!r}")
             specs.append((target, dict(options or {})))
         else:
-            specs.append(split_spec(entry))
+            specs.append(split_spec(entry, noun))
     return specs
+
+
+def algorithm_specs(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
+    return plugin_specs(config.algorithms, "algorithm")
 
 
 def load_config(recipe: str | Path | None, overrides: dict[str, Any]) -> RunConfig:

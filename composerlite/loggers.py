@@ -1,26 +1,66 @@
-"""Loggers: one `Logger` fans each record out to destinations (rich console, JSON-lines file).
+"""Loggers: one `Logger` fans each record out to destinations, which are plugins like algorithms.
 
 Algorithms and callbacks call `logger.log_metrics({...})`; those metrics join the next record the
 trainer writes, so each step is one line in `metrics.jsonl`.
+
+Destinations register in the `composerlite.loggers` entry-point group (see `composerlite.registry`):
+the built-ins `console` (the progress bar) and `jsonl` (metrics.jsonl), which every run has, and
+`tensorboard`, `mlflow` and `wandb` (`composerlite.trackers`, each an optional extra). A destination
+is built from its options alone (`--logger NAME:key=value`), then `open`ed once the run directory
+is written (rank 0 only), gets every record through `log`, `sync` before each checkpoint and
+`close` at the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
+import pydantic
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
-from composerlite.algorithm import Callback
+from composerlite.algorithm import Callback, NoOptions
+from composerlite.errors import ConfigError, PluginError
 from composerlite.storage import Location
 
 
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What a destination learns when it is opened.
+
+    run_dir     the run directory (local or a URL)
+    config      the resolved run configuration, as config.yaml holds it (hyperparameters)
+    console     where the run's notes and progress bar go
+    start_step  the checkpoint's step a resumed run continues from (0 for a fresh run): records
+                past it were written by the interrupted run and are written again
+    """
+
+    run_dir: Location
+    config: dict[str, Any]
+    console: Console
+    start_step: int = 0
+
+
 class LoggerDestination(Callback):
+    """Base class for destinations. `name` is what users type after `--logger`; `Options` a pydantic
+    model of the options (or, without one, the keyword arguments of `__init__`). Being a Callback,
+    a destination may also define event methods (`eval_start(state, logger)`, ...)."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[pydantic.BaseModel]] = NoOptions
+
+    def open(self, run: RunInfo) -> None:
+        pass
+
     def log(self, record: dict[str, Any]) -> None:
         raise NotImplementedError
 
@@ -31,7 +71,13 @@ class LoggerDestination(Callback):
         pass
 
 
+def destination_label(destination: LoggerDestination) -> str:
+    return destination.name or type(destination).__name__
+
+
 class Logger:
+    """Fans records out to `destinations`. A destination that raises is named in a `PluginError`."""
+
     def __init__(self, destinations: list[LoggerDestination]):
         self.destinations = destinations
         self._pending: dict[str, Any] = {}
@@ -43,18 +89,57 @@ class Logger:
         record = {"event": event, **fields, **self._pending}
         self._pending = {}
         for destination in self.destinations:
-            destination.log(record)
+            try:
+                destination.log(record)
+            except Exception as error:
+                raise _failed(destination, "log", error) from error
         return record
+
+    def open(self, run: RunInfo) -> None:
+        for destination in self.destinations:
+            try:
+                destination.open(run)
+            except ConfigError:
+                raise  # a setting that cannot work here, in the destination's own words
+            except Exception as error:
+                raise _failed(destination, "open", error) from error
 
     def sync(self) -> None:
         """Bring every destination's copy up to date where it lives (the trainer calls this before
         each checkpoint, so no checkpoint is ever ahead of the records it continues from)."""
         for destination in self.destinations:
-            destination.sync()
+            try:
+                destination.sync()
+            except OSError:
+                raise  # a store or disk that is down: the caller says what was kept
+            except Exception as error:
+                raise _failed(destination, "sync", error) from error
 
     def close(self) -> None:
+        """Close every destination, even after one fails; then report the first failure."""
+        failure = None
         for destination in self.destinations:
-            destination.close()
+            try:
+                destination.close()
+            except Exception as error:
+                failure = failure or _failed(destination, "close", error)
+        if failure is not None:
+            raise failure from failure.__cause__
+
+
+def _failed(destination: LoggerDestination, method: str, error: Exception) -> PluginError:
+    failure = PluginError(f"logger '{destination_label(destination)}' failed in {method}: {type(error).__name__}: {error}")
+    failure.__cause__ = error
+    return failure
+
+
+def scalar_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """A record's numbers as experiment trackers name them: `train/loss`, `eval/eval_loss`, and
+    keys that already have a namespace (`throughput/tokens_per_s`, `ema/...`) as they are. The step
+    is the trackers' x axis, not a metric."""
+    event = record["event"]
+    return {(key if "/" in key else f"{event}/{key}"): float(value) for key, value in record.items()
+            if key not in ("event", "step") and isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 class RecordList(LoggerDestination):
@@ -71,39 +156,61 @@ class RecordList(LoggerDestination):
             self.on_record(record)
 
 
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+# One encoder for every line: `json.dumps(..., default=...)` builds a new encoder per call, which
+# was a third of a record's cost.
+_ENCODER = json.JSONEncoder(default=_jsonable)
+
+
 class JSONLinesLogger(LoggerDestination):
-    """Appends one JSON object per line to `path`; flushed per line so a crash loses nothing logged
-    (the flush costs ~3 us a line; the encoding, ~12 us, is most of a record's cost)."""
+    """metrics.jsonl: one JSON object per line, flushed per line, so a killed run loses nothing it
+    logged (the flush costs ~3 us a line). `path` is for direct use; built by name (`jsonl`), it
+    writes the run directory's metrics.jsonl when opened. A remote run directory (an object store,
+    which cannot append) gets a local mirror, uploaded whole at most every `upload_interval_s`, on
+    `sync` (before each checkpoint) and at the end: the remote copy is never behind a checkpoint,
+    so a killed run loses no record that its resumed run does not write again."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+    name = "jsonl"
 
-    def log(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, default=_jsonable) + "\n")
-        self._file.flush()
+    class Options(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="forbid")
+        upload_interval_s: float = pydantic.Field(30.0, ge=0, description="a remote run directory's upload period")
 
-    def close(self) -> None:
-        self._file.close()
-
-
-class UploadedJSONLinesLogger(JSONLinesLogger):
-    """JSON lines for a run directory on an object store, which cannot append: lines go to a local
-    mirror (`path`), and the whole file is uploaded atomically to `remote` at most every
-    `upload_interval_s` seconds, on `sync` (before each checkpoint) and when the run ends. So the
-    remote copy is never more than `upload_interval_s` behind, and never behind a checkpoint: a
-    killed run loses no record, since the resumed one replays those past its checkpoint."""
-
-    def __init__(self, path: Path, remote: Location, upload_interval_s: float):
-        super().__init__(path)
+    def __init__(self, path: Path | None = None, remote: Location | None = None, upload_interval_s: float = 30.0):
+        self.path = None if path is None else Path(path)
         self.remote = remote
         self.upload_interval_s = upload_interval_s
+        self._file = None
+        if self.path is not None:
+            self._open_file()
+
+    def open(self, run: RunInfo) -> None:
+        if self._file is not None:
+            return
+        if run.run_dir.is_local:
+            self.path = Path(run.run_dir.path) / "metrics.jsonl"
+        else:
+            cache = Path(os.environ.get("COMPOSERLITE_CACHE") or Path.home() / ".cache" / "composerlite")
+            self.path = cache / "runs" / hashlib.sha256(run.run_dir.url.encode()).hexdigest()[:20] / "metrics.jsonl"
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.remote = run.run_dir.child("metrics.jsonl")
+            self.path.write_bytes(self.remote.read_bytes() if self.remote.exists() else b"")
+        self._open_file()
+
+    def _open_file(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
         self._uploaded_at = time.monotonic()
 
     def log(self, record: dict[str, Any]) -> None:
-        super().log(record)
-        if time.monotonic() - self._uploaded_at < self.upload_interval_s:
+        self._file.write(_ENCODER.encode(record) + "\n")
+        self._file.flush()
+        if self.remote is None or time.monotonic() - self._uploaded_at < self.upload_interval_s:
             return
         try:
             self.sync()
@@ -112,60 +219,113 @@ class UploadedJSONLinesLogger(JSONLinesLogger):
             print(f"composerlite: could not upload {self.remote} ({error}); will retry", file=sys.stderr)
 
     def sync(self) -> None:
-        self.remote.write_bytes(self.path.read_bytes())
-        self._uploaded_at = time.monotonic()
+        if self.remote is not None:
+            self.remote.write_bytes(self.path.read_bytes())
+            self._uploaded_at = time.monotonic()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class _Status:
+    """The progress bar's status text, formatted when the bar is drawn, not per step."""
+
+    def __init__(self):
+        self.record: dict[str, Any] | None = None
+        self.evaluating = False
+
+    def __format__(self, spec: str) -> str:
+        record = self.record
+        if record is None:
+            return "evaluating" if self.evaluating else ""
+        rate = record.get("throughput/tokens_per_s")
+        text = (f"step {record['step']}  loss {record['loss']:.3f}  lr {record['lr']:.2e}  seq {record['seq_len']}"
+                + (f"  {rate:,.0f} tok/s" if rate is not None else ""))
+        return f"{text}  evaluating" if self.evaluating else text
+
+
+class _RemainingColumn(ProgressColumn):
+    """ETA from the average pace since training (re)started, evaluations and checkpoints included:
+    they recur through the rest of the run too."""
+
+    def render(self, task) -> Text:
+        start, elapsed, done = task.fields["start_fraction"], task.elapsed, task.completed
+        if not elapsed or done <= start:
+            return Text("ETA -:--:--", style="progress.remaining")
+        remaining = elapsed * (task.total - done) / (done - start)
+        minutes, seconds = divmod(int(remaining), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"ETA {hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
 
 
 class ConsoleLogger(LoggerDestination):
-    """A live progress bar (loss, tokens/s, ETA) and one printed line per evaluation."""
+    """A live progress bar (loss, LR, sequence length, tokens/s, status, ETA) and one printed line
+    per evaluation. The bar is redrawn with the newest record at most `refresh_per_second` times a
+    second (each redraw costs 1-2 ms), by the training thread as records arrive (a refresh thread
+    cost more, contending for the GIL), and when an evaluation starts."""
 
-    def __init__(self, console: Console | None = None, description: str = "training"):
-        self.console = console or Console(stderr=True)
+    name = "console"
+
+    class Options(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="forbid")
+        refresh_per_second: float = pydantic.Field(2.0, gt=0, le=60, description="progress bar redraws per second")
+
+    def __init__(self, console: Console | None = None, refresh_per_second: float = 2.0, description: str = "training"):
+        self.console = console
+        self.refresh_per_second = refresh_per_second
+        self.description = description
+        self.progress: Progress | None = None
+        self._status = _Status()
+        self._updated_at = -math.inf
+
+    def open(self, run: RunInfo) -> None:
+        self.console = self.console or run.console
+
+    def fit_start(self, state, logger) -> None:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             TextColumn("{task.percentage:>3.0f}%"),
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=self.console,
+            _RemainingColumn(),
+            console=self.console or Console(stderr=True),
             transient=False,
-            refresh_per_second=2,  # each redraw costs about a millisecond of the training process's time
+            auto_refresh=False,  # redrawn from `log`: no refresh thread contending with training for the GIL
         )
-        self.task = self.progress.add_task(description, total=1.0, status="")
-        self._last_tokens = 0
-        self._last_wall = 0.0
-
-    def fit_start(self, state, logger) -> None:
+        self.task = self.progress.add_task(self.description, total=1.0, completed=state.fraction_done,
+                                           status=self._status, start_fraction=state.fraction_done)
         self.progress.start()
 
     def log(self, record: dict[str, Any]) -> None:
+        if self.progress is None:  # a record outside `fit` (a direct `Trainer.evaluate`): nothing to show
+            return
         if record["event"] == "train":
-            elapsed = record["wall_s"] - self._last_wall
-            rate = (record["tokens"] - self._last_tokens) / elapsed if elapsed > 0 else 0.0
-            self._last_tokens, self._last_wall = record["tokens"], record["wall_s"]
-            status = (
-                f"step {record['step']}  loss {record['loss']:.3f}  lr {record['lr']:.2e}  "
-                f"seq {record['seq_len']}  {rate:,.0f} tok/s"
-            )
-            self.progress.update(self.task, completed=record["fraction"], status=status)
+            self._status.record = record
+            now = time.monotonic()
+            if now - self._updated_at >= 1.0 / self.refresh_per_second:
+                self._updated_at = now
+                self.progress.update(self.task, completed=record["fraction"], refresh=True)
         elif record["event"] == "eval":
             self.progress.console.print(
                 f"eval @ step {record['step']}: loss {record['eval_loss']:.4f}  ppl {record['eval_ppl']:.2f}"
             )
 
+    def eval_start(self, state, logger) -> None:
+        self._status.evaluating = True
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.fraction_done, refresh=True)
+
+    def eval_end(self, state, logger) -> None:
+        self._status.evaluating = False
+        if self.progress is not None:
+            self.progress.refresh()  # the bar is drawn again under the evaluation's line: without "evaluating"
+
     def fit_end(self, state, logger) -> None:
-        self.progress.update(self.task, completed=1.0)
+        self.progress.update(self.task, completed=1.0 if state.fraction_done >= 1.0 else state.fraction_done)
         self.progress.stop()
 
     def close(self) -> None:
-        self.progress.stop()
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return str(value)
+        if self.progress is not None:
+            self.progress.stop()

@@ -1,14 +1,16 @@
-"""Finding algorithms by name: built-ins and installed plugins alike come from the
-`composerlite.algorithms` entry-point group; a local file comes from `path/to/file.py:ClassName`.
+"""Finding plugins by name: algorithms and logger destinations. Built-ins and installed plugins
+alike come from an entry-point group (`composerlite.algorithms`, `composerlite.loggers`); a local
+file comes from `path/to/file.py:ClassName`.
 
-An algorithm spec is `TARGET[:key=value,...]` where TARGET is a registered name or `FILE.py:Class`.
-Values are read as YAML scalars (`0.5`, `true`, `null`, `text`) and validated by the algorithm's
-pydantic `Options`.
+A spec is `TARGET[:key=value,...]` where TARGET is a registered name or `FILE.py:Class`. Values are
+read as YAML scalars (`0.5`, `true`, `null`, `text`) and validated by the plugin's pydantic
+`Options` (or its `__init__` signature).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import hashlib
 import importlib.metadata
@@ -27,57 +29,83 @@ import yaml
 from composerlite.algorithm import Algorithm, NoOptions
 from composerlite.composition import Declaration, check_composition
 from composerlite.errors import ConfigError, PluginError
+from composerlite.loggers import LoggerDestination
 
-ENTRY_POINT_GROUP = "composerlite.algorithms"
+
+@dataclasses.dataclass(frozen=True)
+class PluginKind:
+    """What the registry finds: `noun` is how messages name one, `group` the entry-point group it
+    registers in, `base` the class every plugin of the kind subclasses."""
+
+    noun: str
+    group: str
+    base: type
+
+
+ALGORITHMS = PluginKind("algorithm", "composerlite.algorithms", Algorithm)
+LOGGERS = PluginKind("logger", "composerlite.loggers", LoggerDestination)
 
 
 @functools.cache
-def registered_algorithms() -> dict[str, importlib.metadata.EntryPoint]:
+def registered(kind: PluginKind) -> dict[str, importlib.metadata.EntryPoint]:
     """name -> entry point. A name two installed packages both claim is kept out of the table
-    (see `duplicate_registrations`), so `--algo` never picks one of them silently."""
+    (see `duplicate_registrations`), so `--algo` or `--logger` never picks one of them silently."""
     claims: dict[str, dict[str, importlib.metadata.EntryPoint]] = {}
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for entry in importlib.metadata.entry_points(group=kind.group):
         claims.setdefault(entry.name, {})[entry.value] = entry  # one package seen twice on sys.path is one claim
     return {name: next(iter(by_value.values())) for name, by_value in claims.items() if len(by_value) == 1}
 
 
-def duplicate_registrations() -> dict[str, list[str]]:
+def registered_algorithms() -> dict[str, importlib.metadata.EntryPoint]:
+    return registered(ALGORITHMS)
+
+
+def registered_loggers() -> dict[str, importlib.metadata.EntryPoint]:
+    return registered(LOGGERS)
+
+
+def duplicate_registrations(kind: PluginKind = ALGORITHMS) -> dict[str, list[str]]:
     """Names registered by more than one installed package, with the classes that claim them."""
     claims: dict[str, set[str]] = {}
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for entry in importlib.metadata.entry_points(group=kind.group):
         claims.setdefault(entry.name, set()).add(entry.value)
     return {name: sorted(values) for name, values in claims.items() if len(values) > 1}
 
 
-def algorithm_class(target: str) -> type[Algorithm]:
-    """The Algorithm class for a registered name or a `file.py:ClassName` target."""
+def plugin_class(kind: PluginKind, target: str) -> type:
+    """The plugin class for a registered name or a `file.py:ClassName` target."""
     if ".py:" in target:
-        return _class_from_file(*target.rsplit(":", 1))
+        return _class_from_file(kind, *target.rsplit(":", 1))
     if target.endswith(".py"):
-        raise ConfigError(f"algorithm file '{target}' needs a class: {target}:ClassName")
-    entry = registered_algorithms().get(target)
+        raise ConfigError(f"{kind.noun} file '{target}' needs a class: {target}:ClassName")
+    entry = registered(kind).get(target)
     if entry is None:
-        claimed = duplicate_registrations().get(target)
+        claimed = duplicate_registrations(kind).get(target)
         if claimed:
-            raise ConfigError(f"algorithm '{target}' is registered by several installed packages ({', '.join(claimed)}); uninstall all but one")
-        known = ", ".join(sorted(registered_algorithms())) or "none installed"
-        raise ConfigError(f"unknown algorithm '{target}'; choose one of: {known} (or path/to/file.py:ClassName)")
+            raise ConfigError(f"{kind.noun} '{target}' is registered by several installed packages ({', '.join(claimed)}); uninstall all but one")
+        known = ", ".join(sorted(registered(kind))) or "none installed"
+        raise ConfigError(f"unknown {kind.noun} '{target}'; choose one of: {known} (or path/to/file.py:ClassName)")
     try:
         cls = entry.load()
     except Exception as error:  # a broken third-party plugin: name it, do not crash the CLI
-        raise ConfigError(f"algorithm '{target}' ({entry.value}) failed to import: {type(error).__name__}: {error}") from None
-    _check_is_algorithm(cls, target)
+        raise ConfigError(f"{kind.noun} '{target}' ({entry.value}) failed to import: {type(error).__name__}: {error}") from None
+    _check_is_plugin(kind, cls, target)
     return cls
 
 
-def _class_from_file(path: str, class_name: str) -> type[Algorithm]:
+def algorithm_class(target: str) -> type[Algorithm]:
+    """The Algorithm class for a registered name or a `file.py:ClassName` target."""
+    return plugin_class(ALGORITHMS, target)
+
+
+def _class_from_file(kind: PluginKind, path: str, class_name: str) -> type:
     file = Path(path).expanduser().resolve()
     if not file.is_file():
-        raise ConfigError(f"algorithm file not found: {path}")
+        raise ConfigError(f"{kind.noun} file not found: {path}")
     cls = getattr(_module_from_file(file), class_name, None)
     if cls is None:
         raise ConfigError(f"{path} defines no '{class_name}'")
-    _check_is_algorithm(cls, f"{path}:{class_name}")
+    _check_is_plugin(kind, cls, f"{path}:{class_name}")
     return cls
 
 
@@ -104,9 +132,9 @@ def _where(error: Exception, file: Path) -> str:
     return f"line {lines[-1]}: " if lines else ""
 
 
-def _check_is_algorithm(cls: Any, target: str) -> None:
-    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
-        raise ConfigError(f"'{target}' is not a composerlite Algorithm subclass")
+def _check_is_plugin(kind: PluginKind, cls: Any, target: str) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, kind.base)):
+        raise ConfigError(f"'{target}' is not a composerlite {kind.base.__name__} subclass")
 
 
 def check_combination(targets: list[str]) -> None:
@@ -187,8 +215,8 @@ def _literal_declaration(file: Path, class_name: str) -> Declaration | None:
 
 
 @functools.cache
-def options_model(cls: type[Algorithm]) -> type[pydantic.BaseModel]:
-    """The algorithm's options as a pydantic model: its `Options`, or, for a class that declares
+def options_model(cls: type) -> type[pydantic.BaseModel]:
+    """The plugin's options as a pydantic model: its `Options`, or, for a class that declares
     none but takes keyword arguments (a Composer algorithm ported by changing its imports), one
     read from its `__init__` signature, so `--algo name:key=value` and `composerlite list` work
     for it too."""
@@ -208,7 +236,7 @@ def options_model(cls: type[Algorithm]) -> type[pydantic.BaseModel]:
     return pydantic.create_model(f"{cls.__name__}Options", __config__=config, **fields)
 
 
-def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
+def split_spec(spec: str, noun: str = "algorithm") -> tuple[str, dict[str, Any]]:
     """`name:k=v,k2=v2` or `file.py:Class:k=v` -> (target, {k: v})."""
     if ".py:" in spec:
         path, rest = spec.split(".py:", 1)
@@ -220,12 +248,12 @@ def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
     for item in filter(None, (part.strip() for part in _top_level_items(options_text))):
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"algorithm '{target}': option '{item}' is not key=value")
+            raise ConfigError(f"{noun} '{target}': option '{item}' is not key=value")
         try:
             options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError as error:
             problem = str(getattr(error, "problem", None) or error).splitlines()[0]
-            raise ConfigError(f"algorithm '{target}': option {key.strip()}={value!r} is not a valid value ({problem})") from None
+            raise ConfigError(f"{noun} '{target}': option {key.strip()}={value!r} is not a valid value ({problem})") from None
     return target, options
 
 
@@ -240,16 +268,16 @@ def _top_level_items(text: str) -> list[str]:
     return [*items, text[start:]]
 
 
-def validate_options(cls: type[Algorithm], target: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Options checked against the algorithm's model; errors name the algorithm and the option.
+def validate_options(cls: type, target: str, options: dict[str, Any], noun: str = "algorithm") -> dict[str, Any]:
+    """Options checked against the plugin's model; errors name the plugin and the option.
     Unknown keys are refused here too, even when a plugin's model would ignore them."""
     model = options_model(cls)
     if not isinstance(options, dict):
-        raise ConfigError(f"algorithm '{target}': options must be a mapping of key: value, got {options!r}")
+        raise ConfigError(f"{noun} '{target}': options must be a mapping of key: value, got {options!r}")
     for key in options:
         if key not in model.model_fields:
             known = ", ".join(model.model_fields) or "none"
-            raise ConfigError(f"algorithm '{target}': unknown option '{key}' (options: {known})")
+            raise ConfigError(f"{noun} '{target}': unknown option '{key}' (options: {known})")
     try:
         return model(**options).model_dump()
     except pydantic.ValidationError as error:
@@ -257,18 +285,26 @@ def validate_options(cls: type[Algorithm], target: str, options: dict[str, Any])
         option = ".".join(str(part) for part in first["loc"])
         message = first["msg"].removeprefix("Value error, ")
         where = f"option '{option}': " if option else ""  # a check across several options names none
-        raise ConfigError(f"algorithm '{target}': {where}{message}") from None
+        raise ConfigError(f"{noun} '{target}': {where}{message}") from None
 
 
-def build_algorithm(target: str, options: dict[str, Any] | None = None) -> Algorithm:
-    cls = algorithm_class(target)
-    options = validate_options(cls, target, {} if options is None else options)
+def build_plugin(kind: PluginKind, target: str, options: dict[str, Any] | None = None) -> Any:
+    cls = plugin_class(kind, target)
+    options = validate_options(cls, target, {} if options is None else options, kind.noun)
     try:
         return cls(**options)
     except ValueError as error:  # an __init__ that checks its own arguments (Composer style)
-        raise ConfigError(f"algorithm '{target}': {error}") from None
+        raise ConfigError(f"{kind.noun} '{target}': {error}") from None
     except Exception as error:
-        raise PluginError(f"algorithm '{target}' failed in __init__: {type(error).__name__}: {error}") from error
+        raise PluginError(f"{kind.noun} '{target}' failed in __init__: {type(error).__name__}: {error}") from error
+
+
+def build_algorithm(target: str, options: dict[str, Any] | None = None) -> Algorithm:
+    return build_plugin(ALGORITHMS, target, options)
+
+
+def build_logger(target: str, options: dict[str, Any] | None = None) -> LoggerDestination:
+    return build_plugin(LOGGERS, target, options)
 
 
 def build_from_spec(spec: str) -> Algorithm:

@@ -9,8 +9,9 @@ It resolves the device and precision, fills in the defaults (a CPU demo without 
 card's recipe on request), prepares the data, checks everything that can refuse the run before its
 first write, resumes (`resume`, `autoresume`), writes the run directory (config.yaml,
 metrics.jsonl, checkpoints; local or an fsspec URL, metrics uploaded to a remote one) and trains.
-Progress is observable while it runs through `callbacks` (events) and `loggers` (each record as
-it is written); the result holds every record of the run.
+Every record goes to the console's progress bar, metrics.jsonl and the configuration's `loggers`
+(TensorBoard, MLflow, W&B, plugins); a caller also follows the run through `callbacks` (events)
+and `loggers` (destination objects); the result holds every record of the run.
 """
 
 from __future__ import annotations
@@ -18,12 +19,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import json
-import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -42,13 +40,12 @@ from composerlite.checkpoint import (
     resolve_resume,
 )
 from composerlite.composition import compose
-from composerlite.config import RunConfig, algorithm_specs, validated
+from composerlite.config import RunConfig, algorithm_specs, plugin_specs, validated
 from composerlite.distributed import unwrap_model
 from composerlite.errors import ConfigError
-from composerlite.loggers import (ConsoleLogger, JSONLinesLogger, Logger, LoggerDestination, RecordList,
-                                  UploadedJSONLinesLogger)
+from composerlite.loggers import Logger, LoggerDestination, RecordList, RunInfo
 from composerlite.plugins import store_plugins, stored_algorithms
-from composerlite.registry import build_algorithm
+from composerlite.registry import build_algorithm, build_logger
 from composerlite.runtime import default_threads, resolve_runtime
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.speed_monitor import SpeedMonitor, speed_line
@@ -59,9 +56,9 @@ from composerlite.trainer import OptimizerConfig, Trainer, seed_everything
 # With no `max_duration`, a CPU run is a demo that finishes in a few minutes on 2 cores.
 CPU_DEMO = {"max_duration": "20ba", "batch_size": 8, "seq_len": 128}
 GPU_DEFAULT = {"max_duration": "1000ba", "batch_size": 32, "seq_len": 1024}
-# A remote run directory's metrics.jsonl is at most this far behind the local mirror (and never
-# behind a checkpoint): each upload sends the whole file, so not after every step.
-METRICS_UPLOAD_INTERVAL_S = 30.0
+# Every run shows its progress bar and writes metrics.jsonl (what resume, benchmarks and reports
+# read); `loggers` naming one of these sets its options instead of adding a second.
+BUILT_IN_LOGGERS = ("console", "jsonl")
 T = TypeVar("T")
 
 
@@ -71,7 +68,10 @@ class RunResult:
 
     summary   steps, tokens, wall_s, tokens_per_s, final_train_loss, eval_loss and eval_ppl (when
               evaluated), seconds_per_algorithm, run_dir, and speed (the SpeedMonitor's summary:
-              throughput/*, memory/peak_gib, step_ms, ...; empty for a run of one step)
+              throughput/*, memory/peak_gib, step_ms, ...; empty for a run of one step).
+              tokens_per_s is the SpeedMonitor's, the rate the progress bar and the speed line
+              show too (tokens over whole step periods after warmup); a run of one step has only
+              tokens / wall_s
     records   every metrics.jsonl record of the run, in order (train and eval lines; for a resumed
               run those kept from before the resume first); on rank 0, this process's elsewhere
     config    the resolved configuration written to config.yaml, every default filled in
@@ -147,6 +147,26 @@ def plan_run(config: RunConfig) -> RunPlan:
         threads=config.threads or default_threads(),
         notes=notes,
     )
+
+
+def logger_specs(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
+    """The run's logger destinations as (target, options): the built-ins, with the options
+    `loggers` gives them, then the other `loggers` in order."""
+    built_in: dict[str, dict[str, Any]] = {name: {} for name in BUILT_IN_LOGGERS}
+    others = []
+    for target, options in plugin_specs(config.loggers, "logger"):
+        if target not in built_in:
+            others.append((target, options))
+        elif built_in[target]:
+            raise ConfigError(f"logger '{target}' is given options twice; give them once")
+        else:
+            built_in[target] = options
+    return [*built_in.items(), *others]
+
+
+def build_loggers(config: RunConfig) -> list[LoggerDestination]:
+    """The run's destinations, built and their options checked; `Logger.open` starts them."""
+    return [build_logger(target, options) for target, options in logger_specs(config)]
 
 
 def prepare_run_dir(run_dir: Location) -> None:
@@ -250,25 +270,13 @@ def _record_step(line: str) -> int:
         return 1 << 62  # a line torn by a crash mid-write: past any checkpoint
 
 
-def metrics_destination(run_dir: Location) -> JSONLinesLogger:
-    """metrics.jsonl, appended in the run directory; for a remote one, appended to a local mirror
-    (seeded from the remote copy) that is uploaded as `UploadedJSONLinesLogger` says."""
-    if run_dir.is_local:
-        return JSONLinesLogger(Path(run_dir.path) / "metrics.jsonl")
-    cache = Path(os.environ.get("COMPOSERLITE_CACHE") or Path.home() / ".cache" / "composerlite")
-    mirror = cache / "runs" / hashlib.sha256(run_dir.url.encode()).hexdigest()[:20] / "metrics.jsonl"
-    mirror.parent.mkdir(parents=True, exist_ok=True)
-    remote = run_dir.child("metrics.jsonl")
-    mirror.write_bytes(remote.read_bytes() if remote.exists() else b"")
-    return UploadedJSONLinesLogger(mirror, remote, upload_interval_s=METRICS_UPLOAD_INTERVAL_S)
-
-
 def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback] = (),
           loggers: Sequence[LoggerDestination] = (), console: Console | None = None) -> RunResult:
     """Train one run as `config` (a `RunConfig`, or a mapping of its keys) says.
 
     callbacks  observers of the run's events (`Callback` subclasses: `batch_end(state, logger)`...)
-    loggers    destinations that receive each metrics record as it is written (`log(record)`)
+    loggers    destinations that receive each metrics record as it is written (`log(record)`), besides
+               those `config.loggers` names
     console    where the progress bar and notes go (default: stderr on rank 0;
                `Console(quiet=True)` for none)
 
@@ -294,6 +302,7 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     # (tokenizing a new corpus takes minutes). The converted model's checks follow the data: the
     # Trainer converts it.
     algorithms = compose(build_algorithm(target, options) for target, options in algorithm_specs(config))
+    run_loggers = build_loggers(config)  # every rank checks them; rank 0 writes
     per_rank_batch = distributed.per_rank_batch_size(plan.batch_size)
     run_dir = location(plan.run_dir)
     def resume_url() -> str | None:  # a URL, not a Location: it travels to the other ranks
@@ -313,7 +322,7 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     seed_everything(config.seed)
     model = build_model(config.model, dropout=plan.dropout)
     records = RecordList()
-    logger = Logger([ConsoleLogger(console), records, *loggers])
+    logger = Logger([records, *loggers])
     # Every run measures its speed (throughput/* and memory/peak_gib in metrics.jsonl).
     speed = SpeedMonitor(window=20, warmup_steps=1, console=False)
     trainer = Trainer(
@@ -361,10 +370,18 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
             if leftovers:
                 console.print(f"removed what interrupted writes left: {', '.join(leftovers)}")
         # Records past the checkpoint are replayed by the resumed run; without one, none survive.
-        earlier = truncate_metrics(run_dir.child("metrics.jsonl"), read_step(resume_from) if resume_from else 0)
+        start_step = read_step(resume_from) if resume_from else 0
+        earlier = truncate_metrics(run_dir.child("metrics.jsonl"), start_step)
         store_plugins(config, run_dir)  # before config.yaml, which names the copies
         run_dir.child("config.yaml").write_bytes(yaml.safe_dump(resolved, sort_keys=False).encode())
-        logger.destinations.append(metrics_destination(run_dir))
+        opened = Logger(run_loggers)
+        try:
+            opened.open(RunInfo(run_dir=run_dir, config=resolved, console=console, start_step=start_step))
+        except BaseException:
+            with contextlib.suppress(Exception):  # the failure to open is the one to report
+                opened.close()
+            raise
+        logger.destinations.extend(run_loggers)
     for note in plan.notes:
         console.print(f"[yellow]{note}[/yellow]")
     if resume_from is not None:
@@ -376,13 +393,17 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     )
     try:
         summary = {**trainer.fit(), "speed": speed.summary}
+        if speed.summary:  # one definition of tokens/s for the summary, the speed line and the progress bar
+            summary["tokens_per_s"] = speed.summary["throughput/tokens_per_s"]
     except BaseException:
         # Best effort: the error being raised is the one to report; records past the newest
         # checkpoint are replayed on resume anyway.
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(Exception):
             logger.sync()
+        with contextlib.suppress(Exception):
+            logger.close()
         raise
-    else:
+    try:
         logger.sync()
     finally:
         logger.close()
@@ -402,8 +423,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
     """A `RunResult.summary` as the table `composerlite run` ends with."""
     table = Table(title="run summary", show_header=False)
     table.add_row("steps / tokens", f"{summary['steps']:,} / {summary['tokens']:,}")
-    table.add_row("time in training steps", f"{summary['wall_s']:.1f} s ({summary['tokens_per_s']:,.0f} tokens/s)")
     speed = summary.get("speed") or {}
+    rate = "" if speed else f" ({summary['tokens_per_s']:,.0f} tokens/s)"  # else the throughput row has it
+    table.add_row("time in training steps", f"{summary['wall_s']:.1f} s{rate}")
     if speed:
         table.add_row("throughput", f"{speed['throughput/tokens_per_s']:,.0f} tokens/s, {speed['throughput/samples_per_s']:,.1f} "
                       f"samples/s ({speed['measured_steps']} steps after warmup, data and logging included)")

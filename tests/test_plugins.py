@@ -19,7 +19,7 @@ from composerlite.commands.listing import algorithm_rows
 from composerlite.training import algorithm_specs
 from composerlite.config import load_config
 from composerlite.errors import ConfigError
-from composerlite.registry import build_algorithm, build_from_spec, options_model, registered_algorithms, split_spec
+from composerlite.registry import build_algorithm, build_from_spec, options_model, registered, registered_algorithms, split_spec
 from composerlite.surgery import count_modules, replace_modules, replace_modules_by_type
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,13 +221,13 @@ def test_two_packages_claiming_one_name_are_refused(tmp_path, monkeypatch):
     installed_plugin(tmp_path / "b", "toy_b", "toy")
     for site in ("a", "b"):
         monkeypatch.syspath_prepend(str(tmp_path / site))
-    registered_algorithms.cache_clear()
+    registered.cache_clear()
     try:
         with pytest.raises(ConfigError, match=r"'toy' is registered by several installed packages \(toy_a:Toy, toy_b:Toy\)"):
             build_algorithm("toy")
     finally:
         monkeypatch.undo()
-        registered_algorithms.cache_clear()
+        registered.cache_clear()
 
 
 # --- the Composer port -------------------------------------------------------------------------

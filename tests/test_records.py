@@ -17,7 +17,7 @@ import pytest
 
 from composerlite import cli
 from composerlite.checkpoint import find_checkpoints
-from composerlite.loggers import UploadedJSONLinesLogger
+from composerlite.loggers import JSONLinesLogger
 from composerlite.storage import location
 
 # Loaded as `--algo FILE.py:Class`: the kill comes from inside the loop, at an exact event and step.
@@ -133,12 +133,12 @@ def test_s3_metrics_are_never_behind_a_checkpoint_and_leftovers_are_cleared(s3_b
 
 def test_uploaded_metrics_lag_by_at_most_the_interval(tmp_path):
     remote = location("memory://composerlite-records/metrics.jsonl")
-    every_record = UploadedJSONLinesLogger(tmp_path / "a.jsonl", remote, upload_interval_s=0.0)
+    every_record = JSONLinesLogger(tmp_path / "a.jsonl", remote=remote, upload_interval_s=0.0)
     every_record.log({"event": "train", "step": 1})
     assert remote.read_bytes() == b'{"event": "train", "step": 1}\n'
     every_record.close()
     remote.remove()
-    hourly = UploadedJSONLinesLogger(tmp_path / "b.jsonl", remote, upload_interval_s=3600.0)
+    hourly = JSONLinesLogger(tmp_path / "b.jsonl", remote=remote, upload_interval_s=3600.0)
     hourly.log({"event": "train", "step": 1})
     assert not remote.exists()
     hourly.sync()  # what the trainer calls before each checkpoint

@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 SHARED_KEYS = {"model": "model", "budget": "max_duration", "seed": "seed", "data": "data", "batch_size": "batch_size",
                "microbatch_size": "microbatch_size", "seq_len": "seq_len", "lr": "lr", "warmup": "warmup",
                "dropout": "dropout", "precision": "precision", "device": "device", "eval_interval": "eval_interval",
-               "eval_batches": "eval_batches", "save_interval": "save_interval", "target_loss": "target_loss"}
+               "eval_batches": "eval_batches", "save_interval": "save_interval", "target_loss": "target_loss",
+               "logger": "loggers"}  # sweep's --logger
 
 
 def base_config(args: argparse.Namespace) -> RunConfig:

@@ -1,0 +1,205 @@
+"""Logger destinations as plugins: TensorBoard, MLflow and W&B (offline) write real files that
+their own libraries read back; bad names and options are refused before anything is written; a
+plugin that raises is named in one line; the progress bar says when it evaluates."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import struct
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE_TEXT
+from rich.console import Console
+
+import composerlite
+from composerlite import cli
+from composerlite.config import load_config
+from composerlite.errors import ConfigError
+from composerlite.registry import build_logger, registered_loggers
+from composerlite.training import logger_specs
+
+
+def tiny_run(run_dir: Path, data: Path, *extra: str) -> list[str]:
+    return ["run", "--model", "gpt2-tiny", "--data", str(data), "--max-duration", "2ba", "--batch-size", "2",
+            "--seq-len", "16", "--eval-interval", "2ba", "--eval-batches", "1", "--precision", "fp32",
+            "--device", "cpu", "--run-dir", str(run_dir), *extra]
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory) -> Path:
+    """One tiny run that logs to all three trackers, through the CLI; W&B offline (no network)."""
+    root = tmp_path_factory.mktemp("tracked")
+    data = root / "corpus.txt"
+    data.write_text(SAMPLE_TEXT)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COMPOSERLITE_CACHE", str(root / "cache"))
+        patch.setenv("WANDB_MODE", "offline")
+        patch.setenv("WANDB_SILENT", "true")
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        code = cli.main(tiny_run(root / "run", data, "--logger", "tensorboard", "--logger", "mlflow:experiment=tests",
+                                 "--logger", "wandb:mode=offline,project=tests"))
+    assert code == 0
+    return root / "run"
+
+
+def jsonl_records(run_dir: Path, event: str) -> list[dict]:
+    records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [record for record in records if record["event"] == event]
+
+
+def test_tensorboard_event_files_hold_every_record(tracked_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tracked_run / "tensorboard"))
+    events.Reload()
+    train = jsonl_records(tracked_run, "train")
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == pytest.approx([(r["step"], r["loss"]) for r in train])
+    assert [e.step for e in events.Scalars("throughput/tokens_per_s")] == [2]  # from the second step on
+    (evaluation,) = jsonl_records(tracked_run, "eval")
+    assert [(e.step, e.value) for e in events.Scalars("eval/eval_loss")] == pytest.approx([(2, evaluation["eval_loss"])])
+    assert "config/text_summary" in events.Tags()["tensors"]
+
+
+def test_mlflow_store_holds_the_metrics_and_the_config(tracked_run):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tracked_run / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["model"] == "gpt2-tiny"
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == pytest.approx([(r["step"], r["loss"]) for r in jsonl_records(tracked_run, "train")])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/eval_ppl")] == [2]
+
+
+def wandb_history(run_file: Path) -> list[dict]:
+    """The history rows of a W&B offline run file: a LevelDB-style log (7-byte header, then 32 KiB
+    blocks of records, each a CRC, length and type before its bytes) of `Record` protobufs."""
+    from wandb.proto import wandb_internal_pb2
+
+    raw, block, position, pending, rows = run_file.read_bytes(), 32768, 7, b"", []
+    assert raw.startswith(b":W&B")
+    while position + 7 <= len(raw):
+        left = block - position % block
+        _, length, kind = struct.unpack("<IHB", raw[position:position + 7]) if left >= 7 else (0, 0, 0)
+        if length == 0 and kind == 0:  # the padding at the end of a block
+            position += left
+            continue
+        pending += raw[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+    return rows
+
+
+def test_wandb_offline_run_files_hold_the_metrics(tracked_run):
+    (run_file,) = glob.glob(str(tracked_run / "wandb" / "offline-run-*" / "run-*.wandb"))
+    rows = wandb_history(Path(run_file))
+    losses = [(row["_step"], row["train/loss"]) for row in rows if "train/loss" in row]
+    assert losses == pytest.approx([(r["step"], r["loss"]) for r in jsonl_records(tracked_run, "train")])
+    assert any("eval/eval_loss" in row for row in rows)
+
+
+@pytest.mark.parametrize(
+    "logger, message",
+    [
+        ("warp_drive", "unknown logger 'warp_drive'; choose one of: console, jsonl, mlflow, tensorboard, wandb"),
+        ("console:speed=3", "logger 'console': unknown option 'speed' (options: refresh_per_second)"),
+        ("console:refresh_per_second=0", "logger 'console': option 'refresh_per_second'"),
+        ("tensorboard:flush_secs=soon", "logger 'tensorboard': option 'flush_secs'"),
+        ("wandb:mode=online-ish", "logger 'wandb': option 'mode'"),
+        ("mlflow:experiment", "logger 'mlflow': option 'experiment' is not key=value"),
+        ("./nowhere.py:Logger", "logger file not found"),
+    ],
+)
+def test_bad_logger_names_and_options_get_one_line_exit_2_and_write_nothing(tmp_path, text_file, capsys, logger, message):
+    assert cli.main(tiny_run(tmp_path / "run", text_file, "--logger", logger)) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_extra_names_its_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` meets when it is not installed
+    with pytest.raises(ConfigError, match=r"logger 'wandb': needs the wandb package: pip install \"composerlite\[wandb\]\""):
+        build_logger("wandb")
+
+
+PLUGINS = '''
+from composerlite.loggers import LoggerDestination
+
+class Broken(LoggerDestination):
+    """Raises at the first record."""
+    def log(self, record):
+        raise RuntimeError("disk on fire")
+
+class Counting(LoggerDestination):
+    """Counts the records it gets, in a file its option names."""
+    name = "counting"
+    def __init__(self, out: str):
+        self.out, self.count = out, 0
+    def log(self, record):
+        self.count += 1
+    def close(self):
+        open(self.out, "w").write(str(self.count))
+'''
+
+
+def test_a_user_plugin_that_raises_gets_one_line_naming_it(tmp_path, text_file, capsys):
+    (tmp_path / "plugins.py").write_text(PLUGINS)
+    assert cli.main(tiny_run(tmp_path / "run", text_file, "--logger", f"{tmp_path / 'plugins.py'}:Broken")) == 1
+    stderr = capsys.readouterr().err
+    (error,) = [line for line in stderr.splitlines() if line.startswith("composerlite: error:")]
+    assert "logger 'Broken' failed in log: RuntimeError: disk on fire" in error and "Traceback" not in stderr
+
+
+def test_a_user_plugin_from_a_yaml_config_gets_every_record(tmp_path, text_file):
+    (tmp_path / "plugins.py").write_text(PLUGINS)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(textwrap.dedent(f"""\
+        loggers:
+          - {tmp_path / 'plugins.py'}:Counting:
+              out: {tmp_path / 'count.txt'}
+          - console:refresh_per_second=5
+        """))
+    assert cli.main([*tiny_run(tmp_path / "run", text_file), "--config", str(recipe)]) == 0
+    assert (tmp_path / "count.txt").read_text() == "3"  # two train records and one eval
+
+
+def test_the_built_ins_are_always_there_and_naming_one_sets_its_options():
+    assert {"console", "jsonl"} <= set(registered_loggers())
+    config = load_config(None, {"loggers": ["tensorboard:flush_secs=1", "console:refresh_per_second=5"]})
+    assert logger_specs(config) == [("console", {"refresh_per_second": 5}), ("jsonl", {}), ("tensorboard", {"flush_secs": 1})]
+    with pytest.raises(ConfigError, match="logger 'console' is given options twice"):
+        logger_specs(load_config(None, {"loggers": ["console:refresh_per_second=5", "console:refresh_per_second=1"]}))
+
+
+def test_sweep_passes_its_loggers_to_every_run():
+    from composerlite.commands.bench import base_config
+
+    args = cli.build_parser().parse_args(["sweep", "--ratios", "0.5", "--budget", "4ba", "--logger", "tensorboard"])
+    assert base_config(args).loggers == ["tensorboard"]
+
+
+def test_the_progress_bar_says_when_it_evaluates_and_shows_the_one_tokens_per_s(tmp_path, text_file):
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=200, color_system=None)
+    result = composerlite.train({"model": "gpt2-tiny", "data": str(text_file), "max_duration": "2ba", "batch_size": 2,
+                                 "seq_len": 16, "eval_interval": "1ba", "eval_batches": 1, "precision": "fp32",
+                                 "device": "cpu", "run_dir": str(tmp_path / "run")}, console=console)
+    frames = screen.getvalue().replace("\n", "\r").split("\r")
+    evaluating = [frame for frame in frames if "evaluating" in frame]
+    assert len(evaluating) == 2 and all("ETA" in frame for frame in evaluating)  # one frame per evaluation
+    assert "evaluating" not in frames[-2] and "100%" in frames[-2]  # the last frame, before the cursor comes back
+    # One definition of tokens/s: the speed monitor's, in the summary, the speed line and the bar
+    rate = result.summary["speed"]["throughput/tokens_per_s"]
+    assert result.summary["tokens_per_s"] == rate == result.records[-2]["throughput/tokens_per_s"]
+    assert f"{rate:,.0f} tok/s" in frames[-2]
