@@ -21,6 +21,7 @@ import dataclasses
 import datetime
 import importlib.metadata
 import itertools
+import multiprocessing
 import os
 import platform
 import re
@@ -305,9 +306,13 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
     if reference not in {method.label for method in methods}:
         console.print(f"[yellow]no '{reference}' method: the report will have no speedups[/yellow]")
     device = resolve_device(base.device)
-    interleave = interleave or ("runs" if device.type == "cuda" else "steps")
+    # Step interleaving forks its workers from a fork server, which Windows lacks.
+    can_step = "forkserver" in multiprocessing.get_all_start_methods()
+    interleave = interleave or ("steps" if device.type != "cuda" and can_step else "runs")
     if interleave not in INTERLEAVE:
         raise ConfigError(f"interleave must be one of {', '.join(INTERLEAVE)}, not '{interleave}'")
+    if interleave == "steps" and not can_step:
+        raise ConfigError("--interleave steps needs the 'forkserver' start method, which this platform lacks; use runs")
     methods = with_reference_repeats(methods, reference, reference_repeats)
     out.mkdir(parents=True, exist_ok=True)
     results = open_results(out, base, methods, reference, kind)
