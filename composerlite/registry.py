@@ -107,26 +107,69 @@ def _check_is_algorithm(cls: Any, target: str) -> None:
         raise ConfigError(f"'{target}' is not a composerlite Algorithm subclass")
 
 
+# Options read from an `__init__` signature: unknown keys refused, any annotation accepted.
+_SIGNATURE_CONFIG = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+def _init_options(cls: type[Algorithm]) -> tuple[dict[str, Any], type[pydantic.BaseModel]]:
+    """(the options the `__init__`s up the class tree name themselves, as pydantic fields; the
+    `Options` model the rest are forwarded to). Each `__init__` is read in turn for as long as it
+    passes `**kwargs` on (as `super().__init__(**kwargs)` does); `Algorithm.__init__` validates the
+    declared `Options`. A Composer-style `__init__(self, a=1)` that forwards nothing takes no more."""
+    fields: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        if klass is Algorithm:
+            return fields, cls.Options
+        if klass is object:
+            break
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # unresolvable annotations: accept any value, __init__ still checks
+            hints = {}
+        parameters = list(inspect.signature(init).parameters.values())[1:]  # past self
+        for parameter in parameters:
+            if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                default = ... if parameter.default is parameter.empty else parameter.default
+                fields.setdefault(parameter.name, (hints.get(parameter.name, Any), default))  # the subclass's wins
+        if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+            break
+    return fields, NoOptions
+
+
+@functools.cache
+def _signature_model(cls: type[Algorithm]) -> type[pydantic.BaseModel] | None:
+    """The options a Composer-style `__init__` names itself, as a model (None when it names none)."""
+    fields, _ = _init_options(cls)
+    return pydantic.create_model(f"{cls.__name__}Options", __config__=_SIGNATURE_CONFIG, **fields) if fields else None
+
+
 @functools.cache
 def options_model(cls: type[Algorithm]) -> type[pydantic.BaseModel]:
-    """The algorithm's options as a pydantic model: its `Options`, or, for a class that declares
-    none but takes keyword arguments (a Composer algorithm ported by changing its imports), one
-    read from its `__init__` signature, so `--algo name:key=value` and `composerlite list` work
-    for it too."""
-    if cls.Options is not NoOptions or cls.__init__ is object.__init__:
-        return cls.Options
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # unresolvable annotations: accept any value, __init__ still checks
-        hints = {}
-    fields = {}
-    for name, parameter in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        default = ... if parameter.default is parameter.empty else parameter.default
-        fields[name] = (hints.get(name, Any), default)
-    config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    return pydantic.create_model(f"{cls.__name__}Options", __config__=config, **fields)
+    """Every option `cls(**options)` takes, as a pydantic model, for `composerlite list` and for
+    checking option names: the declared `Options`, plus the options a Composer-style `__init__`
+    names in its signature (a Composer algorithm ported by changing its imports, or a subclass that
+    adds options and forwards `**kwargs` to its parent's)."""
+    named = _signature_model(cls)
+    _, forwarded = _init_options(cls)
+    if named is None:
+        return forwarded
+    inherited = {name: (field.annotation, field) for name, field in forwarded.model_fields.items()}
+    named_fields = {name: (field.annotation, field) for name, field in named.model_fields.items()}
+    return pydantic.create_model(f"{cls.__name__}Options", __config__=_SIGNATURE_CONFIG, **{**inherited, **named_fields})
+
+
+def option_names(model: type[pydantic.BaseModel]) -> set[str]:
+    """The keys `model` accepts: its field names and their aliases (Composer's `min_seq_length`
+    for seq_len_warmup's `min_seq_len`, say)."""
+    names = set(model.model_fields)
+    for field in model.model_fields.values():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, pydantic.AliasChoices) else [alias]
+        names.update(choice for choice in choices if isinstance(choice, str))
+    return names
 
 
 def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -161,31 +204,34 @@ def _top_level_items(text: str) -> list[str]:
     return [*items, text[start:]]
 
 
-def validate_options(cls: type[Algorithm], target: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Options checked against the algorithm's model; errors name the algorithm and the option.
-    Unknown keys are refused here too, even when a plugin's model would ignore them."""
-    model = options_model(cls)
+def build_algorithm(target: str, options: dict[str, Any] | None = None) -> Algorithm:
+    """The algorithm `target` names, built with `options`. Each option is validated once: those a
+    Composer-style `__init__` names itself here, against its signature; the rest by the class's own
+    `Options` in `Algorithm.__init__`. Either way a bad one is a `ConfigError` naming the algorithm
+    and the option; unknown keys are refused up front, even when a plugin's model would ignore them."""
+    cls = algorithm_class(target)
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise ConfigError(f"algorithm '{target}': options must be a mapping of key: value, got {options!r}")
+    model = options_model(cls)
     for key in options:
-        if key not in model.model_fields:
+        if key not in option_names(model):
             known = ", ".join(model.model_fields) or "none"
             raise ConfigError(f"algorithm '{target}': unknown option '{key}' (options: {known})")
     try:
-        return model(**options).model_dump()
+        named = _signature_model(cls)
+        if named is not None:
+            own = named(**{key: value for key, value in options.items() if key in named.model_fields}).model_dump()
+            options = {**options, **own}
+        return cls(**options)
     except pydantic.ValidationError as error:
         first = error.errors()[0]
         option = ".".join(str(part) for part in first["loc"])
         message = first["msg"].removeprefix("Value error, ")
         where = f"option '{option}': " if option else ""  # a check across several options names none
         raise ConfigError(f"algorithm '{target}': {where}{message}") from None
-
-
-def build_algorithm(target: str, options: dict[str, Any] | None = None) -> Algorithm:
-    cls = algorithm_class(target)
-    options = validate_options(cls, target, {} if options is None else options)
-    try:
-        return cls(**options)
+    except ConfigError:
+        raise  # a bundle's member refused its options: the message already names it
     except ValueError as error:  # an __init__ that checks its own arguments (Composer style)
         raise ConfigError(f"algorithm '{target}': {error}") from None
     except Exception as error:
