@@ -1,8 +1,9 @@
 """`Algorithm` and `Callback`: the two ways to attach code to the training loop's events.
 
 An algorithm changes training (the model, the batch, the loss, the optimizer); a callback only
-observes it (logging, monitoring). The API is Composer's, so a Composer algorithm that only touches
-the model, the batch, the loss or the optimizer ports by changing its imports.
+observes it (logging, monitoring). The API is Composer's: a Composer algorithm that uses the part of
+Composer's `State` and `Time` that composerlite has ports by changing its imports (the README's
+"Composer algorithms port" paragraph lists that part and what does not port).
 """
 
 from __future__ import annotations
