@@ -45,9 +45,10 @@ class State:
     write into it through its `Location` methods (`state.run_dir.child("x.txt").write_bytes(...)`),
     which work for both.
 
-    Composer's `State` names a plugin reads are here too: `optimizers`, `schedulers`,
-    `get_elapsed_duration()`, `max_duration`, `timestamp` (whose counters are `Time`s),
-    `rank_zero_seed`, `model`, `batch`, `outputs`, `loss`, `device`.
+    Composer's `State` names a plugin reads are here too: `optimizers`, `get_elapsed_duration()`,
+    `max_duration`, `timestamp` (whose counters are `Time`s), `rank_zero_seed`, `model`, `batch`,
+    `outputs`, `loss`. `schedulers` holds composerlite schedules (`schedule.Scheduler`), not torch
+    LR schedulers, and `device` is a `torch.device`, not Composer's `Device`.
     """
 
     model: torch.nn.Module
