@@ -111,18 +111,22 @@ def _check_is_algorithm(cls: Any, target: str) -> None:
 _SIGNATURE_CONFIG = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
 
-def _init_options(cls: type[Algorithm]) -> tuple[dict[str, Any], type[pydantic.BaseModel]]:
-    """(the options the `__init__`s up the class tree name themselves, as pydantic fields; the
-    `Options` model the rest are forwarded to). Each `__init__` is read in turn for as long as it
-    passes `**kwargs` on (as `super().__init__(**kwargs)` does); `Algorithm.__init__` validates the
-    declared `Options`. A Composer-style `__init__(self, a=1)` that forwards nothing takes no more."""
+@functools.cache
+def _init_options(cls: type[Algorithm]) -> tuple[type[pydantic.BaseModel] | None, type[pydantic.BaseModel] | None]:
+    """(the model the registry validates options against before passing them to `cls`, or None;
+    the model `Algorithm.__init__` validates the rest against, or None). Each `__init__` up the
+    class tree is read for as long as it passes `**kwargs` on (as `super().__init__(**kwargs)` does):
+    the parameters they name themselves are the registry's to validate (a Composer-style
+    `__init__(self, a=1)`, or a subclass adding options to a built-in), and what reaches
+    `Algorithm.__init__` is validated there by the declared `Options`. An `__init__` that forwards
+    nothing but takes the declared `Options` as its arguments gets them validated by the registry."""
     fields: dict[str, Any] = {}
     for klass in cls.__mro__:
         init = vars(klass).get("__init__")
         if init is None:
             continue
         if klass is Algorithm:
-            return fields, cls.Options
+            return _fields_model(cls, fields), cls.Options
         if klass is object:
             break
         try:
@@ -136,13 +140,12 @@ def _init_options(cls: type[Algorithm]) -> tuple[dict[str, Any], type[pydantic.B
                 fields.setdefault(parameter.name, (hints.get(parameter.name, Any), default))  # the subclass's wins
         if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
             break
-    return fields, NoOptions
+    if cls.Options is not NoOptions:
+        return cls.Options, None
+    return _fields_model(cls, fields), None
 
 
-@functools.cache
-def _signature_model(cls: type[Algorithm]) -> type[pydantic.BaseModel] | None:
-    """The options a Composer-style `__init__` names itself, as a model (None when it names none)."""
-    fields, _ = _init_options(cls)
+def _fields_model(cls: type[Algorithm], fields: dict[str, Any]) -> type[pydantic.BaseModel] | None:
     return pydantic.create_model(f"{cls.__name__}Options", __config__=_SIGNATURE_CONFIG, **fields) if fields else None
 
 
@@ -152,13 +155,11 @@ def options_model(cls: type[Algorithm]) -> type[pydantic.BaseModel]:
     checking option names: the declared `Options`, plus the options a Composer-style `__init__`
     names in its signature (a Composer algorithm ported by changing its imports, or a subclass that
     adds options and forwards `**kwargs` to its parent's)."""
-    named = _signature_model(cls)
-    _, forwarded = _init_options(cls)
-    if named is None:
-        return forwarded
-    inherited = {name: (field.annotation, field) for name, field in forwarded.model_fields.items()}
-    named_fields = {name: (field.annotation, field) for name, field in named.model_fields.items()}
-    return pydantic.create_model(f"{cls.__name__}Options", __config__=_SIGNATURE_CONFIG, **{**inherited, **named_fields})
+    own, forwarded = _init_options(cls)
+    if own is None or forwarded is None:
+        return own or forwarded or NoOptions
+    fields = {name: (field.annotation, field) for model in (forwarded, own) for name, field in model.model_fields.items()}
+    return pydantic.create_model(f"{cls.__name__}Options", __config__=_SIGNATURE_CONFIG, **fields)
 
 
 def option_names(model: type[pydantic.BaseModel]) -> set[str]:
@@ -205,9 +206,9 @@ def _top_level_items(text: str) -> list[str]:
 
 
 def build_algorithm(target: str, options: dict[str, Any] | None = None) -> Algorithm:
-    """The algorithm `target` names, built with `options`. Each option is validated once: those a
-    Composer-style `__init__` names itself here, against its signature; the rest by the class's own
-    `Options` in `Algorithm.__init__`. Either way a bad one is a `ConfigError` naming the algorithm
+    """The algorithm `target` names, built with `options`. Each option is validated once: those
+    an `__init__` takes as its own arguments here (against its signature, or the declared `Options`
+    it takes them as); the rest by the declared `Options` in `Algorithm.__init__`. Either way a bad one is a `ConfigError` naming the algorithm
     and the option; unknown keys are refused up front, even when a plugin's model would ignore them."""
     cls = algorithm_class(target)
     options = {} if options is None else options
@@ -219,10 +220,11 @@ def build_algorithm(target: str, options: dict[str, Any] | None = None) -> Algor
             known = ", ".join(model.model_fields) or "none"
             raise ConfigError(f"algorithm '{target}': unknown option '{key}' (options: {known})")
     try:
-        named = _signature_model(cls)
-        if named is not None:
-            own = named(**{key: value for key, value in options.items() if key in named.model_fields}).model_dump()
-            options = {**options, **own}
+        own, _ = _init_options(cls)
+        if own is not None:
+            keys = option_names(own)
+            validated = own(**{key: value for key, value in options.items() if key in keys}).model_dump()
+            options = {**{key: value for key, value in options.items() if key not in keys}, **validated}
         return cls(**options)
     except pydantic.ValidationError as error:
         first = error.errors()[0]
