@@ -1,8 +1,9 @@
 """`Algorithm` and `Callback`: the two ways to attach code to the training loop's events.
 
 An algorithm changes training (the model, the batch, the loss, the optimizer); a callback only
-observes it (logging, monitoring). The API is Composer's, so a Composer algorithm that only touches
-the model, the batch, the loss or the optimizer ports by changing its imports.
+observes it (logging, monitoring). The API is Composer's: a Composer algorithm that uses the part of
+Composer's `State` and `Time` that composerlite has ports by changing its imports (the README's
+"Composer algorithms port" paragraph lists that part and what does not port).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import pydantic
 from composerlite.event import Event
 
 if TYPE_CHECKING:
+    import torch
+
     from composerlite.loggers import Logger
     from composerlite.state import State
 
@@ -48,6 +51,11 @@ class Algorithm:
       requires       names or capabilities some *other* algorithm in the run must provide
       conflicts      names or capabilities this algorithm cannot run beside
       order          an `Order` class; the engine runs algorithms sorted by it, then as listed
+
+    Options arrive as keyword arguments and are validated once, here, into `self.options` (an
+    `Options`). A subclass that sets up more takes `**options` and calls `super().__init__(**options)`
+    first. A Composer-style `__init__(self, max_seq_len=64)` that keeps its own attributes works
+    too: the registry reads its options from the signature (see `registry.options_model`).
     """
 
     name: ClassVar[str] = ""
@@ -61,11 +69,20 @@ class Algorithm:
     conflicts: ClassVar[tuple[str, ...]] = ()
     order: ClassVar[int] = Order.DEFAULT
 
+    def __init__(self, **options: Any):
+        self.options = self.Options(**options)
+
     def match(self, event: Event, state: State) -> bool:
         raise NotImplementedError
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         raise NotImplementedError
+
+    def expand(self, device: torch.device, precision: str) -> list[Algorithm]:
+        """The algorithms this one runs as on `device` at `precision`: itself. A bundle
+        (fused_kernels) returns itself and the members it applies there, which then compose and
+        run as if listed one by one, each with its own order, provides, requires and conflicts."""
+        return [self]
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -74,7 +91,10 @@ class Algorithm:
         pass
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        options = getattr(self, "options", None)  # a Composer-style __init__ keeps attributes of its own
+        dumped = options.model_dump() if isinstance(options, pydantic.BaseModel) else {}
+        shown = ", ".join(f"{key}={value!r}" for key, value in dumped.items())
+        return f"{type(self).__name__}({shown})"
 
 
 class ModelConverter(Algorithm):
@@ -82,11 +102,10 @@ class ModelConverter(Algorithm):
     forward or loss, an optimizer factory, a rescaled budget (as torchtitan's model converters).
     A subclass sets `name` and `Options` and implements `convert(state)`, which returns what it
     did ({"replaced": 12}, or None): logged as `<name>/<key>` into the first step's metrics record
-    and kept in the state_dict with the options. Options arrive as keyword arguments
-    (`self.options` is the validated `Options`)."""
+    and kept in the state_dict with the options."""
 
     def __init__(self, **options: Any):
-        self.options = self.Options(**options)
+        super().__init__(**options)
         self.report: dict[str, Any] = {}
 
     def convert(self, state: State) -> dict[str, Any] | None:
@@ -102,10 +121,6 @@ class ModelConverter(Algorithm):
 
     def state_dict(self) -> dict[str, Any]:
         return {"options": self.options.model_dump(), **self.report}
-
-    def __repr__(self) -> str:
-        options = ", ".join(f"{key}={value!r}" for key, value in self.options.model_dump().items())
-        return f"{type(self).__name__}({options})"
 
 
 class Callback:

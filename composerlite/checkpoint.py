@@ -78,7 +78,7 @@ class CorruptCheckpoint(ConfigError):
 
 
 def checkpoint_name(state: State) -> str:
-    return f"ba{state.timestamp.batch:08d}"
+    return f"ba{state.timestamp.batch.value:08d}"
 
 
 # -- RNG -----------------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def _publish(folder: Location, state: State, files: dict[str, bytes], written: d
         folder.child(name).write_bytes(data)
     manifest = {
         "format": format_version,
-        "step": state.timestamp.batch,
+        "step": state.timestamp.batch.value,
         "world_size": distributed.world_size(),
         "files": {**(written or {}), **{name: _entry(data) for name, data in files.items()}},
     }

@@ -7,6 +7,10 @@ Each algorithm class declares (all optional, see `Algorithm`):
     order      an `Order` priority class
 
 The rules:
+  0. A bundle (fused_kernels) counts as the members it applies on this device and precision
+     (`Algorithm.expand`), each with its own declarations and order, as if the user had listed
+     them in the bundle's place; a member it skips (with the reason it reports) claims nothing.
+     Messages name a member as `bundle/member`.
   1. Two algorithms that provide the same capability are rejected (both would replace the same
      thing, and the second would silently undo or break the first). Listing one algorithm twice
      is rejected the same way when it provides anything.
@@ -25,14 +29,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from composerlite.algorithm import Algorithm
 from composerlite.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
 
 @dataclasses.dataclass(frozen=True)
 class Declaration:
-    """What an algorithm declares about the others in its run, under the name errors call it by.
+    """What an algorithm declares about the others in its run. `label` is the name `requires` and
+    `conflicts` match; `shown` the one messages use (a bundle's member: `fused_kernels/fused_layernorm`).
     Read from built algorithms (`of`) or, before any is built, from their classes
     (`composerlite.registry.declaration`)."""
 
@@ -40,39 +49,44 @@ class Declaration:
     provides: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     conflicts: tuple[str, ...] = ()
+    shown: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.shown or self.label
 
     @classmethod
-    def of(cls, algorithm: Algorithm) -> Declaration:
+    def of(cls, algorithm: Algorithm, shown: str = "") -> Declaration:
         # Imported here: the engine imports torch, which a check from the classes alone must not.
         from composerlite.engine import algorithm_label
 
         return cls(algorithm_label(algorithm), tuple(algorithm.provides), tuple(algorithm.requires),
-                   tuple(algorithm.conflicts))
+                   tuple(algorithm.conflicts), shown)
 
 
 def check_composition(declarations: list[Declaration]) -> None:
     """Raise ConfigError (one line, naming both algorithms) for an impossible combination."""
     provider: dict[str, str] = {}
     for declaration in declarations:
-        label = declaration.label
         for capability in declaration.provides:
             if capability in provider:
                 first = provider[capability]
-                who = f"algorithm '{label}' is listed twice and takes" if first == label else f"algorithms '{first}' and '{label}' both take"
+                who = (f"algorithm '{declaration.name}' is listed twice and takes" if first == declaration.name
+                       else f"algorithms '{first}' and '{declaration.name}' both take")
                 raise ConfigError(f"{who} over {capability}, so one would undo the other; keep only one")
-            provider[capability] = label
+            provider[capability] = declaration.name
     for index, declaration in enumerate(declarations):
         others = [other for i, other in enumerate(declarations) if i != index]
         for wanted in declaration.requires:
             if not any(wanted == other.label or wanted in other.provides for other in others):
                 raise ConfigError(
-                    f"algorithm '{declaration.label}' requires '{wanted}', which no other algorithm in this run provides"
+                    f"algorithm '{declaration.name}' requires '{wanted}', which no other algorithm in this run provides"
                 )
         for excluded in declaration.conflicts:
             for other in others:
                 if excluded == other.label or excluded in other.provides:
                     reason = "" if excluded == other.label else f" (both touch {excluded})"
-                    raise ConfigError(f"algorithm '{declaration.label}' cannot run with '{other.label}'{reason}; keep only one")
+                    raise ConfigError(f"algorithm '{declaration.name}' cannot run with '{other.name}'{reason}; keep only one")
 
 
 def ordered(algorithms: Iterable[Algorithm]) -> list[Algorithm]:
@@ -80,8 +94,22 @@ def ordered(algorithms: Iterable[Algorithm]) -> list[Algorithm]:
     return sorted(algorithms, key=lambda algorithm: int(algorithm.order))
 
 
-def compose(algorithms: Iterable[Algorithm]) -> list[Algorithm]:
-    """The run's algorithms, checked and in the order the engine will run them."""
-    algorithms = list(algorithms)
-    check_composition([Declaration.of(algorithm) for algorithm in algorithms])
-    return ordered(algorithms)
+def compose(algorithms: Iterable[Algorithm], device: torch.device | None = None, precision: str = "fp32") -> list[Algorithm]:
+    """The run's algorithms, bundles expanded into the members they apply on `device` at
+    `precision` (in the bundle's place in the user's list), checked and in the order the engine
+    will run them. The trainer passes its device and precision; a check without one plans as a
+    CPU run in fp32."""
+    import torch
+
+    from composerlite.engine import algorithm_label
+
+    device = device if device is not None else torch.device("cpu")
+    expanded: list[Algorithm] = []
+    declarations: list[Declaration] = []
+    for algorithm in algorithms:
+        for part in algorithm.expand(device, precision):
+            shown = f"{algorithm_label(algorithm)}/{algorithm_label(part)}" if part is not algorithm else ""
+            expanded.append(part)
+            declarations.append(Declaration.of(part, shown))
+    check_composition(declarations)
+    return ordered(expanded)

@@ -133,7 +133,7 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     return {
         "run_dir": run_dir.url,
         "checkpoint": checkpoint.url,
-        "step": state.timestamp.batch,
+        "step": state.timestamp.batch.value,
         "model": config.model,
         "algorithms": [target for target, _ in algorithm_specs(config)],
         "data": corpus.name,

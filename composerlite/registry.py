@@ -214,26 +214,70 @@ def _literal_declaration(file: Path, class_name: str) -> Declaration | None:
     return Declaration(values["name"] or class_name, values["provides"], values["requires"], values["conflicts"])
 
 
+# Options read from an `__init__` signature: unknown keys refused, any annotation accepted.
+_SIGNATURE_CONFIG = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
 @functools.cache
-def options_model(cls: type) -> type[pydantic.BaseModel]:
-    """The plugin's options as a pydantic model: its `Options`, or, for a class that declares
-    none but takes keyword arguments (a Composer algorithm ported by changing its imports), one
-    read from its `__init__` signature, so `--algo name:key=value` and `composerlite list` work
-    for it too."""
-    if cls.Options is not NoOptions or cls.__init__ is object.__init__:
-        return cls.Options
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # unresolvable annotations: accept any value, __init__ still checks
-        hints = {}
-    fields = {}
-    for name, parameter in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+def _init_options(cls: type[Algorithm]) -> tuple[type[pydantic.BaseModel] | None, type[pydantic.BaseModel] | None]:
+    """(the model the registry validates options against before passing them to `cls`, or None;
+    the model `Algorithm.__init__` validates the rest against, or None). Each `__init__` up the
+    class tree is read for as long as it passes `**kwargs` on (as `super().__init__(**kwargs)` does):
+    the parameters they name themselves are the registry's to validate (a Composer-style
+    `__init__(self, a=1)`, or a subclass adding options to a built-in), and what reaches
+    `Algorithm.__init__` is validated there by the declared `Options`. An `__init__` that forwards
+    nothing but takes the declared `Options` as its arguments gets them validated by the registry."""
+    fields: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
             continue
-        default = ... if parameter.default is parameter.empty else parameter.default
-        fields[name] = (hints.get(name, Any), default)
-    config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    return pydantic.create_model(f"{cls.__name__}Options", __config__=config, **fields)
+        if klass is Algorithm:
+            return _fields_model(cls, fields), cls.Options
+        if klass is object:
+            break
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # unresolvable annotations: accept any value, __init__ still checks
+            hints = {}
+        parameters = list(inspect.signature(init).parameters.values())[1:]  # past self
+        for parameter in parameters:
+            if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                default = ... if parameter.default is parameter.empty else parameter.default
+                fields.setdefault(parameter.name, (hints.get(parameter.name, Any), default))  # the subclass's wins
+        if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+            break
+    if cls.Options is not NoOptions:
+        return cls.Options, None
+    return _fields_model(cls, fields), None
+
+
+def _fields_model(cls: type[Algorithm], fields: dict[str, Any]) -> type[pydantic.BaseModel] | None:
+    return pydantic.create_model(f"{cls.__name__}Options", __config__=_SIGNATURE_CONFIG, **fields) if fields else None
+
+
+@functools.cache
+def options_model(cls: type[Algorithm]) -> type[pydantic.BaseModel]:
+    """Every option `cls(**options)` takes, as a pydantic model, for `composerlite list` and for
+    checking option names: the declared `Options`, plus the options a Composer-style `__init__`
+    names in its signature (a Composer algorithm ported by changing its imports, or a subclass that
+    adds options and forwards `**kwargs` to its parent's)."""
+    own, forwarded = _init_options(cls)
+    if own is None or forwarded is None:
+        return own or forwarded or NoOptions
+    fields = {name: (field.annotation, field) for model in (forwarded, own) for name, field in model.model_fields.items()}
+    return pydantic.create_model(f"{cls.__name__}Options", __config__=_SIGNATURE_CONFIG, **fields)
+
+
+def option_names(model: type[pydantic.BaseModel]) -> set[str]:
+    """The keys `model` accepts: its field names and their aliases (Composer's `min_seq_length`
+    for seq_len_warmup's `min_seq_len`, say)."""
+    names = set(model.model_fields)
+    for field in model.model_fields.values():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, pydantic.AliasChoices) else [alias]
+        names.update(choice for choice in choices if isinstance(choice, str))
+    return names
 
 
 def split_spec(spec: str, noun: str = "algorithm") -> tuple[str, dict[str, Any]]:
@@ -268,32 +312,37 @@ def _top_level_items(text: str) -> list[str]:
     return [*items, text[start:]]
 
 
-def validate_options(cls: type, target: str, options: dict[str, Any], noun: str = "algorithm") -> dict[str, Any]:
-    """Options checked against the plugin's model; errors name the plugin and the option.
-    Unknown keys are refused here too, even when a plugin's model would ignore them."""
-    model = options_model(cls)
+def build_plugin(kind: PluginKind, target: str, options: dict[str, Any] | None = None) -> Any:
+    """The plugin `target` names, built with `options`. Each option is validated once: those an
+    `__init__` takes as its own arguments here (against its signature, or the declared `Options` it
+    takes them as); for an algorithm, the rest by the declared `Options` in `Algorithm.__init__`.
+    Either way a bad one is a `ConfigError` naming the plugin and the option; unknown keys are
+    refused up front, even when a plugin's model would ignore them."""
+    cls = plugin_class(kind, target)
+    options = {} if options is None else options
     if not isinstance(options, dict):
-        raise ConfigError(f"{noun} '{target}': options must be a mapping of key: value, got {options!r}")
+        raise ConfigError(f"{kind.noun} '{target}': options must be a mapping of key: value, got {options!r}")
+    model = options_model(cls)
     for key in options:
-        if key not in model.model_fields:
+        if key not in option_names(model):
             known = ", ".join(model.model_fields) or "none"
-            raise ConfigError(f"{noun} '{target}': unknown option '{key}' (options: {known})")
+            raise ConfigError(f"{kind.noun} '{target}': unknown option '{key}' (options: {known})")
     try:
-        return model(**options).model_dump()
+        own, _ = _init_options(cls)
+        if own is not None:
+            keys = option_names(own)
+            validated = own(**{key: value for key, value in options.items() if key in keys}).model_dump()
+            options = {**{key: value for key, value in options.items() if key not in keys}, **validated}
+        return cls(**options)
     except pydantic.ValidationError as error:
         first = error.errors()[0]
         option = ".".join(str(part) for part in first["loc"])
         message = first["msg"].removeprefix("Value error, ")
         where = f"option '{option}': " if option else ""  # a check across several options names none
-        raise ConfigError(f"{noun} '{target}': {where}{message}") from None
-
-
-def build_plugin(kind: PluginKind, target: str, options: dict[str, Any] | None = None) -> Any:
-    cls = plugin_class(kind, target)
-    options = validate_options(cls, target, {} if options is None else options, kind.noun)
-    try:
-        return cls(**options)
+        raise ConfigError(f"{kind.noun} '{target}': {where}{message}") from None
     except ValueError as error:  # an __init__ that checks its own arguments (Composer style)
+        if isinstance(error, ConfigError) and str(error).startswith(f"{kind.noun} '{target}"):
+            raise  # a bundle's member refused its options: the message already names it
         raise ConfigError(f"{kind.noun} '{target}': {error}") from None
     except Exception as error:
         raise PluginError(f"{kind.noun} '{target}' failed in __init__: {type(error).__name__}: {error}") from error

@@ -9,10 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Protocol
 
 import torch
 
 from composerlite.time import Time, Timestamp
+
+
+class Scheduler(Protocol):
+    """What `State.schedulers` holds: the trainer calls `step` once a batch, after the gradients and
+    before the optimizer step, with the time before and after that batch."""
+
+    def step(self, optimizer: torch.optim.Optimizer, start: Timestamp, end: Timestamp, max_duration: Time) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclasses.dataclass
@@ -39,7 +51,7 @@ class WarmupDecaySchedule:
         if self.warmup.value > 0 and not end.reached(self.warmup, max_duration):
             if self.warmup.unit.value == "dur":
                 return end.fraction_of(max_duration) / self.warmup.value
-            return end.get(self.warmup.unit) / self.warmup.value
+            return end.get(self.warmup.unit).value / self.warmup.value
         fraction = start.fraction_of(max_duration)
         if self.decay_start is None:
             self.decay_start = fraction
@@ -56,7 +68,9 @@ class WarmupDecaySchedule:
     def step(self, optimizer: torch.optim.Optimizer, start: Timestamp, end: Timestamp, max_duration: Time) -> None:
         factor = self.multiplier(start, end, max_duration)
         for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
+            # An optimizer a plugin built (Composer's `state.optimizers = ...`) peaks at its own LR,
+            # as a torch LR scheduler makes it: `initial_lr` is the LR it came with.
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
 
     def state_dict(self) -> dict:
         return {"decay_start": self.decay_start}

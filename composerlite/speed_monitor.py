@@ -180,15 +180,15 @@ class SpeedMonitor(Callback):
         self._seen = 0
         self._memory = None
         self._started = self._mark = time.perf_counter()
-        self._counts = (state.timestamp.token, state.timestamp.sample)
+        self._counts = (state.timestamp.token.value, state.timestamp.sample.value)
 
     def batch_end(self, state, logger) -> None:
         now = time.perf_counter()
         seconds = now - self._mark - self._excluded
         self._mark, self._excluded = now, 0.0
         t = state.timestamp
-        tokens, samples = t.token - self._counts[0], t.sample - self._counts[1]
-        self._counts = (t.token, t.sample)
+        tokens, samples = t.token.value - self._counts[0], t.sample.value - self._counts[1]
+        self._counts = (t.token.value, t.sample.value)
         self._seen += 1
         seq_len = int(state.batch["input_ids"].shape[1])
         if seq_len not in self._flops_per_token:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from composerlite.time import Time, Timestamp
+from composerlite.schedule import Scheduler
+from composerlite.storage import Location
+from composerlite.time import Time, Timestamp, TimeUnit
+
+if TYPE_CHECKING:
+    from composerlite.algorithm import Algorithm, Callback
 
 
 def logits_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -35,21 +40,30 @@ class State:
     cross-entropy, whatever objective `loss_fn` trains (label smoothing, an auxiliary term), so
     held-out losses compare across methods. An algorithm that changes what `forward_fn` returns
     sets it too, to the same cross-entropy computed from its outputs (fused_cross_entropy does).
+
+    `run_dir` is where the run's files go, a local folder or an fsspec URL (`s3://bucket/run`):
+    write into it through its `Location` methods (`state.run_dir.child("x.txt").write_bytes(...)`),
+    which work for both.
+
+    Composer's `State` names a plugin reads are here too: `optimizers`, `get_elapsed_duration()`,
+    `max_duration`, `timestamp` (whose counters are `Time`s), `rank_zero_seed`, `model`, `batch`,
+    `outputs`, `loss`. `schedulers` holds composerlite schedules (`schedule.Scheduler`), not torch
+    LR schedulers, and `device` is a `torch.device`, not Composer's `Device`.
     """
 
     model: torch.nn.Module
     max_duration: Time
     device: torch.device
     precision: str
-    seed: int
-    run_dir: Path
+    seed: int  # the run's seed, the same on every rank: Composer's `rank_zero_seed`
+    run_dir: Location
     optimizer: torch.optim.Optimizer | None = None
     # Builds `optimizer` from the converted model after INIT; an algorithm may replace it at INIT
     # (e.g. to switch on a fused kernel) without knowing the trainer's optimizer settings.
     optimizer_factory: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None
-    schedulers: list[Any] = dataclasses.field(default_factory=list)
-    algorithms: list[Any] = dataclasses.field(default_factory=list)
-    callbacks: list[Any] = dataclasses.field(default_factory=list)
+    schedulers: list[Scheduler] = dataclasses.field(default_factory=list)
+    algorithms: list[Algorithm] = dataclasses.field(default_factory=list)
+    callbacks: list[Callback] = dataclasses.field(default_factory=list)
     timestamp: Timestamp = dataclasses.field(default_factory=Timestamp)
     forward_fn: Callable[[torch.nn.Module, dict], Any] = logits_forward
     loss_fn: Callable[[Any, dict], torch.Tensor] = shifted_cross_entropy
@@ -77,3 +91,35 @@ class State:
 
     def reached(self, time: Time) -> bool:
         return self.timestamp.reached(time, self.max_duration)
+
+    # -- Composer's names ----------------------------------------------------------------------
+
+    def get_elapsed_duration(self) -> Time:
+        """The fraction of the budget used, as a `dur` Time (Composer's; `fraction_done` as a number)."""
+        return Time(self.fraction_done, TimeUnit.DURATION)
+
+    @property
+    def rank_zero_seed(self) -> int:
+        return self.seed
+
+    @property
+    def optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
+        """Composer's sequence of optimizers: here the one `optimizer`. It is built after INIT, over
+        the converted model, so at INIT there is none yet: reading or setting it then raises, rather
+        than leave a Composer algorithm that wraps the optimizer at INIT silently doing nothing (set
+        `optimizer_factory` at INIT instead)."""
+        self._check_optimizer_built()
+        return (self.optimizer,)
+
+    @optimizers.setter
+    def optimizers(self, optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer]) -> None:
+        self._check_optimizer_built()
+        optimizers = (optimizers,) if isinstance(optimizers, torch.optim.Optimizer) else tuple(optimizers)
+        if len(optimizers) != 1:
+            raise ValueError(f"composerlite steps one optimizer; got {len(optimizers)}")
+        self.optimizer = optimizers[0]
+
+    def _check_optimizer_built(self) -> None:
+        if self.optimizer is None:
+            raise RuntimeError("state.optimizers: the optimizer is built after INIT, over the converted model; "
+                               "at INIT, replace state.optimizer_factory instead")

@@ -151,7 +151,7 @@ def table(records: list[dict[str, Any]], title: str = "throughput") -> Table:
         base = baselines.get((r["model"], r["batch_size"], r["precision"]))
         notes = "; ".join(
             f"skipped {name}" for state in r["algorithm_state"] for name in state.get("skipped", {})
-        ) + "".join(f" graph breaks {s['compile']['graph_breaks']}" for s in r["algorithm_state"] if s.get("compile"))
+        ) + "".join(f" graph breaks {s['graph_breaks']}" for s in r["algorithm_state"] if "graph_breaks" in s)
         out.add_row(r["model"], label, r["precision"], str(r["batch_size"]), f"{r['tokens_per_s']:,.0f}",
                     f"{r['tokens_per_s'] / base:.2f}x" if base else "-",
                     f"{r['mfu']:.1%}" if r["mfu"] is not None else "-", f"{r['step_ms']:.1f}",

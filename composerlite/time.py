@@ -31,19 +31,23 @@ _INTEGRAL = frozenset({TimeUnit.EPOCH, TimeUnit.BATCH, TimeUnit.SAMPLE, TimeUnit
 _TIME_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(ep|ba|sp|tok|dur|s|min|h)\s*$")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Time:
+    """A quantity of training time, with Composer's `Time` API: `.value` and `.unit`; comparison
+    with a `Time` of the same unit or with a bare number (read in this unit, so
+    `state.timestamp.batch < 42` works); `+`, `-` and `%` likewise; `*` and `/` by a number scale it;
+    a `Time` divided by one of the same unit is a `dur` fraction; `int()` and `float()` give the value.
+    Mixing units is an error, as in Composer."""
+
     value: float
     unit: TimeUnit
 
     def __post_init__(self):
-        if self.value < 0:
-            raise ValueError(f"time must be non-negative, got {self.value}{self.unit.value}")
-        if self.unit is TimeUnit.DURATION and self.value > 1:
-            raise ValueError(f"a 'dur' time is a fraction of training in [0, 1], got {self.value}dur")
+        object.__setattr__(self, "unit", TimeUnit(self.unit))  # Composer accepts "ba" as well as TimeUnit.BATCH
 
     @classmethod
     def parse(cls, text: str | Time) -> Time:
+        """A time a user typed ("1000ba"): checked to be non-negative, and a `dur` at most 1."""
         if isinstance(text, Time):
             return text
         match = _TIME_RE.match(str(text))
@@ -59,7 +63,11 @@ class Time:
             if value != int(value):
                 raise ValueError(f"{text!r}: {unit.value} counts whole units")
             value = int(value)
+        if unit is TimeUnit.DURATION and value > 1:
+            raise ValueError(f"a 'dur' time is a fraction of training in [0, 1], got {value}dur")
         return cls(value, unit)
+
+    from_timestring = parse  # Composer's name
 
     @property
     def is_wall_clock(self) -> bool:
@@ -68,31 +76,125 @@ class Time:
     def seconds(self) -> float:
         return self.value * _SECONDS_PER[self.unit]
 
-    def __mul__(self, factor: float) -> Time:
+    def _value_of(self, other: Time | float | str) -> float:
+        """`other`'s value in this unit: a bare number is taken to be in it, as Composer does."""
+        if isinstance(other, str):
+            other = Time.parse(other)
+        if isinstance(other, Time):
+            if other.unit is not self.unit:
+                raise ValueError(f"cannot combine {self} with {other}: the units differ")
+            return other.value
+        if isinstance(other, (int, float)):
+            return other
+        raise TypeError(f"cannot combine {self} with {type(other).__name__}")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            other = Time.parse(other)
+        if isinstance(other, Time):
+            return other.unit is self.unit and other.value == self.value
+        if isinstance(other, (int, float)):
+            return self.value == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.value, self.unit))
+
+    def __lt__(self, other: Time | float | str) -> bool:
+        return self.value < self._value_of(other)
+
+    def __le__(self, other: Time | float | str) -> bool:
+        return self.value <= self._value_of(other)
+
+    def __gt__(self, other: Time | float | str) -> bool:
+        return self.value > self._value_of(other)
+
+    def __ge__(self, other: Time | float | str) -> bool:
+        return self.value >= self._value_of(other)
+
+    def __add__(self, other: Time | float | str) -> Time:
+        return Time(self.value + self._value_of(other), self.unit)
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Time | float | str) -> Time:
+        return Time(self.value - self._value_of(other), self.unit)
+
+    def __rsub__(self, other: Time | float | str) -> Time:
+        return Time(self._value_of(other) - self.value, self.unit)
+
+    def __mod__(self, other: Time | float | str) -> Time:
+        return Time(self.value % self._value_of(other), self.unit)
+
+    def __mul__(self, factor: float | Time) -> Time:
+        """Scaled by a number or a `dur` fraction. A whole-unit time rounds, and a positive one
+        never to zero (a budget scaled by 0.1 still trains)."""
+        if isinstance(factor, Time):
+            if factor.unit is not TimeUnit.DURATION:
+                raise ValueError(f"cannot multiply {self} by {factor}: only by a number or a 'dur' fraction")
+            factor = factor.value
         value = self.value * factor
         if self.unit in _INTEGRAL:
-            value = max(1, int(round(value))) if self.value > 0 else 0
+            value = max(1, int(round(value))) if self.value > 0 and value > 0 else 0
         return Time(value, self.unit)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Time | float) -> Time:
+        """By a `Time` of the same unit: the fraction, in `dur`. By a number: scaled, as `*`."""
+        if isinstance(other, Time):
+            return Time(self.value / self._value_of(other), TimeUnit.DURATION)
+        return self * (1 / other)
+
+    def __int__(self) -> int:
+        return int(self.value)
+
+    def __bool__(self) -> bool:
+        return bool(self.value)  # `if timestamp.batch % 10:` means what it says
+
+    def __float__(self) -> float:
+        return float(self.value)
 
     def __str__(self) -> str:
         value = int(self.value) if float(self.value).is_integer() else self.value
         return f"{value}{self.unit.value}"
 
 
+# Timestamp counters and their units: each is a `Time` (Composer's API); numbers assigned to them
+# become one.
+_COUNTERS = {"epoch": TimeUnit.EPOCH, "batch": TimeUnit.BATCH, "sample": TimeUnit.SAMPLE,
+             "token": TimeUnit.TOKEN, "batch_in_epoch": TimeUnit.BATCH}
+
+
 @dataclasses.dataclass
 class Timestamp:
-    """How far training has gone, in every unit. Mutated only by the trainer."""
+    """How far training has gone, in every unit. Mutated only by the trainer.
 
-    epoch: int = 0
-    batch: int = 0
-    sample: int = 0
-    token: int = 0
-    batch_in_epoch: int = 0
+    The counters are `Time`s, as in Composer (`timestamp.batch.value`, `timestamp.batch < 42`);
+    `timestamp.batch += 1` and `Timestamp(batch=3)` take plain numbers too."""
+
+    epoch: Time = Time(0, TimeUnit.EPOCH)
+    batch: Time = Time(0, TimeUnit.BATCH)
+    sample: Time = Time(0, TimeUnit.SAMPLE)
+    token: Time = Time(0, TimeUnit.TOKEN)
+    batch_in_epoch: Time = Time(0, TimeUnit.BATCH)
     wall_clock_s: float = 0.0
 
-    def get(self, unit: TimeUnit) -> float:
+    def __setattr__(self, name: str, value) -> None:
+        unit = _COUNTERS.get(name)
+        if unit is not None:
+            if isinstance(value, Time) and value.unit is not unit:
+                raise ValueError(f"timestamp.{name} counts {unit.value}, not {value.unit.value}")
+            value = Time(int(value), unit)
+        super().__setattr__(name, value)
+
+    def get(self, unit: TimeUnit) -> Time:
+        """How far training has gone in `unit` (Composer's `Timestamp.get`)."""
+        unit = TimeUnit(unit)
         if unit in _WALL_CLOCK:
-            return self.wall_clock_s / _SECONDS_PER[unit]
+            return Time(self.wall_clock_s / _SECONDS_PER[unit], unit)
+        if unit is TimeUnit.DURATION:
+            raise ValueError("the timestamp does not know the budget: use State.get_elapsed_duration() for 'dur'")
         return {
             TimeUnit.EPOCH: self.epoch,
             TimeUnit.BATCH: self.batch,
@@ -106,16 +208,18 @@ class Timestamp:
             raise ValueError("max_duration cannot itself be in 'dur'")
         if max_duration.value == 0:
             return 1.0
-        return min(1.0, self.get(max_duration.unit) / max_duration.value)
+        return min(1.0, self.get(max_duration.unit).value / max_duration.value)
 
     def reached(self, time: Time, max_duration: Time) -> bool:
         if time.unit is TimeUnit.DURATION:
             return self.fraction_of(max_duration) >= time.value
-        return self.get(time.unit) >= time.value
+        return self.get(time.unit).value >= time.value
 
     def state_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain numbers, the checkpoint format: {"epoch": 0, "batch": 7, ..., "wall_clock_s": 1.25}."""
+        return {**{name: getattr(self, name).value for name in _COUNTERS}, "wall_clock_s": self.wall_clock_s}
 
     def load_state_dict(self, state: dict) -> None:
-        for field in dataclasses.fields(self):
-            setattr(self, field.name, type(getattr(self, field.name))(state[field.name]))
+        for name in _COUNTERS:
+            setattr(self, name, state[name])
+        self.wall_clock_s = float(state["wall_clock_s"])

@@ -114,7 +114,7 @@ class Trainer:
         train_data,
         max_duration: Time | str,
         logger: Logger,
-        run_dir: Path,
+        run_dir: Location | str | Path,
         eval_data=None,
         algorithms: Iterable[Algorithm] = (),
         callbacks: Iterable[Callback] = (),
@@ -150,7 +150,6 @@ class Trainer:
         self.eval_interval = Time.parse(eval_interval) if eval_interval else None
         self.eval_batches = eval_batches
         self.load_path = load_path
-        self.run_location = location(str(run_dir))
         self.keep_checkpoints = keep_checkpoints
         self.on_nan = on_nan
         self.target_loss = target_loss
@@ -162,14 +161,16 @@ class Trainer:
         self._last_saved_batch = -1
         self._next_save = self.save_interval
         self._next_eval = self.eval_interval
+        device = resolve_device(device)
         self.state = State(
             model=model,
             max_duration=Time.parse(max_duration),
-            device=resolve_device(device),
+            device=device,
             precision=precision,
             seed=seed,
-            run_dir=Path(run_dir),
-            algorithms=compose(algorithms),  # rejects impossible combinations; deterministic order
+            run_dir=run_dir if isinstance(run_dir, Location) else location(run_dir),
+            # bundles expanded for this device; impossible combinations rejected; deterministic order
+            algorithms=compose(algorithms, device, precision),
             callbacks=list(callbacks),
             schedulers=[schedule or WarmupDecaySchedule(warmup=Time(0, TimeUnit.BATCH))],
             batch_size=train_data.batch_size,
@@ -205,7 +206,7 @@ class Trainer:
         engine.run_event(Event.BEFORE_LOAD)
         if self.load_path is not None:
             load_checkpoint(state, self.load_path)
-            self._last_saved_batch = state.timestamp.batch
+            self._last_saved_batch = state.timestamp.batch.value
             self.last_checkpoint = location(str(self.load_path))
         engine.run_event(Event.AFTER_LOAD)
         self._next_save = self._advance(self.save_interval)
@@ -216,7 +217,7 @@ class Trainer:
         engine.run_event(Event.FIT_START)
         while not self._done():
             engine.run_event(Event.EPOCH_START)
-            batches = iter(self.train_data.epoch(state.timestamp.epoch, start_batch=state.timestamp.batch_in_epoch))
+            batches = iter(self.train_data.epoch(state.timestamp.epoch.value, start_batch=state.timestamp.batch_in_epoch.value))
             while not self._done():
                 engine.run_event(Event.BEFORE_DATALOADER)
                 batch = next(batches, None)
@@ -239,9 +240,9 @@ class Trainer:
             state.timestamp.batch_in_epoch = 0
             engine.run_event(Event.EPOCH_END)
             engine.run_event(Event.EPOCH_CHECKPOINT)
-        if self.eval_data is not None and state.timestamp.batch != state.eval_step:
+        if self.eval_data is not None and state.timestamp.batch.value != state.eval_step:
             self.evaluate()
-        if state.timestamp.batch != self._last_saved_batch:
+        if state.timestamp.batch.value != self._last_saved_batch:
             self.save()
         engine.run_event(Event.FIT_END)
         return self.summary()
@@ -293,10 +294,10 @@ class Trainer:
         timestamp.wall_clock_s += time.perf_counter() - started
         self.logger.record(
             "train",
-            step=timestamp.batch,
-            epoch=timestamp.epoch,
-            tokens=timestamp.token,
-            samples=timestamp.sample,
+            step=timestamp.batch.value,
+            epoch=timestamp.epoch.value,
+            tokens=timestamp.token.value,
+            samples=timestamp.sample.value,
             seq_len=int(full_batch["input_ids"].shape[1]),
             loss=total_loss,
             lr=lr,
@@ -307,7 +308,7 @@ class Trainer:
         if not finite and self.on_nan == "stop":
             kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was saved yet"
             raise RunHalted(
-                f"loss became {total_loss} at step {timestamp.batch}; stopped without taking that step "
+                f"loss became {total_loss} at step {timestamp.batch.value}; stopped without taking that step "
                 f"(`on_nan=stop`): {kept}. Resume from it with a lower `lr`, or use `on_nan=skip`",
                 exit_code=1,
             )
@@ -367,13 +368,13 @@ class Trainer:
         held_out_loss(state, self.engine, self.eval_data, self.eval_batches)
         self.logger.record(
             "eval",
-            step=state.timestamp.batch,
-            tokens=state.timestamp.token,
+            step=state.timestamp.batch.value,
+            tokens=state.timestamp.token.value,
             wall_s=round(state.timestamp.wall_clock_s, 4),
             **state.eval_metrics,
         )
-        state.eval_step = state.timestamp.batch
-        self._note_eval(state.timestamp.batch, state.eval_metrics["eval_loss"])
+        state.eval_step = state.timestamp.batch.value
+        self._note_eval(state.timestamp.batch.value, state.eval_metrics["eval_loss"])
         return state.eval_metrics
 
     def save(self) -> Location:
@@ -381,15 +382,15 @@ class Trainer:
         connection) halts the run: the previous checkpoint is untouched and named in the message."""
         try:
             self.logger.sync()  # records first: a checkpoint is never ahead of the metrics it continues
-            folder = save_checkpoint(self.state, self.run_location)
+            folder = save_checkpoint(self.state, self.state.run_dir)
         except OSError as error:
             kept = f"the previous checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else "no earlier checkpoint exists"
             reason = error.strerror or str(error)
-            raise RunHalted(f"could not save a checkpoint at step {self.state.timestamp.batch}: {reason}; {kept}", exit_code=1) from error
-        self._last_saved_batch = self.state.timestamp.batch
+            raise RunHalted(f"could not save a checkpoint at step {self.state.timestamp.batch.value}: {reason}; {kept}", exit_code=1) from error
+        self._last_saved_batch = self.state.timestamp.batch.value
         self.last_checkpoint = folder
         if self.keep_checkpoints and distributed.is_rank_zero():
-            prune_checkpoints(self.run_location, self.keep_checkpoints)
+            prune_checkpoints(self.state.run_dir, self.keep_checkpoints)
         return folder
 
     # -- signals -------------------------------------------------------------------------------
@@ -398,13 +399,13 @@ class Trainer:
         signum = distributed.all_reduce_max(self._stop.signum or 0, self.state.device)  # ranks stop together
         if not signum:
             return
-        if self.state.timestamp.batch != self._last_saved_batch:
+        if self.state.timestamp.batch.value != self._last_saved_batch:
             self.save()
         self.engine.run_event(Event.FIT_END)
         raise RunHalted(
-            f"stopped by {signal.Signals(signum).name} at step {self.state.timestamp.batch}; checkpoint saved in "
+            f"stopped by {signal.Signals(signum).name} at step {self.state.timestamp.batch.value}; checkpoint saved in "
             f"{self.last_checkpoint}. Continue with the same settings plus `autoresume=True` "
-            f"(`run_dir={self.run_location.url}`)",
+            f"(`run_dir={self.state.run_dir.url}`)",
             exit_code=128 + signum,
         )
 
@@ -433,7 +434,7 @@ class Trainer:
         if interval is None or interval.value == 0:
             return None
         unit = interval.unit
-        now = self.state.fraction_done if unit is TimeUnit.DURATION else self.state.timestamp.get(unit)
+        now = self.state.fraction_done if unit is TimeUnit.DURATION else self.state.timestamp.get(unit).value
         count = math.floor(now / interval.value + 1e-9) + 1
         # Rounded so 3 x 0.1dur is due at 0.3, not at 0.30000000000000004 (one batch late).
         value = round(count * interval.value, 9)
@@ -458,7 +459,7 @@ class Trainer:
         if slope <= 0:
             return False
         predicted = step_b + (loss_b - self.target_loss) / slope
-        step = self.state.timestamp.batch
+        step = self.state.timestamp.batch.value
         return predicted - step_b <= 1.5 * self._regular_eval_gap and step - step_b >= max(1, step // 100)
 
     def _due(self, kind: str) -> bool:
@@ -472,11 +473,11 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         timestamp = self.state.timestamp
         return {
-            "run_dir": self.run_location.url,
-            "steps": timestamp.batch,
-            "tokens": timestamp.token,
+            "run_dir": self.state.run_dir.url,
+            "steps": timestamp.batch.value,
+            "tokens": timestamp.token.value,
             "wall_s": timestamp.wall_clock_s,
-            "tokens_per_s": timestamp.token / timestamp.wall_clock_s if timestamp.wall_clock_s else 0.0,
+            "tokens_per_s": timestamp.token.value / timestamp.wall_clock_s if timestamp.wall_clock_s else 0.0,
             "final_train_loss": self.state.train_loss,
             **self.state.eval_metrics,
             "seconds_per_algorithm": dict(self.engine.seconds_per_algorithm),

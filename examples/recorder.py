@@ -2,7 +2,9 @@
 
     composerlite run --model gpt2-tiny --max-duration 2ba --algo ./examples/recorder.py:Recorder
 
-writes RUN_DIR/events.txt, one event name per line, in the order the trainer fired them.
+writes RUN_DIR/events.txt, one event name per line, in the order the trainer fired them. It writes
+through `state.run_dir`, a storage location, so a run directory on S3 (`--run-dir s3://bucket/run`)
+gets the file as a local one does.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class Recorder(Algorithm):
     Options = RecorderOptions
 
     def __init__(self, **options):
-        self.options = RecorderOptions(**options)
+        super().__init__(**options)
         self.events: list[str] = []
 
     def match(self, event: Event, state: State) -> bool:
@@ -33,4 +35,4 @@ class Recorder(Algorithm):
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         self.events.append(event.value)
         if event is Event.FIT_END:
-            (state.run_dir / self.options.filename).write_text("\n".join(self.events) + "\n")
+            state.run_dir.child(self.options.filename).write_bytes(("\n".join(self.events) + "\n").encode())

@@ -4,15 +4,20 @@ over every registered algorithm (those added later are picked up automatically).
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
+import torch
 from tinyrun import CHEAP_ON_CPU, tiny_trainer
 
 from composerlite import Algorithm, Event, Order
 from composerlite.composition import compose
 from composerlite.errors import ConfigError
 from composerlite.registry import build_algorithm, registered_algorithms
+
+
+CPU = torch.device("cpu")
 
 
 def algorithm(name: str, **declarations) -> Algorithm:
@@ -130,3 +135,44 @@ def test_every_pair_composes_and_trains_a_step_or_is_rejected_up_front(tmp_path,
     summary = trainer.fit()
     assert summary["steps"] == 1
     assert math.isfinite(summary["final_train_loss"])
+
+
+# --- bundles -------------------------------------------------------------------------------------
+
+
+def test_a_bundle_composes_as_the_members_it_applies_each_in_its_own_order():
+    """fused_kernels on a CPU in fp32 applies the lean blocks (surgery), the padded vocabulary, the
+    fused loss and fused AdamW (default order); it skips fused LayerNorm, flash attention and compile."""
+    from composerlite.algorithms.fused_kernels import FusedKernelsOptions, plan
+
+    applied, skipped = plan(CPU, "fp32", FusedKernelsOptions())
+    assert {"fused_layernorm", "flash_attention", "compile"} <= set(skipped)
+    listed = [build_algorithm("logit_softcap"), build_algorithm("fused_kernels"), build_algorithm("alibi")]
+    default = [name for name in ("pad_vocab", "fused_cross_entropy", "fused_adamw") if name in applied]  # fused AdamW: if this PyTorch has it
+    # the lean blocks are surgery, so they run before logit_softcap though listed after it, as if
+    # the user had listed the members themselves in the bundle's place
+    assert names(compose(listed, CPU, "fp32")) == ["fused_gpt2_blocks", "alibi", "logit_softcap", "fused_kernels", *default]
+
+
+def test_a_skipped_or_excluded_member_claims_nothing_and_an_applied_one_is_named():
+    lpln = build_algorithm("low_precision_layernorm")
+    compose([build_algorithm("fused_kernels"), lpln], CPU, "fp32")  # fused_layernorm is skipped in fp32
+    compose([build_algorithm("fused_kernels", {"exclude": ["fused_layernorm"]}), lpln], CPU, "bf16")
+    with pytest.raises(ConfigError, match="'fused_kernels/fused_layernorm' and 'low_precision_layernorm' both take over layernorm"):
+        compose([build_algorithm("fused_kernels"), lpln], CPU, "bf16")
+    with pytest.raises(ConfigError, match="'fused_kernels/fused_gpt2_blocks' cannot run with 'gated_linear_units'"):
+        compose([build_algorithm("fused_kernels"), build_algorithm("gated_linear_units")], CPU, "fp32")
+    compose([build_algorithm("fused_kernels", {"exclude": ["fused_gpt2_blocks"]}), build_algorithm("gated_linear_units")],
+            CPU, "fp32")
+
+
+def test_a_run_reports_each_members_time_and_each_skip_with_its_reason(tmp_path):
+    trainer = tiny_trainer(tmp_path, [build_algorithm("fused_kernels", {"exclude": ["pad_vocab"]})],
+                           max_duration="1ba", vocab_size=512, evaluate=False)
+    summary = trainer.fit()
+    bundle = trainer.state.algorithms[[a.name for a in trainer.state.algorithms].index("fused_kernels")]
+    assert bundle.skipped["pad_vocab"] == "excluded by the user" and "flash_attention" in bundle.skipped
+    assert set(summary["seconds_per_algorithm"]) == {"fused_kernels", *bundle.applied}
+    first = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][0]
+    assert first["fused_kernels/applied"] == ",".join(bundle.applied)
+    assert first["fused_kernels/skipped/pad_vocab"] == "excluded by the user"

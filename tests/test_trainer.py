@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,7 +39,7 @@ def make_trainer(tmp_path, text_file, *, max_duration="6ba", batch_size=4, seq_l
 
 
 def records(trainer: Trainer, event: str) -> list[dict]:
-    lines = (trainer.state.run_dir / "metrics.jsonl").read_text().splitlines()
+    lines = (Path(trainer.state.run_dir.local_path()) / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["event"] == event]
 
 
@@ -68,7 +69,7 @@ def test_events_fire_in_the_documented_order_with_microbatch_repetition(tmp_path
                 *batch, E.BATCH_CHECKPOINT, *evaluation, E.FIT_END]
     assert recorder.events == expected
     assert [r["step"] for r in records(trainer, "eval")] == [1, 2]
-    checkpoints = sorted(p.name for p in (trainer.state.run_dir / "checkpoints").iterdir())
+    checkpoints = sorted(p.name for p in (Path(trainer.state.run_dir.local_path()) / "checkpoints").iterdir())
     assert checkpoints == ["ba00000001", "ba00000002"]
 
 
@@ -163,7 +164,7 @@ def test_eval_and_save_intervals_in_dur(tmp_path, text_file):
                            save_interval="0.5dur")
     trainer.fit()
     assert [r["step"] for r in records(trainer, "eval")] == [2, 4, 6, 8]
-    assert sorted(p.name for p in (trainer.state.run_dir / "checkpoints").iterdir()) == ["ba00000004", "ba00000008"]
+    assert sorted(p.name for p in (Path(trainer.state.run_dir.local_path()) / "checkpoints").iterdir()) == ["ba00000004", "ba00000008"]
 
 
 def test_eval_line_fields(tmp_path, text_file):

@@ -87,7 +87,7 @@ class AttentionWindowWarmup(Algorithm):
     exportable_to_hf = False
 
     def __init__(self, **options):
-        self.options = AttentionWindowWarmupOptions(**options)
+        super().__init__(**options)
         self.window = self.options.initial_window
         self.modifier: SlidingWindow | None = None
 

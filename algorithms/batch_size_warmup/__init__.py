@@ -65,9 +65,6 @@ class BatchSizeWarmup(Algorithm):
     Options = BatchSizeWarmupOptions
     provides = ("batch_size",)
 
-    def __init__(self, **options):
-        self.options = BatchSizeWarmupOptions(**options)
-
     def match(self, event: Event, state: State) -> bool:
         return event is Event.AFTER_DATALOADER
 

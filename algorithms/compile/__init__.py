@@ -103,8 +103,8 @@ class Compile(Algorithm):
     provides = ("compile",)
     order = Order.WRAP
 
-    def __init__(self, mode: str | None = None, backend: str = "inductor", fullgraph: bool = False, compile_loss: bool = True):
-        self.options = CompileOptions(mode=mode, backend=backend, fullgraph=fullgraph, compile_loss=compile_loss)
+    def __init__(self, **options):
+        super().__init__(**options)
         self.compiled: list[str] = []
         self.report: dict[str, int] = {}
         self._before: dict[str, int] | None = None

@@ -84,7 +84,7 @@ class EMA(Algorithm):
     provides = ("eval_weights",)  # decides which weights evaluation sees
 
     def __init__(self, **options):
-        self.options = EMAOptions(**options)
+        super().__init__(**options)
         interval = self.options.update_interval or (
             f"1{Time.parse(self.options.half_life).unit.value}" if self.options.half_life else "1ba"
         )
@@ -113,7 +113,7 @@ class EMA(Algorithm):
     def _update(self, state: State) -> None:
         if not state.reached(Time.parse(self.options.ema_start)):
             return
-        now = state.timestamp.get(self.update_interval.unit)
+        now = state.timestamp.get(self.update_interval.unit).value
         if self.ema_weights is None:  # averaging starts from the weights as they are now
             self.ema_weights = [param.detach().clone() for param in state.model.parameters()]
             self.last_update = now

@@ -1,17 +1,19 @@
 """The fused-kernels bundle: every fused method the current device and precision can use, at once.
 
-The bundle is data: `MEMBERS` lists the member algorithms, in the order they are applied at INIT,
-with the options each takes from the bundle's. They are built through the registry, like any
-`--algo`, and the bundle forwards every later event to the members it applied (compile reports
-its graph breaks after the first step). Each one is skipped where it cannot help, and the bundle
-says which and why (on the console, in metrics.jsonl as `fused_kernels/...` and in its
-state_dict, which `composerlite throughput` writes to its JSON):
+The bundle is data: `MEMBERS` lists the member algorithms with the options each takes from the
+bundle's. They are built through the registry, like any `--algo` (a bad member option is refused
+up front). Before training, the bundle expands into the members it applies on this device and
+precision (`expand`), and those compose and run exactly as if the user had listed them in its
+place: each with its own event order (the lean blocks and fused LayerNorm are surgery, compile
+wraps last), its own `provides`/`requires`/`conflicts`, and its own line in the run's time per
+algorithm. A member is skipped where it cannot help, and then claims nothing; the bundle says which
+and why (on the console, in metrics.jsonl as `fused_kernels/...` and in its state_dict, which
+`composerlite throughput` writes to its JSON):
   * flash_attention: CUDA only (PyTorch has no flash / memory-efficient SDPA kernels on CPU);
   * fused_layernorm: only under bf16/fp16 autocast (in fp32 LayerNorm is already one kernel);
   * compile: CUDA by default (on CPU the first step compiles for minutes; `compile=true` forces it);
   * fused_adamw: wherever PyTorch has the kernel (CUDA, and CPU since PyTorch 2.4).
-`exclude` turns any of them off by name. The bundle runs in the WRAP order class (after other
-algorithms' surgery, e.g. ALiBi, which the lean blocks keep honouring).
+`exclude` turns any of them off by name.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Callable
 import pydantic
 import torch
 
-from composerlite import Algorithm, Event, Logger, Order, State
+from composerlite import Algorithm, Event, Logger, State
 from composerlite.registry import build_algorithm
 
 
@@ -42,7 +44,7 @@ class FusedKernelsOptions(pydantic.BaseModel):
         return names
 
 
-# member algorithm -> its options, from the bundle's; in the order they are applied at INIT.
+# member algorithm -> its options, from the bundle's; within one order class, applied in this order.
 MEMBERS: dict[str, Callable[[FusedKernelsOptions], dict[str, Any]]] = {
     "fused_gpt2_blocks": lambda options: {},
     "fused_layernorm": lambda options: {},
@@ -76,32 +78,26 @@ class FusedKernels(Algorithm):
 
     name = "fused_kernels"
     Options = FusedKernelsOptions
-    provides = ("gpt2_block", "layernorm", "vocab_size", "loss", "optimizer_kernel", "compile")
-    conflicts = ("mlp",)
-    order = Order.WRAP
 
     def __init__(self, **options):
-        self.options = FusedKernelsOptions(**options)
+        super().__init__(**options)
         # Built now, so a bad member option (compile_mode=bogus) is refused with the others.
         self.members = {name: build_algorithm(name, member_options(self.options))
                         for name, member_options in MEMBERS.items()}
         self.applied: list[str] = []
         self.skipped: dict[str, str] = {}
 
+    def expand(self, device: torch.device, precision: str) -> list[Algorithm]:
+        self.applied, self.skipped = plan(device, precision, self.options)
+        return [self, *(self.members[name] for name in self.applied)]
+
     def match(self, event: Event, state: State) -> bool:
-        return event is Event.INIT or any(self.members[name].match(event, state) for name in self.applied)
+        return event is Event.INIT
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
-        if event is Event.INIT:
-            self.applied, self.skipped = plan(state.device, state.precision, self.options)
-            logger.log_metrics({"fused_kernels/applied": ",".join(self.applied),
-                                **{f"fused_kernels/skipped/{name}": why for name, why in self.skipped.items()}})
-        for name in self.applied:
-            member = self.members[name]
-            if member.match(event, state):
-                member.apply(event, state, logger)
+        # The members do the work, each in its own place in the run's order; the bundle reports.
+        logger.log_metrics({"fused_kernels/applied": ",".join(self.applied),
+                            **{f"fused_kernels/skipped/{name}": why for name, why in self.skipped.items()}})
 
     def state_dict(self) -> dict[str, Any]:
-        compiled = "compile" in self.applied
-        return {"applied": self.applied, "skipped": self.skipped,
-                "compile": self.members["compile"].report if compiled else {}}
+        return {"applied": self.applied, "skipped": self.skipped}

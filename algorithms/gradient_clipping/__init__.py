@@ -73,9 +73,6 @@ class GradientClipping(Algorithm):
     name = "gradient_clipping"
     Options = GradientClippingOptions
 
-    def __init__(self, **options):
-        self.options = GradientClippingOptions(**options)
-
     def match(self, event: Event, state: State) -> bool:
         return event is Event.AFTER_TRAIN_BATCH
 

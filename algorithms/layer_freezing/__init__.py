@@ -60,9 +60,6 @@ class LayerFreezing(Algorithm):
     name = "layer_freezing"
     Options = LayerFreezingOptions
 
-    def __init__(self, **options):
-        self.options = LayerFreezingOptions(**options)
-
     def match(self, event: Event, state: State) -> bool:
         return event is Event.BATCH_START  # before the forward, so autograd sees the frozen blocks
 

@@ -70,9 +70,6 @@ class LogitSoftcap(Algorithm):
     provides = ("logit_softcap",)
     exportable_to_hf = False  # GPT2LMHeadModel's logits are uncapped: it would load and compute something else
 
-    def __init__(self, **options):
-        self.options = LogitSoftcapOptions(**options)
-
     def match(self, event: Event, state: State) -> bool:
         return event in (Event.INIT, Event.FIT_START)
 

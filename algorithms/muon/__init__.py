@@ -257,9 +257,6 @@ class Muon(Algorithm):
     Options = MuonOptions
     provides = ("optimizer",)  # fused_adamw still composes: its kernel steps the AdamW groups
 
-    def __init__(self, **options):
-        self.options = MuonOptions(**options)
-
     def match(self, event: Event, state: State) -> bool:
         if event is Event.INIT:
             return True
@@ -271,7 +268,7 @@ class Muon(Algorithm):
             state.optimizer_factory = functools.partial(build_muon, state.optimizer_factory, o)
             return
         # From the step count, not from stored state: a resumed run sets exactly what it would have.
-        momentum = momentum_at(state.timestamp.batch, o.momentum, o.momentum_warmup_steps, o.momentum_warmup_start)
+        momentum = momentum_at(state.timestamp.batch.value, o.momentum, o.momentum_warmup_steps, o.momentum_warmup_start)
         for group in state.optimizer.param_groups:
             if group["use_muon"]:
                 group["momentum"] = momentum

@@ -19,8 +19,11 @@ from composerlite import Algorithm, Event, Logger, State, TimeUnit
 class SeqLenWarmupOptions(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     duration: float = pydantic.Field(0.3, ge=0, le=1, description="fraction of training spent warming up")
-    min_seq_len: int = pydantic.Field(8, ge=1, description="length of the first batches")
-    max_seq_len: int | None = pydantic.Field(None, ge=1, description="final length (default: the data's)")
+    # Composer's SeqLengthWarmup calls these min_seq_length and max_seq_length: a recipe may too.
+    min_seq_len: int = pydantic.Field(8, ge=1, validation_alias=pydantic.AliasChoices("min_seq_len", "min_seq_length"),
+                                      description="length of the first batches (or min_seq_length)")
+    max_seq_len: int | None = pydantic.Field(None, ge=1, validation_alias=pydantic.AliasChoices("max_seq_len", "max_seq_length"),
+                                             description="final length, default the data's (or max_seq_length)")
     step_size: int = pydantic.Field(8, ge=1, description="lengths grow in multiples of this")
     truncate: bool = pydantic.Field(True, description="drop the tail (true) or reshape it into more rows")
     preserve_end_of_sequence: bool = pydantic.Field(False, description="keep each row's last token when truncating")
@@ -50,7 +53,7 @@ def warmup_seq_len(
         total_batches = budget.value if budget.unit is TimeUnit.BATCH else budget.value * state.batches_per_epoch
         warmup_batches = int(total_batches * duration)
         if warmup_batches // n_steps > 0:
-            length = step_size * (state.timestamp.batch // (warmup_batches // n_steps)) + min_seq_len
+            length = step_size * (state.timestamp.batch.value // (warmup_batches // n_steps)) + min_seq_len
             return max(min_seq_len, min(length, max_seq_len))
     progress = state.fraction_done / duration
     length = step_size * math.floor(progress * n_steps + 1e-9) + min_seq_len
@@ -83,9 +86,6 @@ class SeqLenWarmup(Algorithm):
     name = "seq_len_warmup"
     Options = SeqLenWarmupOptions
     dynamic_seq_len = True
-
-    def __init__(self, **options):
-        self.options = SeqLenWarmupOptions(**options)
 
     def match(self, event: Event, state: State) -> bool:
         return event is Event.AFTER_DATALOADER
