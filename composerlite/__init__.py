@@ -4,10 +4,9 @@ The library: `train(config) -> RunResult` (what `composerlite run` does), `evalu
 `measure_throughput`, `export_hf`; the plugin API: `Algorithm`, `Callback`, `Event`, `State`, ...
 """
 
-import importlib
-
 from composerlite.algorithm import Algorithm, Callback, ModelConverter, Order
 from composerlite.event import Event
+from composerlite.lazy import lazy_attributes
 from composerlite.time import Time, TimeUnit, Timestamp
 
 # Imported on first use: a plugin's `from composerlite import Algorithm` should not pay for the
@@ -23,13 +22,7 @@ _LAZY = {
     "measure_throughput": "composerlite.throughput",
     "export_hf": "composerlite.export",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'composerlite' has no attribute '{name}'")
-
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = ["Algorithm", "Callback", "ConfigError", "Event", "Logger", "ModelConverter", "Order", "RunConfig", "RunResult", "State",
            "Time", "TimeUnit", "Timestamp", "evaluate_run", "export_hf", "measure_throughput", "train"]
