@@ -130,13 +130,10 @@ def take_turns(jobs: list[Any], execute: Callable[..., dict[str, Any]], on_messa
                 workers.append((job, process, connection))
     except BaseException:
         for job, process, connection in workers:  # each saves a checkpoint and ends, all at once
-            try:
-                connection.send(STOP)
-            except OSError:
-                pass
+            _send(connection, STOP)
         for job, process, connection in workers:
-            while _receive(job, process, connection, on_message):
-                pass
+            while _follow(job, process, connection, on_message):  # should one yield, tell it again
+                _send(connection, STOP)
         raise
     finally:
         for job, process, connection in workers:
@@ -146,12 +143,18 @@ def take_turns(jobs: list[Any], execute: Callable[..., dict[str, Any]], on_messa
 
 def _turn(job: Any, process, connection, on_message) -> bool:
     """One step of one worker; True while its run goes on."""
-    try:
-        connection.send(GO)
-    except OSError:
-        pass  # it has died; _receive reports it
+    _send(connection, GO)
+    return _follow(job, process, connection, on_message)
+
+
+def _follow(job: Any, process, connection, on_message) -> bool:
+    """Pass on a worker's messages until it yields its turn (True) or its run ends (False)."""
     while True:
-        message = _receive_one(job, process, connection)
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            process.join()
+            message = ("died", f"its worker process ended without a result (exit code {process.exitcode})")
         if message[0] == "yield":
             return True
         on_message(job, message)
@@ -160,25 +163,8 @@ def _turn(job: Any, process, connection, on_message) -> bool:
             return False
 
 
-def _receive(job: Any, process, connection, on_message) -> bool:
-    """Drain a stopping worker: pass on its messages; False once it has ended."""
-    message = _receive_one(job, process, connection)
-    if message[0] != "yield":
-        on_message(job, message)
-    if message[0] in ("yield", "record"):
-        if message[0] == "yield":
-            try:
-                connection.send(STOP)
-            except OSError:
-                pass
-        return True
-    process.join()
-    return False
-
-
-def _receive_one(job: Any, process, connection) -> tuple:
+def _send(connection, message: str) -> None:
     try:
-        return connection.recv()
-    except (EOFError, OSError):
-        process.join()
-        return ("died", f"its worker process ended without a result (exit code {process.exitcode})")
+        connection.send(message)
+    except OSError:
+        pass  # the worker has died; _follow reports it
