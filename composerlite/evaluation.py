@@ -92,7 +92,9 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     if max_batches is not None and max_batches < 1:
         raise ConfigError(f"`max_batches` must be positive, got {max_batches}")
     torch_device = resolve_device(device)
-    algorithms = compose(build_algorithm(target, options) for target, options in algorithm_specs(run_algorithms(config, run_dir)))
+    precision = config.precision if config.precision in native_precisions(torch_device) else "fp32"
+    algorithms = compose((build_algorithm(target, options) for target, options in algorithm_specs(run_algorithms(config, run_dir))),
+                         torch_device, precision)
     data = data if data is not None else config.data
     try:
         corpus = prepare_corpus(data)
@@ -106,7 +108,7 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
         model=build_model(config.model, dropout=0.0),
         max_duration=Time.parse(config.max_duration),
         device=torch_device,
-        precision=config.precision if config.precision in native_precisions(torch_device) else "fp32",
+        precision=precision,
         seed=config.seed,
         run_dir=Path(run_dir.path),  # never written
         algorithms=algorithms,

@@ -301,7 +301,11 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     # run directory exactly as it was; those that need no data come before the data is read too
     # (tokenizing a new corpus takes minutes). The converted model's checks follow the data: the
     # Trainer converts it.
-    algorithms = compose(build_algorithm(target, options) for target, options in algorithm_specs(config))
+    algorithms = [build_algorithm(target, options) for target, options in algorithm_specs(config)]
+    # Checked now, on the run's device and precision, so an impossible combination is refused before
+    # anything is written; the Trainer expands and orders the list itself (expanding twice would
+    # list a bundle's members twice).
+    compose(algorithms, plan.device, plan.precision)
     run_loggers = build_loggers(config)  # every rank checks them; rank 0 writes
     per_rank_batch = distributed.per_rank_batch_size(plan.batch_size)
     run_dir = location(plan.run_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from rich.console import Console
 import safetensors.torch
 import torch
 import torch.nn.functional as F
@@ -192,3 +193,18 @@ def test_graph_break_counter_sees_a_break():
     x = torch.randn(4)
     assert count_graph_breaks(clean, x) == 0
     assert count_graph_breaks(broken, x) == 1
+
+
+def test_bundle_trains_and_evaluates_through_the_library(tmp_path, text_file):
+    """`composerlite run --algo fused_kernels`, then `eval` of that run: the bundle's members are
+    applied once each (a second expansion would list them twice and the run would be refused)."""
+    import composerlite
+    from composerlite.evaluation import evaluate_run
+
+    run_dir = tmp_path / "run"
+    result = composerlite.train({"model": "gpt2-tiny", "data": str(text_file), "max_duration": "2ba", "batch_size": 2,
+                                 "seq_len": 16, "eval_batches": 1, "device": "cpu", "precision": "fp32",
+                                 "algorithms": ["fused_kernels"], "run_dir": str(run_dir)}, console=Console(quiet=True))
+    applied = next(r["fused_kernels/applied"] for r in result.records if "fused_kernels/applied" in r)
+    assert applied.split(",") == ["fused_gpt2_blocks", "pad_vocab", "fused_cross_entropy", "fused_adamw"]
+    assert evaluate_run(str(run_dir), batch_size=2, max_batches=1)["eval_loss"] == pytest.approx(result.evals[-1]["eval_loss"], rel=1e-5)
