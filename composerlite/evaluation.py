@@ -75,7 +75,7 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     from composerlite.loggers import Logger
     from composerlite.models import build_model
     from composerlite.registry import build_algorithm
-    from composerlite.runtime import default_threads, native_precisions, pinned_threads, resolve_device
+    from composerlite.runtime import default_threads, native_precisions, pinned_runtime, resolve_device
     from composerlite.schedule import WarmupDecaySchedule
     from composerlite.state import State
     from composerlite.time import Time
@@ -120,7 +120,7 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     )
     engine = Engine(state, Logger([]))
     # The run's thread count: its recorded eval losses are then reproduced bit for bit.
-    with pinned_threads(config.threads or default_threads()):
+    with pinned_runtime(config.threads or default_threads(), torch_device):
         engine.run_event(Event.INIT)
         state.model.to(torch_device)
         limit = position_limit(state.model)

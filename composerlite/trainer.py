@@ -24,7 +24,7 @@ from composerlite.engine import Engine
 from composerlite.errors import RunHalted
 from composerlite.event import Event
 from composerlite.loggers import Logger
-from composerlite.runtime import PRECISIONS, default_threads, pinned_threads, resolve_device
+from composerlite.runtime import PRECISIONS, default_threads, pinned_runtime, resolve_device
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.signals import StopRequest, stop_on_signals
 from composerlite.state import State
@@ -182,7 +182,7 @@ class Trainer:
             raise ValueError("max_duration cannot be given in 'dur' (it is what 'dur' is a fraction of)")
         self.state.optimizer_factory = functools.partial(adamw, config=optimizer)
         self.engine = Engine(self.state, logger)
-        with pinned_threads(self.threads):
+        with pinned_runtime(self.threads, self.state.device):
             self.engine.run_event(Event.INIT)  # the one model-conversion phase: surgery happens here
             self.state.model.to(self.state.device)
             # Wrapped after INIT, so algorithms converted a plain module; before the optimizer, which
@@ -198,7 +198,7 @@ class Trainer:
         raise `RunHalted` whose message says how to resume."""
         announce = lambda name: print(f"composerlite: got {name}; saving a checkpoint after this batch "
                                       "(send it again to abort without saving)", file=sys.stderr)
-        with stop_on_signals(self._stop, announce), pinned_threads(self.threads):
+        with stop_on_signals(self._stop, announce), pinned_runtime(self.threads, self.state.device):
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
@@ -360,7 +360,7 @@ class Trainer:
               file=sys.stderr)
 
     def evaluate(self) -> dict[str, float]:
-        with pinned_threads(self.threads):
+        with pinned_runtime(self.threads, self.state.device):
             return self._evaluate()
 
     def _evaluate(self) -> dict[str, float]:
