@@ -17,7 +17,6 @@ from tinyrun import tiny_trainer, weights
 
 import composerlite
 from composerlite import Callback, Event, State, Time, TimeUnit, Timestamp
-from composerlite.algorithms.alibi import Alibi
 from composerlite.algorithms.gated_linear_units import GatedLinearUnits
 from composerlite.config import validated
 from composerlite.errors import ConfigError, PluginError
