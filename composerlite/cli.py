@@ -22,7 +22,7 @@ from composerlite.storage import StorageError
 # subcommand -> (module under composerlite.commands, one-line help)
 COMMANDS = {
     "run": ("run", "train a model with a set of algorithms"),
-    "list": ("listing", "list models and algorithms with their options"),
+    "list": ("listing", "list models, algorithms and loggers with their options"),
     "export": ("export", "export a run's newest checkpoint as a Hugging Face model folder"),
     "models": ("models", "the GPT-2 family: parameters, FLOPs, the card's results and scaling-law predictions"),
     "bench": ("bench", "compare methods under one budget: quality vs time, speedups, report"),

@@ -21,8 +21,10 @@ The rules:
      they keep the order the user listed them in (a stable sort). The same order holds at every
      event, so at INIT surgery runs before torch.compile wraps the model.
 
-Capability names in use: "position_embedding" (alibi), "mlp" (gated_linear_units),
-"layernorm" (low_precision_layernorm), "eval_weights" (ema), "max_duration" (scale_schedule).
+Capability names in use include: "position_embedding" (alibi, rotary), "mlp" (gated_linear_units),
+"layernorm" (low_precision_layernorm), "eval_weights" (ema), "max_duration" (scale_schedule),
+"sequence_length" (seq_len_warmup) and "batch_size" (batch_size_warmup): alibi takes both of
+these last two too when it reshapes training batches (`train_sequence_length_scaling` other than 1).
 """
 
 from __future__ import annotations

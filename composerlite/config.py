@@ -75,6 +75,17 @@ class RunConfig(pydantic.BaseModel):
             raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(FAMILY)}")
         return name
 
+    @pydantic.field_validator("algorithms", "loggers")
+    @classmethod
+    def _recordable(cls, entries: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+        """Options config.yaml can record, so the run can be resumed and evaluated from its folder."""
+        try:
+            yaml.safe_dump(entries)
+        except yaml.representer.RepresenterError as error:
+            raise ValueError(f"holds {error.args[1]!r}, which config.yaml cannot record: give options as YAML values "
+                             "(an activation by name, say), or pass a Python object to a Trainer yourself") from None
+        return entries
+
     @pydantic.field_validator("microbatch_size", mode="before")
     @classmethod
     def _microbatch_size(cls, value):

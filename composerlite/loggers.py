@@ -6,15 +6,17 @@ trainer writes, so each step is one line in `metrics.jsonl`.
 Destinations register in the `composerlite.loggers` entry-point group (see `composerlite.registry`):
 the built-ins `console` (the progress bar) and `jsonl` (metrics.jsonl), which every run has, and
 `tensorboard`, `mlflow` and `wandb` (`composerlite.trackers`, each an optional extra). A destination
-is built from its options alone (`--logger NAME:key=value`), then `open`ed once the run directory
-is written (rank 0 only), gets every record through `log`, `sync` before each checkpoint and
-`close` at the end.
+is built from its options alone (`--logger NAME:key=value`), asked whether it can work with the
+run directory (`check_run_dir`, before the run writes anything), then `open`ed once the run
+directory is written (rank 0 only), gets every record through `log`, `sync` before each checkpoint
+and `close` at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -57,6 +59,21 @@ class LoggerDestination(Callback):
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[pydantic.BaseModel]] = NoOptions
+    # What a destination needs beyond composerlite's own dependencies: the top-level modules it
+    # imports, and the `pip install` argument that adds them (an optional extra, for the trackers,
+    # which refuse to be built without them). `composerlite list` says which are missing.
+    needs_modules: ClassVar[tuple[str, ...]] = ()
+    install: ClassVar[str] = ""
+
+    @classmethod
+    def missing_modules(cls) -> list[str]:
+        """The modules of `needs_modules` this environment lacks (found without importing them)."""
+        return [module for module in cls.needs_modules if importlib.util.find_spec(module) is None]
+
+    def check_run_dir(self, run_dir: Location) -> None:
+        """Raise `ConfigError` if this destination cannot work with a run in `run_dir` (a tracker
+        that writes local files into a remote one, say). Called before the run writes anything;
+        `open` may then rely on it."""
 
     def open(self, run: RunInfo) -> None:
         pass
@@ -94,6 +111,10 @@ class Logger:
             except Exception as error:
                 raise _failed(destination, "log", error) from error
         return record
+
+    def check_run_dir(self, run_dir: Location) -> None:
+        for destination in self.destinations:
+            destination.check_run_dir(run_dir)
 
     def open(self, run: RunInfo) -> None:
         for destination in self.destinations:

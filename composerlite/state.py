@@ -47,8 +47,9 @@ class State:
 
     Composer's `State` names a plugin reads are here too: `optimizers`, `get_elapsed_duration()`,
     `max_duration`, `timestamp` (whose counters are `Time`s), `rank_zero_seed`, `model`, `batch`,
-    `outputs`, `loss`. `schedulers` holds composerlite schedules (`schedule.Scheduler`), not torch
-    LR schedulers, and `device` is a `torch.device`, not Composer's `Device`.
+    `batch_get_item(key)`, `batch_set_item(key, value)`, `outputs`, `loss`, `stop_training()`.
+    `schedulers` holds composerlite schedules (`schedule.Scheduler`), not torch LR schedulers, and
+    `device` is a `torch.device`, not Composer's `Device`.
     """
 
     model: torch.nn.Module
@@ -78,7 +79,7 @@ class State:
     eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     eval_step: int = -1  # the step `eval_metrics` were measured at; -1 before the first evaluation
     train_loss: float = float("nan")  # the newest step's mean training loss
-    stop_training: bool = False
+    stop_requested: bool = False  # set by `stop_training()`: the trainer ends after the current batch
 
     @property
     def tokens_in_batch(self) -> int:
@@ -97,6 +98,42 @@ class State:
     def get_elapsed_duration(self) -> Time:
         """The fraction of the budget used, as a `dur` Time (Composer's; `fraction_done` as a number)."""
         return Time(self.fraction_done, TimeUnit.DURATION)
+
+    @property
+    def stop_training(self) -> Callable[[], None]:
+        """Composer's `state.stop_training()`: end training after the current batch. The run still
+        ends as any run does: a final evaluation and checkpoint for that batch, FIT_END, loggers
+        closed. (Setting `state.stop_training = True`, composerlite's earlier flag, still works.)"""
+        return self._request_stop
+
+    @stop_training.setter
+    def stop_training(self, value: bool) -> None:
+        self.stop_requested = bool(value)
+
+    def _request_stop(self) -> None:
+        self.stop_requested = True
+
+    def batch_get_item(self, key: str | Callable | tuple[Callable, Callable]) -> Any:
+        """Composer's: `batch[key]`, or `key(batch)` for a getter, or the getter of a (getter,
+        setter) pair applied to the batch."""
+        getter = key[0] if _is_getter_setter(key) else key
+        if callable(getter):
+            return getter(self.batch)
+        if key not in self.batch:
+            raise KeyError(f"the batch has no {key!r}; it holds {', '.join(map(repr, self.batch))}")
+        return self.batch[key]
+
+    def batch_set_item(self, key: str | Callable | tuple[Callable, Callable], value: Any) -> None:
+        """Composer's: the batch with `value` at `key` (a key the batch already has), or as
+        `setter(batch, value)` returns it for a setter or the setter of a (getter, setter) pair.
+        A new dict: the batch the trainer split into microbatches is not changed under it."""
+        setter = key[1] if _is_getter_setter(key) else key
+        if callable(setter):
+            self.batch = setter(dict(self.batch), value)
+            return
+        if key not in self.batch:
+            raise KeyError(f"the batch has no {key!r} to set; it holds {', '.join(map(repr, self.batch))}")
+        self.batch = {**self.batch, key: value}
 
     @property
     def rank_zero_seed(self) -> int:
@@ -123,3 +160,7 @@ class State:
         if self.optimizer is None:
             raise RuntimeError("state.optimizers: the optimizer is built after INIT, over the converted model; "
                                "at INIT, replace state.optimizer_factory instead")
+
+
+def _is_getter_setter(key: Any) -> bool:
+    return isinstance(key, tuple) and len(key) == 2 and all(callable(part) for part in key)

@@ -23,20 +23,28 @@ import yaml
 
 from composerlite.errors import ConfigError
 from composerlite.loggers import LoggerDestination, RunInfo, scalar_metrics
+from composerlite.storage import Location
 
 
-def _require(module: str, extra: str) -> ModuleType:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"needs the {extra} package: pip install \"composerlite[{extra}]\"") from None
+def _imported(tracker: type[LoggerDestination], module: str) -> ModuleType:
+    """`module`, from the libraries `tracker` needs; refused with their install command when missing."""
+    missing = tracker.missing_modules()
+    if missing:
+        packages = f"the {' and '.join(missing)} package{'s' if len(missing) > 1 else ''}"
+        raise ConfigError(f"needs {packages}: pip install \"{tracker.install}\"")
+    return importlib.import_module(module)
 
 
-def _local_dir(run: RunInfo, option: str, default: str) -> Path:
-    """`default` inside the run directory; a remote run directory needs the option set."""
-    if not run.run_dir.is_local:
-        raise ConfigError(f"a remote run directory ({run.run_dir.url}) needs {option}=LOCAL_PATH")
-    return Path(run.run_dir.path) / default
+def _refuse_remote(tracker: LoggerDestination, run_dir: Location, setting: str) -> None:
+    """A tracker writes local files, by default inside the run directory: a remote one needs `setting`."""
+    if not run_dir.is_local:
+        raise ConfigError(f"logger '{tracker.name}': the run directory {run_dir.url} is not local, and {tracker.name} "
+                          f"writes its files locally: give it {setting}")
+
+
+def _in_run_dir(run: RunInfo, name: str) -> Path:
+    """`name` inside the run directory, which `check_run_dir` found local."""
+    return Path(run.run_dir.path) / name
 
 
 class TensorBoardLogger(LoggerDestination):
@@ -44,15 +52,21 @@ class TensorBoardLogger(LoggerDestination):
     configuration as the `config` text."""
 
     name = "tensorboard"
+    needs_modules = ("tensorboard",)
+    install = "composerlite[tensorboard]"
 
     def __init__(self, log_dir: str | None = None, flush_secs: float = 10.0):
-        self.summary_writer = _require("torch.utils.tensorboard", "tensorboard").SummaryWriter
+        self.summary_writer = _imported(type(self), "torch.utils.tensorboard").SummaryWriter
         self.log_dir = log_dir
         self.flush_secs = flush_secs
         self.writer = None
 
+    def check_run_dir(self, run_dir: Location) -> None:
+        if self.log_dir is None:
+            _refuse_remote(self, run_dir, "a local folder: tensorboard:log_dir=LOCAL_PATH")
+
     def open(self, run: RunInfo) -> None:
-        log_dir = self.log_dir or _local_dir(run, "log_dir", "tensorboard")
+        log_dir = self.log_dir or _in_run_dir(run, "tensorboard")
         # purge_step: the interrupted run's events past the checkpoint are hidden, as resume replays them
         self.writer = self.summary_writer(log_dir=str(log_dir), flush_secs=self.flush_secs,
                                           purge_step=run.start_step + 1 if run.start_step else None)
@@ -78,10 +92,12 @@ class MLflowLogger(LoggerDestination):
     not a database write per step."""
 
     name = "mlflow"
+    needs_modules = ("mlflow",)
+    install = "composerlite[mlflow]"
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "composerlite", run_name: str | None = None,
                  flush_interval_s: float = 5.0):
-        self.mlflow = _require("mlflow", "mlflow")
+        self.mlflow = _imported(type(self), "mlflow")
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.run_name = run_name
@@ -90,11 +106,18 @@ class MLflowLogger(LoggerDestination):
         self._metrics: list[Any] = []
         self._flushed_at = time.monotonic()
 
+    def check_run_dir(self, run_dir: Location) -> None:
+        if not self._given_uri():
+            _refuse_remote(self, run_dir, "a store: mlflow:tracking_uri=URI (sqlite:///LOCAL_PATH/mlflow.db, say), "
+                                          "or $MLFLOW_TRACKING_URI")
+
+    def _given_uri(self) -> str | None:
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+
     def open(self, run: RunInfo) -> None:
         from mlflow.entities import Param
 
-        uri = (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-               or f"sqlite:///{_local_dir(run, 'tracking_uri', 'mlflow.db').resolve()}")
+        uri = self._given_uri() or f"sqlite:///{_in_run_dir(run, 'mlflow.db').resolve()}"
         self.client = self.mlflow.MlflowClient(tracking_uri=uri)
         experiment = self.client.get_experiment_by_name(self.experiment)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.experiment)
@@ -130,17 +153,23 @@ class WandBLogger(LoggerDestination):
     wandb decides as it always does ($WANDB_MODE, then whether you are logged in)."""
 
     name = "wandb"
+    needs_modules = ("wandb",)
+    install = "composerlite[wandb]"
 
     def __init__(self, project: str = "composerlite", name: str | None = None, entity: str | None = None,
                  mode: Literal["online", "offline", "disabled"] | None = None, tags: list[str] | None = None,
                  dir: str | None = None):
-        self.wandb = _require("wandb", "wandb")
+        self.wandb = _imported(type(self), "wandb")
         self.project, self.run_name, self.entity, self.mode, self.tags = project, name, entity, mode, tags
         self.dir = dir
         self.run = None
 
+    def check_run_dir(self, run_dir: Location) -> None:
+        if self.dir is None:
+            _refuse_remote(self, run_dir, "a local folder: wandb:dir=LOCAL_PATH")
+
     def open(self, run: RunInfo) -> None:
-        directory = Path(self.dir) if self.dir else _local_dir(run, "dir", "")
+        directory = Path(self.dir) if self.dir else _in_run_dir(run, "")
         config = {**run.config, "start_step": run.start_step}
         self.run = self.wandb.init(project=self.project, name=self.run_name or directory.name, entity=self.entity,
                                    dir=str(directory), mode=self.mode, tags=self.tags, config=config,

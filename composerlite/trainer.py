@@ -427,7 +427,7 @@ class Trainer:
     # -- helpers -------------------------------------------------------------------------------
 
     def _done(self) -> bool:
-        return self.state.stop_training or self.state.reached(self.state.max_duration)
+        return self.state.stop_requested or self.state.reached(self.state.max_duration)
 
     def _advance(self, interval: Time | None) -> Time | None:
         """The next time an interval event is due, strictly after now."""
@@ -446,7 +446,7 @@ class Trainer:
             self._regular_eval_gap = max(self._regular_eval_gap, step - self._recent_evals[-1][0])
         self._recent_evals = [*self._recent_evals[-1:], (step, eval_loss)]
         if self.target_loss is not None and eval_loss <= self.target_loss:
-            self.state.stop_training = True
+            self.state.stop_training()
 
     def _near_target(self) -> bool:
         """Evaluate now, off the regular schedule? Yes when the last two evaluations, extrapolated

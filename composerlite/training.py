@@ -309,6 +309,7 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     run_loggers = build_loggers(config)  # every rank checks them; rank 0 writes
     per_rank_batch = distributed.per_rank_batch_size(plan.batch_size)
     run_dir = location(plan.run_dir)
+    Logger(run_loggers).check_run_dir(run_dir)
     def resume_url() -> str | None:  # a URL, not a Location: it travels to the other ranks
         checkpoint = checkpoint_to_resume(config, run_dir)
         return checkpoint.url if checkpoint else None

@@ -124,3 +124,37 @@ class LoggedSeqLenWarmup(SeqLenWarmup):  # was: class LoggedSeqLenWarmup(SeqLeng
     def apply(self, event, state, logger):
         super().apply(event, state, logger)
         logger.log_metrics({self.key: state.batch["input_ids"].shape[1]})
+
+
+class StopAfter(Algorithm):
+    """End training once `batches` batches are done, from `event`: at BATCH_END of the last one, or
+    at AFTER_DATALOADER of the last one (which still trains)."""
+
+    def __init__(self, batches: int = 2, event: str = "batch_end"):
+        self.batches = batches
+        self.event = Event(event)
+
+    def match(self, event, state):
+        done = state.timestamp.batch + (1 if event == Event.AFTER_DATALOADER else 0)
+        return event == self.event and done >= self.batches
+
+    def apply(self, event, state, logger):
+        state.stop_training()
+
+
+class ShortRowsByKey(Algorithm):
+    """Train on the first `short_len` tokens of every sequence, read and written through the batch
+    helpers: by key, or with a (getter, setter) pair."""
+
+    def __init__(self, short_len: int = 8, pair: bool = False):
+        self.short_len = short_len
+        self.pair = pair
+
+    def match(self, event, state):
+        return event == Event.AFTER_DATALOADER
+
+    def apply(self, event, state, logger):
+        key = "input_ids"
+        if self.pair:
+            key = (lambda batch: batch["input_ids"], lambda batch, value: {**batch, "input_ids": value})
+        state.batch_set_item(key, state.batch_get_item(key)[:, :self.short_len])

@@ -1,5 +1,6 @@
 """ALiBi: slopes and biases against the closed form, equivalence with the base model when switched
-off, length extrapolation past training length and past n_positions, and `composerlite eval`."""
+off, Composer's reshaping of training batches (`train_sequence_length_scaling`), length
+extrapolation past training length and past n_positions, and `composerlite eval`."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from composerlite import Algorithm, Event
+from tinyrun import tiny_trainer
+
+from composerlite import Algorithm, Callback, Event
 from composerlite.attention import (NoPositionEmbedding, add_score_modifier, attention_layers, remove_score_modifier,
                                    score_modifiers)
-from composerlite.algorithms.alibi import Alibi, AlibiBias, alibi_slopes, apply_alibi
+from composerlite.algorithms.alibi import Alibi, AlibiBias, alibi_slopes, apply_alibi, reshape_for_training, scaled_shape
 from composerlite.cli import main as cli
 from composerlite.composition import compose
 from composerlite.data import BatchStream
@@ -118,6 +121,75 @@ def test_algorithm_converts_at_init_and_rejects_a_second_position_scheme():
         compose([algorithm, RotaryStandIn()])
     with pytest.raises(ConfigError):
         build_algorithm("alibi", {"max_sequence_length": 0})
+
+
+# -- Composer's train_sequence_length_scaling ----------------------------------------------------
+
+
+@pytest.mark.parametrize("scaling", [0.25, 0.5, 2.0])
+def test_scaling_reshapes_a_batch_exactly_as_composer_does(scaling):
+    batch = {"input_ids": torch.arange(8 * 16).reshape(8, 16)}
+    reshaped = reshape_for_training(batch, scaling)["input_ids"]
+    # Composer's Alibi, at AFTER_DATALOADER: v.reshape(int(batch_len / s), int(sequence_len * s))
+    assert torch.equal(reshaped, batch["input_ids"].reshape(int(8 / scaling), int(16 * scaling)))
+    if scaling == 0.25:  # every sequence cut into four, in order
+        assert reshaped[:5].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16, 17, 18, 19]]
+
+
+@pytest.mark.parametrize("rows, length, scaling", [(8, 16, 0.3), (8, 16, 1 / 16), (3, 16, 2.0)])
+def test_a_scaling_that_does_not_cut_the_batch_exactly_is_refused(rows, length, scaling):
+    with pytest.raises(ValueError, match=f"cannot reshape a batch of {rows} x {length} tokens"):
+        scaled_shape(rows, length, scaling)
+
+
+class Shapes(Callback):
+    """The batches the model is trained on, and the shapes it is evaluated on."""
+
+    def __init__(self):
+        self.train, self.eval = [], []
+
+    def before_forward(self, state, logger):
+        self.train.append(state.batch["input_ids"].clone())
+
+    def eval_before_forward(self, state, logger):
+        self.eval.append(tuple(state.batch["input_ids"].shape))
+
+
+@pytest.mark.parametrize("microbatch_size, microbatches", [(None, 4), (8, 1)])
+def test_scaling_trains_on_the_batch_cut_short_and_evaluates_at_full_length(tmp_path, microbatch_size, microbatches):
+    shapes = Shapes()
+    trainer = tiny_trainer(tmp_path, [Alibi(train_sequence_length_scaling=0.25)], max_duration="2ba", seq_len=16,
+                           batch_size=2, microbatch_size=microbatch_size, eval_interval="2ba", callbacks=[shapes],
+                           vocab_size=512)
+    data = next(iter(trainer.train_data.epoch(0)))["input_ids"]
+    trainer.fit()
+    # Rows of a quarter the length; the microbatch size counts rows, as Composer's does (default: the
+    # data's batch size, so the reshaped batch runs as four microbatches)
+    assert [tuple(batch.shape) for batch in shapes.train] == [(8 // microbatches, 4)] * 2 * microbatches
+    assert torch.equal(torch.cat(shapes.train[:microbatches]), data.reshape(8, 4))
+    assert set(shapes.eval) == {(2, 16)}
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [record for record in records if record["event"] == "train"]
+    # As Composer counts after AFTER_DATALOADER: four times the samples, the same tokens
+    assert [(r["seq_len"], r["samples"], r["tokens"]) for r in train] == [(4, 8, 32), (4, 16, 64)]
+
+
+def test_scaling_one_leaves_batches_alone_and_composes_with_the_other_batch_shapers():
+    assert not Alibi().match(Event.AFTER_DATALOADER, None) and Alibi().provides == ("position_embedding",)
+    compose([Alibi(), build_algorithm("seq_len_warmup"), build_algorithm("batch_size_warmup")])
+    scaling = Alibi(train_sequence_length_scaling=0.25)
+    assert scaling.match(Event.AFTER_DATALOADER, None)
+    with pytest.raises(ConfigError, match="'alibi' and 'seq_len_warmup' both take over sequence_length"):
+        compose([scaling, build_algorithm("seq_len_warmup")])
+    with pytest.raises(ConfigError, match="'alibi' and 'batch_size_warmup' both take over batch_size"):
+        compose([scaling, build_algorithm("batch_size_warmup")])
+
+
+def test_a_scaling_that_cannot_cut_the_runs_batches_is_refused_before_training(tmp_path):
+    with pytest.raises(ConfigError, match=r"algorithm 'alibi': train_sequence_length_scaling=0.3 cannot reshape a batch "
+                                          r"of 2 x 16 tokens"):
+        tiny_trainer(tmp_path, [build_algorithm("alibi", {"train_sequence_length_scaling": 0.3})], seq_len=16,
+                     batch_size=2, vocab_size=512)
 
 
 # -- training short, evaluating long -------------------------------------------------------------

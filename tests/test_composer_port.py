@@ -1,7 +1,8 @@
 """Composer plugins port by changing their imports: the `State`, `Timestamp` and `Time` surface
-they use, a subclass that forwards `**kwargs` to its parent's options, Composer's option names in a
-recipe, and a run directory a plugin writes into, local or fsspec. Each plugin in
-tests/composer_plugins.py trains a few steps on gpt2-tiny and its effect is checked."""
+they use (`stop_training()` and the batch helpers included), a subclass that forwards `**kwargs` to
+its parent's options, Composer's option names in a recipe (gated_linear_units' and alibi's too), and
+a run directory a plugin writes into, local or fsspec. Each plugin in tests/composer_plugins.py
+trains a few steps on gpt2-tiny and its effect is checked."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from tinyrun import tiny_trainer, weights
 
 import composerlite
-from composerlite import Callback, Event, Time, TimeUnit, Timestamp
+from composerlite import Callback, Event, State, Time, TimeUnit, Timestamp
+from composerlite.algorithms.gated_linear_units import GatedLinearUnits
 from composerlite.config import validated
 from composerlite.errors import ConfigError, PluginError
 from composerlite.registry import build_algorithm, build_from_spec, options_model
@@ -159,6 +162,57 @@ def test_a_composer_style_init_that_declares_options_is_refused_cleanly():
         plugin("ShortContextFirst:short_len=eight")
 
 
+@pytest.mark.parametrize("event", ["batch_end", "after_dataloader"])
+def test_stop_training_ends_after_the_current_batch_as_any_run_ends(tmp_path, text_file, event):
+    result = composerlite.train({"model": "gpt2-tiny", "data": str(text_file), "max_duration": "6ba", "batch_size": 2,
+                                 "seq_len": 16, "eval_interval": "4ba", "eval_batches": 1, "precision": "fp32",
+                                 "device": "cpu", "run_dir": str(tmp_path / "run"),
+                                 "algorithms": [f"{PLUGINS}:StopAfter:batches=2,event={event}"]},
+                                console=Console(quiet=True))
+    assert result.summary["steps"] == 2 and result.config["max_duration"] == "6ba"
+    assert [(r["event"], r["step"]) for r in result.records] == [("train", 1), ("train", 2), ("eval", 2)]
+    assert result.summary["eval_loss"] == result.records[-1]["eval_loss"]  # the final evaluation, at the stop
+    assert result.checkpoint.endswith("ba00000002")  # the final checkpoint, at the stop
+    written = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert written == result.records  # metrics.jsonl closed with every record in it
+
+
+def test_setting_stop_training_as_the_earlier_flag_still_stops(tmp_path):
+    class SetFlag(Callback):
+        def batch_end(self, state, logger):
+            state.stop_training = True
+
+    trainer = tiny_trainer(tmp_path, max_duration="4ba", callbacks=[SetFlag()], **TINY)
+    trainer.fit()
+    assert trainer.state.timestamp.batch == 1 and trainer.state.stop_requested
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_a_plugin_reads_and_writes_the_batch_through_composers_helpers(tmp_path, pair):
+    records = train_records(tmp_path, [plugin(f"ShortRowsByKey:short_len=8,pair={pair}")], max_duration="2ba")
+    assert [r["seq_len"] for r in records] == [8, 8]
+
+
+def test_batch_helpers_take_keys_getters_and_pairs_and_leave_the_old_batch_alone(tmp_path):
+    state = State(model=torch.nn.Linear(1, 1), max_duration=Time(1, "ba"), device=torch.device("cpu"),
+                  precision="fp32", seed=0, run_dir=location(str(tmp_path)))
+    ids = torch.arange(6).reshape(2, 3)
+    state.batch = original = {"input_ids": ids}
+    assert state.batch_get_item("input_ids") is ids
+    assert state.batch_get_item(lambda batch: batch["input_ids"].shape) == (2, 3)
+    state.batch_set_item("input_ids", ids + 1)
+    assert torch.equal(state.batch["input_ids"], ids + 1) and original["input_ids"] is ids
+    state.batch_set_item(lambda batch, value: {**batch, "input_ids": value}, ids * 2)
+    pair = (lambda batch: batch["input_ids"][0], lambda batch, value: {**batch, "input_ids": value.expand(2, 3)})
+    assert torch.equal(state.batch_get_item(pair), ids[0] * 2)
+    state.batch_set_item(pair, ids[1])
+    assert torch.equal(state.batch["input_ids"], ids[1].expand(2, 3))
+    with pytest.raises(KeyError, match="the batch has no 'labels' to set; it holds 'input_ids'"):
+        state.batch_set_item("labels", ids)  # as Composer's: a key the batch lacks is not added
+    with pytest.raises(KeyError, match="the batch has no 'labels'"):
+        state.batch_get_item("labels")
+
+
 # --- a subclass forwarding **kwargs, and Composer's option names --------------------------------
 
 
@@ -187,7 +241,8 @@ def test_a_composer_recipe_ports_by_renaming_the_algorithm(tmp_path):
 
 
 @pytest.mark.parametrize("algorithm, options", [
-    ("alibi", {"max_sequence_length": 512}),
+    ("alibi", {"max_sequence_length": 512, "train_sequence_length_scaling": 0.25}),
+    ("gated_linear_units", {"act_fn": "relu", "gated_layer_bias": False, "non_gated_layer_bias": False}),
     ("gradient_clipping", {"clipping_type": "adaptive", "clipping_threshold": 0.05}),
     ("ema", {"half_life": "50ba", "smoothing": None, "ema_start": "0.1dur", "update_interval": "1ba"}),
     ("layer_freezing", {"freeze_start": 0.5, "freeze_level": 1.0}),
@@ -195,9 +250,43 @@ def test_a_composer_recipe_ports_by_renaming_the_algorithm(tmp_path):
 ])
 def test_composers_gpt_algorithms_options_are_ours(algorithm, options):
     """The Composer algorithms we also have take Composer's option names (seq_len_warmup's are
-    above; gated_linear_units' and low_precision_layernorm's are not, README says why)."""
+    above; low_precision_layernorm's `apply_at` is not, README says why)."""
     built = build_algorithm(algorithm, options)
     assert {key: getattr(built.options, key) for key in options} == options
+
+
+@pytest.mark.parametrize("act_fn, expected", [
+    ("relu", F.relu), (None, lambda x: F.gelu(x, approximate="tanh")), (F.silu, F.silu)])
+def test_gated_linear_units_act_fn_is_a_name_none_for_the_mlps_own_or_a_callable(tmp_path, act_fn, expected):
+    trainer = tiny_trainer(tmp_path, [GatedLinearUnits(act_fn=act_fn)], **TINY)
+    act, x = trainer.state.model.transformer.h[0].mlp.act, torch.linspace(-3, 3, 7)
+    torch.testing.assert_close(act(x), expected(x))
+    assert isinstance(act, torch.nn.Module) == (act_fn is None)  # None: the MLP's own module, GPT-2's gelu_new
+    trainer.fit()  # checkpoints hold plain data: a callable is recorded by its name
+    saved = torch.load(trainer.last_checkpoint.child("state.pt").path, weights_only=True)
+    assert saved["algorithms"][0]["options"]["act_fn"] == ("torch.nn.functional.silu" if callable(act_fn) else act_fn)
+
+
+def test_gated_linear_units_reads_its_earlier_activation_name_and_refuses_unknown_ones():
+    assert GatedLinearUnits(activation="silu").options.act_fn == "silu"
+    with pytest.raises(ConfigError, match="option 'act_fn': 'warp' is not one of gelu_tanh, gelu, silu, relu"):
+        build_algorithm("gated_linear_units", {"act_fn": "warp"})
+
+
+def test_a_callable_in_a_run_config_is_refused_before_anything_is_written(tmp_path, text_file):
+    run_dir = tmp_path / "run"  # config.yaml could not record it, nor a resume or `composerlite eval` rebuild it
+    with pytest.raises(ConfigError, match="invalid algorithms: holds <function silu .*, which config.yaml cannot record"):
+        composerlite.train({"model": "gpt2-tiny", "data": str(text_file), "max_duration": "1ba", "run_dir": str(run_dir),
+                            "algorithms": [{"gated_linear_units": {"act_fn": F.silu}}]})
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("gated, non_gated, output", [(False, False, True), (True, False, False)])
+def test_gated_linear_units_biases_are_per_projection(tmp_path, gated, non_gated, output):
+    algorithm = build_algorithm("gated_linear_units", {"gated_layer_bias": gated, "non_gated_layer_bias": non_gated,
+                                                       "output_layer_bias": output})
+    mlp = tiny_trainer(tmp_path, [algorithm], **TINY).state.model.transformer.h[0].mlp
+    assert (mlp.gate.bias is not None, mlp.up.bias is not None, mlp.down.bias is not None) == (gated, non_gated, output)
 
 
 # --- the run directory, local or fsspec -----------------------------------------------------------

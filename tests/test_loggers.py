@@ -18,9 +18,11 @@ from rich.console import Console
 
 import composerlite
 from composerlite import cli
+from composerlite.commands.listing import logger_rows
 from composerlite.config import load_config
 from composerlite.errors import ConfigError
 from composerlite.registry import build_logger, registered_loggers
+from composerlite.storage import location
 from composerlite.training import logger_specs
 
 
@@ -127,10 +129,53 @@ def test_bad_logger_names_and_options_get_one_line_exit_2_and_write_nothing(tmp_
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("logger", ["tensorboard", "mlflow:experiment=tests", "wandb:mode=offline"])
+def test_a_tracker_on_a_remote_run_dir_without_a_local_folder_is_refused_before_anything_is_written(
+        tmp_path, text_file, capsys, monkeypatch, logger):
+    def read(*args, **kwargs):
+        raise AssertionError("the data was read before the logger was refused")
+
+    monkeypatch.setattr("composerlite.data.corpus.prepare_corpus", read)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # where a tracker's local files would land
+    bucket = f"memory://composerlite-remote-tracker-{tmp_path.name}"
+    assert cli.main(tiny_run(f"{bucket}/run", text_file, "--logger", logger)) == 2
+    error = capsys.readouterr().err.strip()
+    name = logger.split(":")[0]
+    assert error.startswith(f"composerlite: error: logger '{name}': the run directory {bucket}/run is not local")
+    assert "\n" not in error
+    assert not location(bucket).exists() and sorted(tmp_path.iterdir()) == [text_file]  # nothing written anywhere
+
+
+@pytest.mark.parametrize("logger, options", [("tensorboard", {"log_dir": "tb"}), ("wandb", {"dir": "wandb-files"}),
+                                             ("mlflow", {"tracking_uri": "sqlite:///mlflow.db"})])
+def test_a_tracker_given_a_local_place_takes_a_remote_run_dir_and_every_tracker_a_local_one(tmp_path, logger, options):
+    build_logger(logger, options).check_run_dir(location("memory://composerlite-elsewhere/run"))
+    build_logger(logger).check_run_dir(location(str(tmp_path / "run")))
+
+
+def test_mlflow_takes_its_store_from_the_environment_for_a_remote_run_dir(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    build_logger("mlflow").check_run_dir(location("memory://composerlite-elsewhere/run"))
+
+
 def test_a_missing_extra_names_its_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` meets when it is not installed
     with pytest.raises(ConfigError, match=r"logger 'wandb': needs the wandb package: pip install \"composerlite\[wandb\]\""):
         build_logger("wandb")
+
+
+def test_list_shows_every_logger_and_the_install_command_of_a_missing_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    rows = {name: (summary, options, installed) for name, summary, options, installed in logger_rows()}
+    assert set(rows) == set(registered_loggers())
+    assert rows["wandb"][2] == 'no: pip install "composerlite[wandb]"'
+    assert rows["tensorboard"][2] == rows["mlflow"][2] == rows["console"][2] == rows["jsonl"][2] == "yes"
+    assert rows["console"][0].startswith("A live progress bar") and "log_dir=None" in rows["tensorboard"][1]
+    monkeypatch.setenv("COLUMNS", "1000")  # no cell wrapped
+    assert cli.main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert "loggers (--logger NAME" in listing and 'no: pip install "composerlite[wandb]"' in listing
 
 
 PLUGINS = '''

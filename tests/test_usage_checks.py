@@ -80,6 +80,16 @@ def test_a_conflicting_pair_is_refused_before_the_data_is_read_or_anything_writt
     assert not run_dir.exists()
 
 
+def test_a_conflict_an_option_makes_is_refused_before_the_data_is_read_or_anything_written(tmp_path, text_file,
+                                                                                           data_never_read):
+    """alibi reshaping batches takes over their length: its class cannot say so, its instance does."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="'alibi' and 'seq_len_warmup' both take over sequence_length"):
+        composerlite.train(tiny_config(run_dir, text_file,
+                                       algorithms=["alibi:train_sequence_length_scaling=0.25", "seq_len_warmup"]))
+    assert not run_dir.exists()
+
+
 @pytest.mark.parametrize("prepare, message", [
     (lambda run_dir: run_dir.write_text("not a folder"), "is a file, not a folder"),
     (lambda run_dir: (run_dir.mkdir(), (run_dir / "config.yaml").write_text("model: gpt2-tiny\n")), "already holds a run"),

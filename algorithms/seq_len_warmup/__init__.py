@@ -86,6 +86,7 @@ class SeqLenWarmup(Algorithm):
     name = "seq_len_warmup"
     Options = SeqLenWarmupOptions
     dynamic_seq_len = True
+    provides = ("sequence_length",)  # it sets each training batch's length: a second such method would fight it
 
     def match(self, event: Event, state: State) -> bool:
         return event is Event.AFTER_DATALOADER
