@@ -10,7 +10,7 @@ from typing import Callable
 from composerlite.algorithm import Algorithm, Callback
 from composerlite.errors import ConfigError, PluginError
 from composerlite.event import Event
-from composerlite.loggers import Logger
+from composerlite.loggers import Logger, LoggerDestination, destination_failed
 from composerlite.state import State
 
 Handler = Callable[[State, Logger], None]
@@ -55,10 +55,23 @@ class Engine:
         handlers = []
         for observer in observers:
             if type(observer).run_event is not Callback.run_event:
-                handlers.append(functools.partial(observer.run_event, event))
-            elif (handler := getattr(observer, event.value, None)) is not None:
-                handlers.append(handler)
+                handler = functools.partial(observer.run_event, event)
+            elif (handler := getattr(observer, event.value, None)) is None:
+                continue
+            handlers.append(_named_on_failure(observer, event, handler) if isinstance(observer, LoggerDestination) else handler)
         return handlers
+
+
+def _named_on_failure(destination: LoggerDestination, event: Event, handler: Handler) -> Handler:
+    """`handler`, but an exception it raises becomes a one-line `PluginError` naming the logger, as
+    one raised in the destination's `log` or `open` does (a logger plugin's bug is not the run's)."""
+    def reported(state: State, logger: Logger) -> None:
+        try:
+            handler(state, logger)
+        except Exception as error:
+            raise destination_failed(destination, event.value, error) from error
+
+    return reported
 
 
 def algorithm_label(algorithm: Algorithm) -> str:

@@ -22,6 +22,6 @@ class RunHalted(RuntimeError):
 
 
 class PluginError(RuntimeError):
-    """An algorithm's own code raised while it was being built or converting the model at INIT (a
-    bug in that plugin, not in the configuration). The message names the algorithm; the plugin's
-    exception is the `__cause__`."""
+    """A plugin's own code raised (a bug in that plugin, not in the configuration): an algorithm
+    while it was being built or converting the model at INIT, a logger destination in any of its
+    methods or event handlers. The message names the plugin; its exception is the `__cause__`."""

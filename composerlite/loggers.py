@@ -109,7 +109,7 @@ class Logger:
             try:
                 destination.log(record)
             except Exception as error:
-                raise _failed(destination, "log", error) from error
+                raise destination_failed(destination, "log", error) from error
         return record
 
     def check_run_dir(self, run_dir: Location) -> None:
@@ -123,7 +123,7 @@ class Logger:
             except ConfigError:
                 raise  # a setting that cannot work here, in the destination's own words
             except Exception as error:
-                raise _failed(destination, "open", error) from error
+                raise destination_failed(destination, "open", error) from error
 
     def sync(self) -> None:
         """Bring every destination's copy up to date where it lives (the trainer calls this before
@@ -134,7 +134,7 @@ class Logger:
             except OSError:
                 raise  # a store or disk that is down: the caller says what was kept
             except Exception as error:
-                raise _failed(destination, "sync", error) from error
+                raise destination_failed(destination, "sync", error) from error
 
     def close(self) -> None:
         """Close every destination, even after one fails; then report the first failure."""
@@ -143,12 +143,12 @@ class Logger:
             try:
                 destination.close()
             except Exception as error:
-                failure = failure or _failed(destination, "close", error)
+                failure = failure or destination_failed(destination, "close", error)
         if failure is not None:
             raise failure from failure.__cause__
 
 
-def _failed(destination: LoggerDestination, method: str, error: Exception) -> PluginError:
+def destination_failed(destination: LoggerDestination, method: str, error: Exception) -> PluginError:
     failure = PluginError(f"logger '{destination_label(destination)}' failed in {method}: {type(error).__name__}: {error}")
     failure.__cause__ = error
     return failure

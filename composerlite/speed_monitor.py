@@ -234,11 +234,11 @@ class SpeedMonitor(Callback):
         self.excluded_s += seconds
 
     def rates(self, steps, memory_gib: float) -> dict[str, float]:
-        seconds = sum(step[0] for step in steps)
-        flops_per_s = sum(step[3] for step in steps) / seconds
+        seconds, tokens, samples, flops = (sum(column) for column in zip(*steps))  # one pass, as it runs every step
+        flops_per_s = flops / seconds
         metrics = {
-            "throughput/tokens_per_s": sum(step[1] for step in steps) / seconds,
-            "throughput/samples_per_s": sum(step[2] for step in steps) / seconds,
+            "throughput/tokens_per_s": tokens / seconds,
+            "throughput/samples_per_s": samples / seconds,
             "throughput/model_flops_per_s": flops_per_s,
         }
         if self.peak:

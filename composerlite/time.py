@@ -43,7 +43,8 @@ class Time:
     unit: TimeUnit
 
     def __post_init__(self):
-        object.__setattr__(self, "unit", TimeUnit(self.unit))  # Composer accepts "ba" as well as TimeUnit.BATCH
+        if type(self.unit) is not TimeUnit:  # Composer accepts "ba" as well as TimeUnit.BATCH
+            object.__setattr__(self, "unit", TimeUnit(self.unit))
 
     @classmethod
     def parse(cls, text: str | Time) -> Time:
@@ -164,6 +165,7 @@ class Time:
 # become one.
 _COUNTERS = {"epoch": TimeUnit.EPOCH, "batch": TimeUnit.BATCH, "sample": TimeUnit.SAMPLE,
              "token": TimeUnit.TOKEN, "batch_in_epoch": TimeUnit.BATCH}
+_COUNTER_OF_UNIT = {TimeUnit.EPOCH: "epoch", TimeUnit.BATCH: "batch", TimeUnit.SAMPLE: "sample", TimeUnit.TOKEN: "token"}
 
 
 @dataclasses.dataclass
@@ -185,22 +187,19 @@ class Timestamp:
         if unit is not None:
             if isinstance(value, Time) and value.unit is not unit:
                 raise ValueError(f"timestamp.{name} counts {unit.value}, not {value.unit.value}")
-            value = Time(int(value), unit)
+            if not (isinstance(value, Time) and type(value.value) is int):  # a whole count is kept as it is (Times are immutable)
+                value = Time(int(value), unit)
         super().__setattr__(name, value)
 
     def get(self, unit: TimeUnit) -> Time:
         """How far training has gone in `unit` (Composer's `Timestamp.get`)."""
-        unit = TimeUnit(unit)
+        if type(unit) is not TimeUnit:  # "ba" as well as TimeUnit.BATCH; the enum call costs more than the rest
+            unit = TimeUnit(unit)
         if unit in _WALL_CLOCK:
             return Time(self.wall_clock_s / _SECONDS_PER[unit], unit)
         if unit is TimeUnit.DURATION:
             raise ValueError("the timestamp does not know the budget: use State.get_elapsed_duration() for 'dur'")
-        return {
-            TimeUnit.EPOCH: self.epoch,
-            TimeUnit.BATCH: self.batch,
-            TimeUnit.SAMPLE: self.sample,
-            TimeUnit.TOKEN: self.token,
-        }[unit]
+        return getattr(self, _COUNTER_OF_UNIT[unit])
 
     def fraction_of(self, max_duration: Time) -> float:
         """Fraction of `max_duration` elapsed, in [0, 1]. This is what 'dur' means."""

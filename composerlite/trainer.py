@@ -276,8 +276,9 @@ class Trainer:
         start = dataclasses.replace(timestamp)
         timestamp.batch += 1
         timestamp.batch_in_epoch += 1
-        timestamp.sample += full_batch["input_ids"].shape[0] * distributed.world_size()  # counts are global
-        timestamp.token += batch_tokens * distributed.world_size()
+        world_size = distributed.world_size()  # counts are global
+        timestamp.sample += full_batch["input_ids"].shape[0] * world_size
+        timestamp.token += batch_tokens * world_size
         # The LR for this batch comes from the time before it and the time that counts it (see
         # WarmupDecaySchedule): warmup's first step is not at LR 0, nor the decay's last one.
         for scheduler in state.schedulers:

@@ -186,6 +186,13 @@ class Broken(LoggerDestination):
     def log(self, record):
         raise RuntimeError("disk on fire")
 
+class BrokenAtBatchEnd(LoggerDestination):
+    """Takes its records, but its event handler raises at the first step's end."""
+    def log(self, record):
+        pass
+    def batch_end(self, state, logger):
+        raise KeyError("no_such_metric")
+
 class Counting(LoggerDestination):
     """Counts the records it gets, in a file its option names."""
     name = "counting"
@@ -198,12 +205,16 @@ class Counting(LoggerDestination):
 '''
 
 
-def test_a_user_plugin_that_raises_gets_one_line_naming_it(tmp_path, text_file, capsys):
+@pytest.mark.parametrize(("plugin", "expected"), [
+    ("Broken", "logger 'Broken' failed in log: RuntimeError: disk on fire"),
+    ("BrokenAtBatchEnd", "logger 'BrokenAtBatchEnd' failed in batch_end: KeyError: 'no_such_metric'"),
+])
+def test_a_user_plugin_that_raises_gets_one_line_naming_it(tmp_path, text_file, capsys, plugin, expected):
     (tmp_path / "plugins.py").write_text(PLUGINS)
-    assert cli.main(tiny_run(tmp_path / "run", text_file, "--logger", f"{tmp_path / 'plugins.py'}:Broken")) == 1
+    assert cli.main(tiny_run(tmp_path / "run", text_file, "--logger", f"{tmp_path / 'plugins.py'}:{plugin}")) == 1
     stderr = capsys.readouterr().err
     (error,) = [line for line in stderr.splitlines() if line.startswith("composerlite: error:")]
-    assert "logger 'Broken' failed in log: RuntimeError: disk on fire" in error and "Traceback" not in stderr
+    assert expected in error and "Traceback" not in stderr
 
 
 def test_a_user_plugin_from_a_yaml_config_gets_every_record(tmp_path, text_file):
