@@ -109,6 +109,12 @@ def test_noop_is_no_different_and_sleeper_is_slower():
     assert (never.reached, never.compared, never.cost_to_target) == (0, 3, None)
     assert never.speedups["wall_s"].verdict == "not reached (0/3 seeds)"
     assert summaries["baseline"].speedups["wall_s"].verdict == "reference"
+    # Step speed needs no target: the sleeper is slower per step, the rest (never included) no different.
+    assert sleeper.speedups["step_speed"].verdict == "slower"
+    assert sleeper.speedups["step_speed"].point == pytest.approx(0.7, rel=0.03)
+    for method in ("noop", "fast", "never"):
+        assert summaries[method].speedups["step_speed"].verdict == "no different", method
+    assert summaries["baseline"].speedups["step_speed"].verdict == "reference"
 
 
 def test_aa_noise_floors_the_wall_clock_interval():
@@ -122,6 +128,12 @@ def test_aa_noise_floors_the_wall_clock_interval():
     half = t_quantile(0.975, 2) * math.sqrt(variance / 3)
     assert noop.high == pytest.approx(math.exp(statistics.fmean(ratios) + half))
     assert aa.verdict == "no different"
+    # The same floor on step speed: the repeat's per-step noise widens the noop's interval.
+    step_ratios = [math.log(NOISE[("baseline", s)] / NOISE[("noop", s)]) for s in SEEDS]
+    step_variance = max(statistics.variance(step_ratios), statistics.fmean(aa_squares))
+    step_half = t_quantile(0.975, 2) * math.sqrt(step_variance / 3)
+    assert summaries_of(bench)["noop"].speedups["step_speed"].high == pytest.approx(
+        math.exp(statistics.fmean(step_ratios) + step_half))
 
 
 def test_verdict_cells_never_show_a_point_alone():

@@ -14,6 +14,10 @@ Definitions (also printed under every report's tables):
   variance used is the larger of the seeds' own variance and the run-to-run timing noise measured
   by the reference's repeat (the A/A comparison: same seed, same work, so any difference in its
   time is the machine's noise), so three lucky seeds cannot make noise look like a speedup.
+- *Step speed* for seed s = the method's median tokens/s per training step / the reference's (each
+  run's first step left out), with the same interval and the A/A repeat's step-speed noise as its
+  floor. It says what a step costs whatever the method does to quality, so a method that never
+  reaches the target still gets a speed verdict, and a method that only burns time is "slower" on it.
 - *Verdict*: "faster" if the whole interval is above 1, "slower" if it is below 1, otherwise
   "no different". Tokens and FLOPs to target are deterministic for a seed, so a method that
   changes nothing has the speedup 1 exactly on those axes.
@@ -33,7 +37,9 @@ from composerlite.errors import ConfigError
 
 CONFIDENCE = 0.95
 AXES = ("wall_s", "tokens", "flops")  # EvalPoint fields a target's cost is measured in
-AXIS_NAMES = {"wall_s": "wall-clock", "tokens": "tokens", "flops": "FLOPs"}
+STEP_SPEED = "step_speed"  # not a cost to the target: tokens/s of single training steps
+VERDICT_AXES = (*AXES, STEP_SPEED)
+AXIS_NAMES = {"wall_s": "wall-clock", "tokens": "tokens", "flops": "FLOPs", STEP_SPEED: "step speed"}
 FASTER, NO_DIFFERENT, SLOWER = "faster", "no different", "slower"
 
 
@@ -106,7 +112,7 @@ class MethodSummary:
     compared: int  # seeds with a reference run to compare with
     reached: int  # of those, how many reached the target
     cost_to_target: dict[str, Stat] | None  # per axis, over seeds; None unless every compared seed reached it
-    speedups: dict[str, Speedup]  # per axis
+    speedups: dict[str, Speedup]  # per axis of VERDICT_AXES
 
 
 def crossing(evals: list[EvalPoint], target: float) -> dict[str, float] | None:
@@ -160,6 +166,35 @@ def timing_noise_variance(group: Group, targets: dict[int, float]) -> float:
     return statistics.fmean(squares) if squares else 0.0
 
 
+def step_speed_noise_variance(group: Group) -> float:
+    """Mean squared log ratio of the reference's median step speed against its repeat's, over seeds. 0
+    without a repeat."""
+    repeats = [label for label, of in group.repeats.items() if of == group.reference]
+    reference = {run.seed: median_step_speed(run) for run in group.runs_of(group.reference)}
+    log_ratios = [math.log(reference[run.seed] / speed)
+                  for label in repeats for run in group.runs_of(label)
+                  if reference.get(run.seed) and (speed := median_step_speed(run))]
+    return statistics.fmean(ratio**2 for ratio in log_ratios) if log_ratios else 0.0
+
+
+def median_step_speed(run: RunRecord) -> float | None:
+    """Median tokens/s of the run's training steps, its first (warm-up) step left out."""
+    rates = [tokens / seconds for tokens, seconds in list(zip(run.step_tokens, run.step_seconds))[1:] if seconds > 0]
+    return statistics.median(rates) if rates else None
+
+
+def step_speedup(group: Group, method: str) -> Speedup:
+    """The method's step speed over the reference's, paired by seed."""
+    if method == group.reference:
+        return Speedup(1.0, None, None, len(group.runs_of(method)), "reference")
+    reference = {run.seed: median_step_speed(run) for run in group.runs_of(group.reference)}
+    log_ratios = [math.log(speed / reference[run.seed]) for run in group.runs_of(method)
+                  if reference.get(run.seed) and (speed := median_step_speed(run))]
+    if not log_ratios:
+        return Speedup(None, None, None, 0, "no reference run")
+    return speedup_of(log_ratios, step_speed_noise_variance(group))
+
+
 def seed_targets(group: Group) -> dict[int, float]:
     """The loss each seed races to: the benchmark's target, or the reference's final loss per seed."""
     reference = group.runs_of(group.reference)
@@ -205,6 +240,7 @@ def summarize(group: Group) -> list[MethodSummary]:
                 speedups[axis] = Speedup(None, None, None, compared, f"not reached ({len(costs)}/{compared} seeds)")
             else:
                 speedups[axis] = speedup_of(log_ratios[axis], noise if axis == "wall_s" else 0.0)
+        speedups[STEP_SPEED] = step_speedup(group, method)
         summaries.append(MethodSummary(
             method=method,
             repeat_of=group.repeats.get(method),

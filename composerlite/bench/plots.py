@@ -8,7 +8,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from composerlite.bench.analysis import AXES, AXIS_NAMES, Group, MethodSummary, seed_targets
+from composerlite.bench.analysis import AXES, AXIS_NAMES, VERDICT_AXES, Group, MethodSummary, seed_targets
 
 LINESTYLES = ["-", "--", ":", "-."]
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
@@ -68,17 +68,17 @@ def plot_curves(groups: list[Group], x: str, path: Path) -> None:
 
 
 def plot_speedups(groups: list[Group], summaries: list[list[MethodSummary]], path: Path) -> None:
-    """Each method's speedup over the reference on each axis: the point and its 95% interval as a
+    """Each method's speedup over the reference on each axis (and its step speed): the point and its 95% interval as a
     whisker, on a log scale with 1x (no difference) marked. Methods without an interval are left out."""
     colors, suffixes = method_colors(groups), group_labels(groups)
-    figure = Figure(figsize=(8, 1.5 + 0.45 * sum(len(s) for s in summaries) * len(AXES)), dpi=110)
+    figure = Figure(figsize=(8, 1.5 + 0.45 * sum(len(s) for s in summaries) * len(VERDICT_AXES)), dpi=110)
     axes = figure.subplots()
     labels, row = [], 0
     for suffix, group, group_summaries in zip(suffixes, groups, summaries):
         for summary in group_summaries:
             if summary.method == group.reference:
                 continue
-            for offset, axis in enumerate(AXES):
+            for axis in VERDICT_AXES:
                 speedup = summary.speedups[axis]
                 if speedup.low is not None:
                     axes.errorbar(speedup.point, row, xerr=[[speedup.point - speedup.low], [speedup.high - speedup.point]],
@@ -90,7 +90,7 @@ def plot_speedups(groups: list[Group], summaries: list[list[MethodSummary]], pat
     axes.set_xscale("log")
     axes.set_yticks(range(len(labels)), labels, fontsize=7)
     axes.invert_yaxis()
-    axes.set_xlabel("speedup over the reference at the target (log scale; > 1 is faster)")
+    axes.set_xlabel("speedup over the reference: at the target, and per step (log scale; > 1 is faster)")
     axes.set_title("speedups with 95% intervals")
     axes.grid(alpha=0.3, axis="x")
     figure.tight_layout()

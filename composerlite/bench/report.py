@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from composerlite.bench.analysis import (AXES, AXIS_NAMES, CONFIDENCE, Group, MethodSummary, RaceRecord,
+from composerlite.bench.analysis import (AXIS_NAMES, CONFIDENCE, VERDICT_AXES, Group, MethodSummary, RaceRecord,
                                          Speedup, Stat, group_results, is_mixed, race_records, summarize)
 from composerlite.bench.plots import plot_curves, plot_speedups
 from composerlite.bench.results import load_results, write_atomic
@@ -22,9 +22,9 @@ PLOTS = {
     "loss_vs_time.png": "Held-out loss vs training wall-clock time (mean over seeds, band: best to worst seed)",
     "loss_vs_tokens.png": "Held-out loss vs tokens trained",
     "loss_vs_flops.png": "Held-out loss vs model FLOPs spent",
-    "speedups.png": "Speedup over the reference at the target loss, with 95% intervals, per axis",
+    "speedups.png": "Speedup over the reference at the target loss per axis, and step speed, with 95% intervals",
 }
-VERDICT_COLUMNS = ["method", "seeds", *(f"{AXIS_NAMES[axis]}: verdict, speedup [95% CI]" for axis in AXES)]
+VERDICT_COLUMNS = ["method", "seeds", *(f"{AXIS_NAMES[axis]}: verdict, speedup [95% CI]" for axis in VERDICT_AXES)]
 RUN_SUMMARY_COLUMNS = ["method", "final eval loss", "tokens/s per step: median [p10-p90]", "training time",
                        "peak memory", "time to target", "tokens to target", "FLOPs to target"]
 RACE_COLUMNS = ["method", "reached", "time to target (mean)", "tokens to target (mean)", "FLOPs to target (mean)",
@@ -43,6 +43,9 @@ DEFINITIONS = [
     "with interleave \"steps\" (the default on CPU) the runs of a seed also train side by side, one step each in "
     "turn (its evaluation and checkpoint included), so no step is timed while another run computes and consecutive "
     "steps of every method meet the same load. Each command below says how its runs were interleaved.",
+    "Step speed for seed s = the method's median tokens/s per training step / the reference's (same seed; each run's "
+    "first step left out), with the same interval, floored by the A/A repeat's step-speed noise. It is what a step "
+    "costs, whatever the method does to quality: a method that never reaches the target still gets a speed verdict.",
     "Verdict: faster if the whole interval lies above 1, slower if below 1, else no different (then the point "
     "figure means nothing on its own). Tokens and FLOPs to target are deterministic for a seed and independent of "
     "the hardware: a method that changes nothing gets exactly 1 on them.",
@@ -172,7 +175,7 @@ def verdict_cell(speedup: Speedup) -> str:
 def verdict_row(summary: MethodSummary) -> list[str]:
     name = summary.method + (" (A/A)" if summary.repeat_of else "")
     seeds = str(len(summary.seeds)) + (f" ({summary.compared} compared)" if summary.compared < len(summary.seeds) else "")
-    return [name, seeds, *(verdict_cell(summary.speedups[axis]) for axis in AXES)]
+    return [name, seeds, *(verdict_cell(summary.speedups[axis]) for axis in VERDICT_AXES)]
 
 
 def summary_row(summary: MethodSummary) -> list[str]:
