@@ -50,8 +50,12 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+# Whether this torch was built with torch.distributed: fixed for the process, and asked every step.
+_AVAILABLE = dist.is_available()
+
+
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return _AVAILABLE and dist.is_initialized()
 
 
 def rank() -> int:

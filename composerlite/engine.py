@@ -31,6 +31,15 @@ class Engine:
 
     def run_event(self, event: Event) -> None:
         state = self.state
+        if state.algorithms:
+            self._run_algorithms(event)
+        # Thirteen events a step, most with nothing to run: this is kept to a lookup and a loop.
+        handlers = self._handlers[event] if self._handlers is not None else self._observer_handlers(event)
+        for handler in handlers:
+            handler(state, self.logger)
+
+    def _run_algorithms(self, event: Event) -> None:
+        state = self.state
         for algorithm in state.algorithms:
             try:
                 if algorithm.match(event, state):
@@ -44,9 +53,6 @@ class Engine:
                     raise
                 raise PluginError(f"algorithm '{algorithm_label(algorithm)}' failed at {event.name}: "
                                   f"{type(error).__name__}: {error}") from error
-        handlers = self._handlers[event] if self._handlers is not None else self._observer_handlers(event)
-        for handler in handlers:
-            handler(state, self.logger)
 
     def _observer_handlers(self, event: Event) -> list[Handler]:
         """The callbacks', then the logger destinations', handlers for `event`: the method named

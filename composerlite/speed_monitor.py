@@ -150,9 +150,10 @@ class SpeedMonitor(Callback):
         self.user_peak = peak_flops
         self.user_peak_source = peak_source
         self.console = console
-        # (seconds, tokens, samples, model FLOPs) of the last `window` steps and of every measured step
-        self.steps: collections.deque[tuple[float, int, int, float]] = collections.deque(maxlen=window)
+        # (seconds, tokens, samples, model FLOPs) of every measured step, and of the last `window`
+        # steps by column (four sums a step instead of transposing the window)
         self.measured: list[tuple[float, int, int, float]] = []
+        self.window_columns = tuple(collections.deque(maxlen=window) for _ in range(4))
         self.peak: float | None = None
         self.peak_source = ""
         self.warmup_s = 0.0  # FIT_START to the last warmup step's BATCH_END, less eval and saves
@@ -166,6 +167,7 @@ class SpeedMonitor(Callback):
         self._seen = 0  # steps since FIT_START
         self._world = 1
         self._memory: tuple[int, float] | None = None  # (step, peak GiB) of the last peak-memory reading
+        self._memory_every = 1  # steps between peak-memory readings (see `_step_memory_gib`)
 
     def fit_start(self, state, logger) -> None:
         if self.user_peak is not None:
@@ -174,11 +176,13 @@ class SpeedMonitor(Callback):
             self.peak, self.peak_source = peak_flops(state.device, state.precision)
         reset_peak_memory(state.device)
         self._world = distributed.world_size()  # timestamp counts are global: MFU is over all devices
-        self.steps.clear()
+        for column in self.window_columns:
+            column.clear()
         self.measured.clear()
         self.warmup_s = self.excluded_s = self._excluded = 0.0
         self._seen = 0
         self._memory = None
+        self._memory_every = 1 if state.device.type == "cuda" else self.window  # `device.type` costs ~3 us: read once
         self._started = self._mark = time.perf_counter()
         self._counts = (state.timestamp.token.value, state.timestamp.sample.value)
 
@@ -191,27 +195,33 @@ class SpeedMonitor(Callback):
         self._counts = (t.token.value, t.sample.value)
         self._seen += 1
         seq_len = int(state.batch["input_ids"].shape[1])
-        if seq_len not in self._flops_per_token:
-            self._flops_per_token[seq_len] = model_flops_per_token(state.model, seq_len)
-        flops = tokens * self._flops_per_token[seq_len]
+        flops_per_token = self._flops_per_token.get(seq_len)
+        if flops_per_token is None:
+            flops_per_token = self._flops_per_token[seq_len] = model_flops_per_token(state.model, seq_len)
+        flops = tokens * flops_per_token
         # Every step's FLOPs, warmup included: benchmarks add them up into FLOPs-to-target.
-        logger.log_metrics({"model_flops": flops})
+        metrics = {"model_flops": flops}
         if self._seen <= self.warmup_steps:
+            logger.log_metrics(metrics)
             if self._seen == self.warmup_steps:
                 self.warmup_s = now - self._started - self.excluded_s
                 reset_peak_memory(state.device)
                 self._memory = None
             return
-        step = (seconds, tokens, samples, flops)
-        self.steps.append(step)
-        self.measured.append(step)
-        logger.log_metrics(self.rates(self.steps, self._step_memory_gib(state.device)))
+        self.measured.append((seconds, tokens, samples, flops))
+        seconds_column, tokens_column, samples_column, flops_column = self.window_columns
+        seconds_column.append(seconds)
+        tokens_column.append(tokens)
+        samples_column.append(samples)
+        flops_column.append(flops)
+        metrics.update(self._rates(*map(sum, self.window_columns), self._step_memory_gib(state.device)))
+        logger.log_metrics(metrics)  # one update of the record: the step's FLOPs, then its rates
 
     def _step_memory_gib(self, device: torch.device) -> float:
         """The peak memory a step's record shows: read every step on CUDA (an allocator counter),
         every `window` steps on a CPU, where reading /proc costs more than the rest of the step's
         monitoring."""
-        if device.type == "cuda" or self._memory is None or self._seen - self._memory[0] >= self.window:
+        if self._memory is None or self._seen - self._memory[0] >= self._memory_every:
             self._memory = (self._seen, peak_memory_gib(device)[0])
         return self._memory[1]
 
@@ -234,7 +244,10 @@ class SpeedMonitor(Callback):
         self.excluded_s += seconds
 
     def rates(self, steps, memory_gib: float) -> dict[str, float]:
-        seconds, tokens, samples, flops = (sum(column) for column in zip(*steps))  # one pass, as it runs every step
+        """The rates over `steps`, (seconds, tokens, samples, model FLOPs) tuples."""
+        return self._rates(*(sum(column) for column in zip(*steps)), memory_gib)
+
+    def _rates(self, seconds: float, tokens: int, samples: int, flops: float, memory_gib: float) -> dict[str, float]:
         flops_per_s = flops / seconds
         metrics = {
             "throughput/tokens_per_s": tokens / seconds,

@@ -113,12 +113,16 @@ class State:
     def _request_stop(self) -> None:
         self.stop_requested = True
 
-    def batch_get_item(self, key: str | Callable | tuple[Callable, Callable]) -> Any:
+    def batch_get_item(self, key: str | Callable | tuple[Callable, Callable] | Sequence[str]) -> Any:
         """Composer's: `batch[key]`, or `key(batch)` for a getter, or the getter of a (getter,
-        setter) pair applied to the batch."""
-        getter = key[0] if _is_getter_setter(key) else key
-        if callable(getter):
-            return getter(self.batch)
+        setter) pair applied to the batch, or for a list or tuple of keys (not a pair) the list of
+        their items, as Composer's `batch_get` gives for a dict batch."""
+        if _is_getter_setter(key):
+            return key[0](self.batch)
+        if isinstance(key, (list, tuple)):
+            return [self.batch_get_item(one) for one in key]
+        if callable(key):
+            return key(self.batch)
         if key not in self.batch:
             raise KeyError(f"the batch has no {key!r}; it holds {', '.join(map(repr, self.batch))}")
         return self.batch[key]

@@ -60,11 +60,15 @@ def adamw(model: torch.nn.Module, config: OptimizerConfig) -> torch.optim.AdamW:
     return optimizer
 
 
+# A context that does nothing; it keeps no state, so one serves every step.
+_NO_CONTEXT = contextlib.nullcontext()
+
+
 def autocast(state: State):
     """The run's precision as a context for its forward passes (none for fp32)."""
     dtype = PRECISIONS[state.precision]
     if dtype is None:
-        return contextlib.nullcontext()
+        return _NO_CONTEXT
     return torch.autocast(state.device.type, dtype=dtype)
 
 
@@ -188,6 +192,8 @@ class Trainer:
             # Wrapped after INIT, so algorithms converted a plain module; before the optimizer, which
             # must see FSDP's sharded parameters.
             self.state.model = distributed.wrap(self.state.model, parallel, self.state.device)
+            # Fixed once the model is wrapped: asked here, not three times a step (~3 us each).
+            self.world_size = distributed.world_size()
             self.state.optimizer = self.state.optimizer_factory(self.state.model)
         self.scaler = torch.amp.GradScaler(self.state.device.type, enabled=precision == "fp16")
 
@@ -266,19 +272,18 @@ class Trainer:
                 self._halve_microbatch()
         # The step's one host-device sync: the loss decides whether the step is taken, and it
         # keeps the CPU at most one step ahead of the GPU.
-        total_loss = distributed.all_reduce_mean(total_loss.item(), state.device)  # every rank decides NaN alike
+        total_loss = total_loss.item()
+        if self.world_size > 1:
+            total_loss = distributed.all_reduce_mean(total_loss, state.device)  # every rank decides NaN alike
         finite = math.isfinite(total_loss)
         state.train_loss = total_loss
         state.batch = full_batch
         self.scaler.unscale_(state.optimizer)
         engine.run_event(Event.AFTER_TRAIN_BATCH)
         timestamp = state.timestamp
-        start = dataclasses.replace(timestamp)
-        timestamp.batch += 1
-        timestamp.batch_in_epoch += 1
-        world_size = distributed.world_size()  # counts are global
-        timestamp.sample += full_batch["input_ids"].shape[0] * world_size
-        timestamp.token += batch_tokens * world_size
+        start = timestamp.copy()
+        world_size = self.world_size  # counts are global
+        timestamp.add_batch(samples=full_batch["input_ids"].shape[0] * world_size, tokens=batch_tokens * world_size)
         # The LR for this batch comes from the time before it and the time that counts it (see
         # WarmupDecaySchedule): warmup's first step is not at LR 0, nor the decay's last one.
         for scheduler in state.schedulers:
@@ -317,22 +322,25 @@ class Trainer:
     def _forward_backward(self, full_batch: dict[str, torch.Tensor], batch_tokens: int) -> torch.Tensor:
         """Forward and backward over the microbatches of one batch; returns the batch's mean loss
         (a device scalar: reading it per microbatch would stall the GPU between microbatches)."""
-        if self.state.microbatch_size >= full_batch["input_ids"].shape[0]:
-            return self._microbatch(full_batch, weight=1.0, last=True)  # no split, nothing to accumulate
-        total_loss = torch.zeros((), dtype=torch.float32, device=self.state.device)
-        microbatches = _split(full_batch, self.state.microbatch_size)
+        state = self.state
+        if state.microbatch_size >= full_batch["input_ids"].shape[0]:
+            self._microbatch(full_batch, weight=1.0, last=True)
+            return state.loss  # no split, nothing to accumulate: the loss as it is (the caller reads it once)
+        total_loss = torch.zeros((), dtype=torch.float32, device=state.device)
+        microbatches = _split(full_batch, state.microbatch_size)
         for index, microbatch in enumerate(microbatches):
             weight = microbatch["input_ids"].numel() / batch_tokens
-            total_loss += self._microbatch(microbatch, weight, last=index == len(microbatches) - 1)
+            self._microbatch(microbatch, weight, last=index == len(microbatches) - 1)
+            total_loss += state.loss.detach().float() * weight
         return total_loss
 
-    def _microbatch(self, microbatch: dict[str, torch.Tensor], weight: float, last: bool) -> torch.Tensor:
+    def _microbatch(self, microbatch: dict[str, torch.Tensor], weight: float, last: bool) -> None:
         """Forward and backward of one microbatch, its gradients weighted by its share of the batch's
-        tokens; returns its weighted loss (fp32, detached)."""
+        tokens; its (unweighted) loss is left in `state.loss`."""
         state, engine = self.state, self.engine
         state.batch = microbatch
         # DDP all-reduces gradients only on the last microbatch; the others just accumulate.
-        sync = contextlib.nullcontext() if last or not hasattr(state.model, "no_sync") else state.model.no_sync()
+        sync = _NO_CONTEXT if last or not hasattr(state.model, "no_sync") else state.model.no_sync()
         with sync:
             engine.run_event(Event.BEFORE_FORWARD)
             with autocast(self.state):
@@ -345,8 +353,6 @@ class Trainer:
             self.scaler.scale(state.loss if weight == 1.0 else state.loss * weight).backward()
             engine.run_event(Event.AFTER_BACKWARD)
         state.outputs = None  # free activations' outputs before the next microbatch
-        loss = state.loss.detach().float()
-        return loss if weight == 1.0 else loss * weight
 
     def _halve_microbatch(self) -> None:
         """After an out-of-memory error: drop the partial gradients and retry the batch in halves."""
@@ -397,7 +403,9 @@ class Trainer:
     # -- signals -------------------------------------------------------------------------------
 
     def _halt_if_signalled(self) -> None:
-        signum = distributed.all_reduce_max(self._stop.signum or 0, self.state.device)  # ranks stop together
+        signum = self._stop.signum or 0
+        if self.world_size > 1:
+            signum = distributed.all_reduce_max(signum, self.state.device)  # ranks stop together
         if not signum:
             return
         if self.state.timestamp.batch.value != self._last_saved_batch:

@@ -275,8 +275,8 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     """Train one run as `config` (a `RunConfig`, or a mapping of its keys) says.
 
     callbacks  observers of the run's events (`Callback` subclasses: `batch_end(state, logger)`...)
-    loggers    destinations that receive each metrics record as it is written (`log(record)`), besides
-               those `config.loggers` names
+    loggers    destinations that receive each metrics record as it is written (`log(record)`), after
+               those `config.loggers` names; checked (`check_run_dir`) and opened (`open`) as those are
     console    where the progress bar and notes go (default: stderr on rank 0;
                `Console(quiet=True)` for none)
 
@@ -306,7 +306,9 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     # anything is written; the Trainer expands and orders the list itself (expanding twice would
     # list a bundle's members twice).
     compose(algorithms, plan.device, plan.precision)
-    run_loggers = build_loggers(config)  # every rank checks them; rank 0 writes
+    # The caller's destinations are checked and opened as the configured ones are (a failing one is
+    # named in one line); every rank checks them, rank 0 opens them and writes.
+    run_loggers = [*build_loggers(config), *loggers]
     per_rank_batch = distributed.per_rank_batch_size(plan.batch_size)
     run_dir = location(plan.run_dir)
     Logger(run_loggers).check_run_dir(run_dir)
@@ -327,7 +329,7 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     seed_everything(config.seed)
     model = build_model(config.model, dropout=plan.dropout)
     records = RecordList()
-    logger = Logger([records, *loggers])
+    logger = Logger([records])  # and, on rank 0, `run_loggers` once opened
     # Every run measures its speed (throughput/* and memory/peak_gib in metrics.jsonl).
     speed = SpeedMonitor(window=20, warmup_steps=1, console=False)
     trainer = Trainer(

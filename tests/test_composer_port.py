@@ -213,6 +213,22 @@ def test_batch_helpers_take_keys_getters_and_pairs_and_leave_the_old_batch_alone
         state.batch_get_item("labels")
 
 
+def test_batch_get_item_takes_a_list_of_keys_as_composers_batch_get_does(tmp_path):
+    state = State(model=torch.nn.Linear(1, 1), max_duration=Time(1, "ba"), device=torch.device("cpu"),
+                  precision="fp32", seed=0, run_dir=location(str(tmp_path)))
+    ids, mask = torch.arange(6).reshape(2, 3), torch.ones(2, 3)
+    state.batch = {"input_ids": ids, "attention_mask": mask}
+    # Composer's batch_get: a dict cannot be indexed by a list or tuple, so each key is looked up
+    # in turn and the items come back as a list, in the keys' order; a pair of callables stays a
+    # (getter, setter) pair.
+    got = state.batch_get_item(["attention_mask", "input_ids"])
+    assert isinstance(got, list) and got[0] is mask and got[1] is ids
+    assert state.batch_get_item(("input_ids",))[0] is ids
+    assert state.batch_get_item([]) == []
+    with pytest.raises(KeyError, match="the batch has no 'labels'"):
+        state.batch_get_item(["input_ids", "labels"])
+
+
 # --- a subclass forwarding **kwargs, and Composer's option names --------------------------------
 
 

@@ -54,3 +54,33 @@ def test_bad_configurations_raise_config_error_before_writing(tmp_path, text_fil
         composerlite.train({"model": "gpt2-tiny", "data": str(text_file), "max_duration": "1ba", "batch_size": 2,
                             "seq_len": 16, "device": "cpu", "run_dir": str(blocker)}, console=QUIET)
     assert blocker.read_text() == ""
+
+
+def test_loggers_passed_in_are_checked_and_opened_as_configured_ones_are(tmp_path, text_file):
+    from composerlite.errors import PluginError
+    from composerlite.loggers import LoggerDestination
+
+    class Opened(RecordList):
+        def check_run_dir(self, run_dir):
+            self.checked = run_dir.url
+
+        def open(self, run):
+            self.run = run
+
+    class Broken(LoggerDestination):
+        name = "broken"
+
+        def open(self, run):
+            raise RuntimeError("no place to write")
+
+        def log(self, record):
+            pass
+
+    config = {"model": "gpt2-tiny", "data": str(text_file), "max_duration": "1ba", "batch_size": 2, "seq_len": 16,
+              "device": "cpu", "precision": "fp32", "run_dir": str(tmp_path / "run")}
+    opened = Opened()
+    result = composerlite.train(config, loggers=[opened], console=QUIET)
+    assert opened.checked == str(tmp_path / "run") and opened.run.run_dir.url == str(tmp_path / "run")
+    assert opened.run.config == result.config and opened.records == result.records
+    with pytest.raises(PluginError, match="^logger 'broken' failed in open: RuntimeError: no place to write$"):
+        composerlite.train({**config, "run_dir": str(tmp_path / "broken")}, loggers=[Broken()], console=QUIET)

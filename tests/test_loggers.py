@@ -259,3 +259,43 @@ def test_the_progress_bar_says_when_it_evaluates_and_shows_the_one_tokens_per_s(
     rate = result.summary["speed"]["throughput/tokens_per_s"]
     assert result.summary["tokens_per_s"] == rate == result.records[-2]["throughput/tokens_per_s"]
     assert f"{rate:,.0f} tok/s" in frames[-2]
+
+
+def test_metrics_lines_are_json_dumps_text_whichever_way_they_are_written(tmp_path):
+    """metrics.jsonl writes a training record through a template of its keys (issue 12's per-step
+    cost): every line must still be exactly json.dumps's, for numbers of every kind, texts, keys
+    that need escaping, and records that take the general encoder (NaN, bools, None, tensors)."""
+    import math
+    import random
+
+    import numpy as np
+    import torch
+
+    from composerlite.loggers import JSONLinesLogger, _jsonable
+
+    rng = random.Random(12)
+
+    def number():
+        pick = rng.random()
+        if pick < 0.3:
+            return struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0]  # any double, NaN and inf included
+        if pick < 0.5:
+            return rng.choice([0.0, -0.0, 1e16, 1e-5, 5e-324, 1.7976931348623157e308, math.inf, -math.inf, math.nan])
+        if pick < 0.7:
+            return rng.randint(-10**30, 10**30)
+        if pick < 0.9:
+            return float(np.float32(rng.random())) * 10 ** rng.randint(-8, 12)
+        return rng.choice([True, False, None, "text", np.float32(1.5), torch.tensor(2.5), 3])
+
+    keys = ["event", "step", "loss", "lr", "throughput/tokens_per_s", "100%", 'say "hi"', "é", "a\nb"]
+    records = [{"event": "train", "step": 1, "loss": 2.5, "lr": 1e-3}]
+    for _ in range(3000):
+        chosen = keys[: rng.randint(1, len(keys))]
+        records.append({key: rng.choice(["train", "eval", "%s", "é\n"]) if key == "event" else number()
+                        for key in chosen})
+    destination = JSONLinesLogger(tmp_path / "metrics.jsonl")
+    for record in records:
+        destination.log(record)
+    destination.close()
+    written = (tmp_path / "metrics.jsonl").read_text(encoding="utf-8").split("\n")
+    assert written[:-1] == [json.dumps(record, default=_jsonable) for record in records] and written[-1] == ""
