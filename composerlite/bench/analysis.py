@@ -166,33 +166,34 @@ def timing_noise_variance(group: Group, targets: dict[int, float]) -> float:
     return statistics.fmean(squares) if squares else 0.0
 
 
-def step_speed_noise_variance(group: Group) -> float:
-    """Mean squared log ratio of the reference's median step speed against its repeat's, over seeds. 0
-    without a repeat."""
-    repeats = [label for label, of in group.repeats.items() if of == group.reference]
-    reference = {run.seed: median_step_speed(run) for run in group.runs_of(group.reference)}
-    log_ratios = [math.log(reference[run.seed] / speed)
-                  for label in repeats for run in group.runs_of(label)
-                  if reference.get(run.seed) and (speed := median_step_speed(run))]
+def reference_step_speeds(group: Group) -> dict[int, float]:
+    """The reference's median step speed per seed."""
+    speeds = {run.seed: median_step_speed(run) for run in group.runs_of(group.reference)}
+    return {seed: speed for seed, speed in speeds.items() if speed}
+
+
+def step_speed_log_ratios(runs: list[RunRecord], reference: dict[int, float]) -> list[float]:
+    """Per seed: log of the run's median step speed over the reference's."""
+    return [math.log(speed / reference[run.seed]) for run in runs
+            if run.seed in reference and (speed := median_step_speed(run))]
+
+
+def step_speed_noise_variance(group: Group, reference: dict[int, float]) -> float:
+    """Mean squared log ratio of the reference's repeat's median step speed against the reference's,
+    over seeds. 0 without a repeat."""
+    repeats = [run for label, of in group.repeats.items() if of == group.reference for run in group.runs_of(label)]
+    log_ratios = step_speed_log_ratios(repeats, reference)
     return statistics.fmean(ratio**2 for ratio in log_ratios) if log_ratios else 0.0
 
 
+def step_rates(run: RunRecord) -> list[float]:
+    """Tokens/s of each of the run's training steps, its first (warm-up) step left out."""
+    return [tokens / seconds for tokens, seconds in list(zip(run.step_tokens, run.step_seconds))[1:] if seconds > 0]
+
+
 def median_step_speed(run: RunRecord) -> float | None:
-    """Median tokens/s of the run's training steps, its first (warm-up) step left out."""
-    rates = [tokens / seconds for tokens, seconds in list(zip(run.step_tokens, run.step_seconds))[1:] if seconds > 0]
+    rates = step_rates(run)
     return statistics.median(rates) if rates else None
-
-
-def step_speedup(group: Group, method: str) -> Speedup:
-    """The method's step speed over the reference's, paired by seed."""
-    if method == group.reference:
-        return Speedup(1.0, None, None, len(group.runs_of(method)), "reference")
-    reference = {run.seed: median_step_speed(run) for run in group.runs_of(group.reference)}
-    log_ratios = [math.log(speed / reference[run.seed]) for run in group.runs_of(method)
-                  if reference.get(run.seed) and (speed := median_step_speed(run))]
-    if not log_ratios:
-        return Speedup(None, None, None, 0, "no reference run")
-    return speedup_of(log_ratios, step_speed_noise_variance(group))
 
 
 def seed_targets(group: Group) -> dict[int, float]:
@@ -207,6 +208,8 @@ def summarize(group: Group) -> list[MethodSummary]:
     targets = seed_targets(group)
     reference = {run.seed: run for run in group.runs_of(group.reference)}
     noise = timing_noise_variance(group, targets)
+    reference_speeds = reference_step_speeds(group)
+    step_noise = step_speed_noise_variance(group, reference_speeds)
     summaries = []
     for method in group.methods:
         runs = group.runs_of(method)
@@ -240,7 +243,12 @@ def summarize(group: Group) -> list[MethodSummary]:
                 speedups[axis] = Speedup(None, None, None, compared, f"not reached ({len(costs)}/{compared} seeds)")
             else:
                 speedups[axis] = speedup_of(log_ratios[axis], noise if axis == "wall_s" else 0.0)
-        speedups[STEP_SPEED] = step_speedup(group, method)
+        if method == group.reference:
+            speedups[STEP_SPEED] = Speedup(1.0, None, None, len(runs), "reference")
+        elif step_log_ratios := step_speed_log_ratios(runs, reference_speeds):
+            speedups[STEP_SPEED] = speedup_of(step_log_ratios, step_noise)
+        else:
+            speedups[STEP_SPEED] = Speedup(None, None, None, 0, "no reference run")
         summaries.append(MethodSummary(
             method=method,
             repeat_of=group.repeats.get(method),
@@ -262,8 +270,7 @@ def step_spread(runs: list[RunRecord]) -> Spread | None:
     """Tokens/s of single training steps over all runs (each run's first step, which warms up, left out)."""
     import numpy as np
 
-    rates = [tokens / seconds for run in runs
-             for tokens, seconds in list(zip(run.step_tokens, run.step_seconds))[1:] if seconds > 0]
+    rates = [rate for run in runs for rate in step_rates(run)]
     if not rates:
         return None
     p10, median, p90 = np.percentile(rates, [10, 50, 90])
