@@ -5,23 +5,22 @@ Both loops train the same model (`--model micro`: gpt2-tiny with a 512-token voc
 comparing versions of the loop on a busy machine) in fp32 on the CPU, on the same random tokens, with the same AdamW, a cosine LR set every step, and one loss read per step.
 The Trainer is built as `composerlite.train` builds it: the SpeedMonitor, the in-memory record list
 and the default logger destinations, built and opened by the same calls (`build_loggers`: the
-progress bar, on a terminal console writing to /dev/null, and metrics.jsonl).
-
-A pair is two processes, one per loop, that take turns step by step: one trains a step while the
-other waits for its turn (blocked, spending no CPU), as `composerlite bench --interleave steps`
-runs methods. Consecutive steps of the two loops therefore meet the same machine: on a shared VM
-the speed of the same hand-written loop drifts by tens of percent between runs seconds apart,
-which swamped a tenth of a millisecond when the two loops ran one after the other. A step is the
-period from the loop getting its turn at a batch fetch to its next batch fetch, read by the data
-stream both loops share, so neither loop carries a timing hook of its own; it is measured in the
-process's CPU time (all its threads) and in wall-clock time. A run's cost is the median of its
-steps after `--warmup`; the overhead is the per-pair difference (Trainer minus hand), reported as
-its median and its mean with a 95% Student-t interval. Which loop takes the first turn alternates
-between pairs. Taking turns halves the progress bar's redraws a step (they are timed by the wall
-clock, twice a second; ~1.3 ms each, so ~0.01 ms a step on the micro model).
+progress bar, on a terminal console writing to /dev/null, and metrics.jsonl). A step is
+the period between two consecutive batch fetches, read by the data stream both loops share, so
+neither loop carries a timing hook of its own; it is measured in the process's CPU time (all its
+threads: the progress bar's refresh thread counts) and in wall-clock time. CPU time is the
+primary figure: on a shared machine other processes stretch the wall clock by tens of percent,
+while they barely change the CPU time a step takes. Runs alternate, each on a freshly built model, and
+the loop that runs first alternates between pairs (hand then Trainer, Trainer then hand), so drift
+and order hit both alike; a run's cost is the median of its steps after
+`--warmup`, and the overhead is the per-pair difference (Trainer minus hand), reported as its
+median and the mean with a 95% Student-t interval. Running the two loops in two processes that take
+turns step by step (as `composerlite bench --interleave steps` runs methods) was tried and dropped:
+each turn evicts the other loop's caches, which added ~2 ms to the hand loop's step and ~0.6 ms to
+the difference on the micro model, a cost no real run pays.
 
     python benchmarks/loop_overhead.py                 # 15 pairs of 200 steps, 1 thread
-    python benchmarks/loop_overhead.py --pairs 30 --out benchmarks/results/loop_overhead_cpu.json
+    python benchmarks/loop_overhead.py --pairs 120 --steps 60 --warmup 15   # finer-grained: the 2026-12-01 record
 """
 
 from __future__ import annotations
@@ -29,9 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import multiprocessing
 import os
-import queue
 import statistics
 import sys
 import tempfile
@@ -60,33 +57,16 @@ MODELS = {"micro": ("gpt2-tiny", 512), "nano": (ModelSpec("gpt2-nano", 1, 16, 64
 
 
 class TimedTokens(RandomTokens):
-    """Random token batches handed out in turns with a partner process: each fetch ends the step
-    before it (its CPU and wall periods are noted), passes the turn, and waits for it to come back."""
+    """Random token batches that note the times (CPU, wall) each batch is handed out at."""
 
-    def __init__(self, *args, my_turn, partner_turn, done, partner_done, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.my_turn, self.partner_turn, self.done, self.partner_done = my_turn, partner_turn, done, partner_done
-        self.periods: list[tuple[float, float]] = []  # (CPU, wall) seconds of each timed step
-        self._started: tuple[float, float] | None = None
+        self.fetched: list[tuple[float, float]] = []
 
     def epoch(self, epoch: int, start_batch: int = 0):
         for batch in super().epoch(epoch, start_batch):
-            if self._started is not None:
-                cpu, wall = time.process_time(), time.perf_counter()
-                self.periods.append((cpu - self._started[0], wall - self._started[1]))
-                self.partner_turn.release()
-            while not self.my_turn.acquire(timeout=0.05):
-                if self.partner_done.is_set():  # the partner finished: no turn to wait for
-                    break
-            self._started = time.process_time(), time.perf_counter()
+            self.fetched.append((time.process_time(), time.perf_counter()))
             yield batch
-        self.finish()
-
-    def finish(self) -> None:
-        """Leave the turns (the last step, which runs into the loop's teardown, is not timed)."""
-        if not self.done.is_set():
-            self.done.set()
-            self.partner_turn.release()
 
 
 def new_model(name: str) -> torch.nn.Module:
@@ -124,28 +104,10 @@ def trainer_loop(model: torch.nn.Module, data: TimedTokens, steps: int) -> None:
             console.file.close()
 
 
-def step_ms(periods: list[tuple[float, float]], warmup: int, clock: int) -> float:
+def step_ms(data: TimedTokens, warmup: int, clock: int) -> float:
     """The median step of a run, after `warmup` steps, on clock 0 (CPU) or 1 (wall)."""
-    return 1e3 * statistics.median(period[clock] for period in periods[warmup:])
-
-
-LOOPS = {"hand": hand_loop, "trainer": trainer_loop}
-
-
-def run_in_turns(kind: str, model: str, steps: int, seed: int, batch_size: int, seq_len: int, threads: int,
-                 turns: dict, results) -> None:
-    """One loop of a pair, in its own process."""
-    torch.set_num_threads(threads)
-    transformers.logging.set_verbosity_error()  # the small vocabulary's token-id warning
-    seed_everything(seed)
-    partner = "trainer" if kind == "hand" else "hand"
-    data = TimedTokens(batch_size, seq_len, MODELS[model][1], steps, seed=seed, my_turn=turns[kind][0],
-                       partner_turn=turns[partner][0], done=turns[kind][1], partner_done=turns[partner][1])
-    try:
-        LOOPS[kind](new_model(model), data, steps)
-    finally:
-        data.finish()
-    results.put((kind, data.periods))
+    periods = [b[clock] - a[clock] for a, b in zip(data.fetched, data.fetched[1:])][warmup:]
+    return 1e3 * statistics.median(periods)
 
 
 def mean_interval(values: list[float]) -> tuple[float, float, float]:
@@ -157,36 +119,17 @@ def mean_interval(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def measure(model: str, pairs: int, steps: int, warmup: int, batch_size: int, seq_len: int, threads: int,
-            log=print) -> dict:
-    # each loop in a fresh process forked from a server that imported the libraries once
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "transformers", "rich", "composerlite.trainer", "composerlite.training"])
-    samples = {(kind, clock): [] for kind in LOOPS for clock in ("cpu", "wall")}
+def measure(model: str, pairs: int, steps: int, warmup: int, batch_size: int, seq_len: int, log=print) -> dict:
+    samples = {(kind, clock): [] for kind in ("hand", "trainer") for clock in ("cpu", "wall")}
     for pair in range(pairs):
-        first = "hand" if pair % 2 == 0 else "trainer"
-        turns = {kind: (context.Semaphore(1 if kind == first else 0), context.Event()) for kind in LOOPS}
-        results = context.Queue()
-        workers = [context.Process(target=run_in_turns, args=(kind, model, steps, pair, batch_size, seq_len,
-                                                                threads, turns, results)) for kind in LOOPS]
-        for worker in workers:
-            worker.start()
-        periods = {}
-        while len(periods) < len(workers):
-            try:
-                kind, timed = results.get(timeout=1.0)
-                periods[kind] = timed
-            except queue.Empty:
-                if any(worker.exitcode not in (None, 0) for worker in workers):
-                    for worker in workers:
-                        worker.kill()
-                    raise SystemExit("a loop's process failed: see its traceback above")
-        for worker in workers:
-            worker.join()
-        for kind in LOOPS:
+        loops = (("hand", hand_loop), ("trainer", trainer_loop))
+        for kind, loop in loops if pair % 2 == 0 else loops[::-1]:  # either loop first, as often
+            seed_everything(pair)
+            data = TimedTokens(batch_size, seq_len, MODELS[model][1], steps, seed=pair)
+            loop(new_model(model), data, steps)
             for index, clock in enumerate(("cpu", "wall")):
-                samples[kind, clock].append(step_ms(periods[kind], warmup, index))
-        log(f"pair {pair + 1}/{pairs} ({first} first): CPU ms a step: hand {samples['hand', 'cpu'][-1]:.3f}, trainer "
+                samples[kind, clock].append(step_ms(data, warmup, index))
+        log(f"pair {pair + 1}/{pairs}: CPU ms a step: hand {samples['hand', 'cpu'][-1]:.3f}, trainer "
             f"{samples['trainer', 'cpu'][-1]:.3f}; wall: {samples['hand', 'wall'][-1]:.3f}, {samples['trainer', 'wall'][-1]:.3f}")
     result = {}
     for clock in ("cpu", "wall"):
@@ -210,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least sensitive to a busy machine)")
     parser.add_argument("--out", help="write the result as JSON here")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)  # as the loops' processes do; named in the record
+    torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()  # the small vocabulary's token-id warning, once per model built
     load_before = os.getloadavg()
-    result = measure(args.model, args.pairs, args.steps, args.warmup, args.batch_size, args.seq_len, args.threads)
+    result = measure(args.model, args.pairs, args.steps, args.warmup, args.batch_size, args.seq_len)
     for clock, what in (("cpu", "CPU time"), ("wall", "wall-clock")):
         r = result[clock]
         low, high = r["overhead_mean_95ci_ms"]
