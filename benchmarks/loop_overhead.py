@@ -42,6 +42,7 @@ from scipy import stats
 from composerlite.config import RunConfig
 from composerlite.loggers import Logger, RecordList, RunInfo
 from composerlite.models import ModelSpec, build_model
+from composerlite.runtime import pinned_runtime
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.speed_monitor import SpeedMonitor, device_name
 from composerlite.state import shifted_cross_entropy
@@ -77,14 +78,18 @@ def new_model(name: str) -> torch.nn.Module:
 def hand_loop(model: torch.nn.Module, data: TimedTokens, steps: int) -> None:
     optimizer = adamw(model, OptimizerConfig(lr=LR))
     model.train()
-    for step, batch in enumerate(data.epoch(0)):
-        loss = shifted_cross_entropy(model(input_ids=batch["input_ids"]).logits, batch)
-        loss.backward()
-        loss.item()
-        for group in optimizer.param_groups:
-            group["lr"] = LR * 0.5 * (1 + math.cos(math.pi * step / steps))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    # The runtime the Trainer's fit() runs in. Without it glibc returns each step's freed tensors to
+    # the kernel and the hand loop pays their page faults again (6.5-6.9 ms a step on the micro model
+    # against 4.7 with it, runs half an hour apart): the Trainer then looked 0.18 ms faster than it.
+    with pinned_runtime(torch.get_num_threads(), torch.device("cpu")):
+        for step, batch in enumerate(data.epoch(0)):
+            loss = shifted_cross_entropy(model(input_ids=batch["input_ids"]).logits, batch)
+            loss.backward()
+            loss.item()
+            for group in optimizer.param_groups:
+                group["lr"] = LR * 0.5 * (1 + math.cos(math.pi * step / steps))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
 
 def trainer_loop(model: torch.nn.Module, data: TimedTokens, steps: int) -> None:
