@@ -188,55 +188,6 @@ def _jsonable(value: Any) -> Any:
 _ENCODER = json.JSONEncoder(default=_jsonable)
 
 
-class _Lines:
-    """The lines of metrics.jsonl: each record as `json.dumps(record, default=_jsonable)` writes it,
-    plus a newline. A record that is a text (its "event") followed by plain ints and finite floats,
-    as every training record is, is written through a template of its keys built once: JSON writes
-    such numbers as `repr` does, so `template % numbers` is the same text, without escaping and
-    joining the keys again each step (a quarter of a line's cost; the numbers' digits are most of
-    the rest). Anything else goes through the encoder."""
-
-    NUMBERS = frozenset({int, float})  # exactly these types: bool, an int subclass, is not written as repr writes it
-    MOST_TEMPLATES = 64  # records whose keys keep changing get no lasting template
-
-    def __init__(self):
-        self._templates: dict[tuple[tuple, str], str | None] = {}
-
-    def __call__(self, record: dict[str, Any]) -> str:
-        values = tuple(record.values())
-        if values and type(values[0]) is str and set(map(type, values[1:])) <= self.NUMBERS:
-            numbers = values[1:]
-            template = self._template(tuple(record), values[0])
-            if template is not None and _all_finite(numbers):
-                return template % numbers
-        return _ENCODER.encode(record) + "\n"
-
-    def _template(self, keys: tuple, text: str) -> str | None:
-        template = self._templates.get((keys, text), False)
-        if template is False:
-            if len(self._templates) >= self.MOST_TEMPLATES:
-                self._templates.clear()
-            template = self._templates[keys, text] = _line_template(keys, text)
-        return template
-
-
-def _line_template(keys: tuple, text: str) -> str | None:
-    """`{"KEY0": "TEXT", "KEY1": %r, ...}` and a newline, as `%`-format text; None for keys that are
-    not all texts (JSON writes other keys as texts)."""
-    if not all(type(key) is str for key in keys):
-        return None
-    literal = lambda value: json.encoder.encode_basestring_ascii(value).replace("%", "%%")
-    items = [f"{literal(keys[0])}: {literal(text)}", *(f"{literal(key)}: %r" for key in keys[1:])]
-    return "{" + ", ".join(items) + "}\n"
-
-
-def _all_finite(numbers: tuple) -> bool:
-    try:
-        return math.isfinite(sum(numbers))  # a NaN or an infinity anywhere makes the sum one
-    except OverflowError:
-        return False
-
-
 class JSONLinesLogger(LoggerDestination):
     """metrics.jsonl: one JSON object per line, flushed per line, so a killed run loses nothing it
     logged (the flush costs ~3 us a line). `path` is for direct use; built by name (`jsonl`), it
@@ -255,7 +206,6 @@ class JSONLinesLogger(LoggerDestination):
         self.path = None if path is None else Path(path)
         self.remote = remote
         self.upload_interval_s = upload_interval_s
-        self._lines = _Lines()
         self._file = None
         if self.path is not None:
             self._open_file()
@@ -279,7 +229,7 @@ class JSONLinesLogger(LoggerDestination):
         self._uploaded_at = time.monotonic()
 
     def log(self, record: dict[str, Any]) -> None:
-        self._file.write(self._lines(record))
+        self._file.write(_ENCODER.encode(record) + "\n")
         self._file.flush()
         if self.remote is None or time.monotonic() - self._uploaded_at < self.upload_interval_s:
             return

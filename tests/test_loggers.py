@@ -261,10 +261,9 @@ def test_the_progress_bar_says_when_it_evaluates_and_shows_the_one_tokens_per_s(
     assert f"{rate:,.0f} tok/s" in frames[-2]
 
 
-def test_metrics_lines_are_json_dumps_text_whichever_way_they_are_written(tmp_path):
-    """metrics.jsonl writes a training record through a template of its keys (issue 12's per-step
-    cost): every line must still be exactly json.dumps's, for numbers of every kind, texts, keys
-    that need escaping, and records that take the general encoder (NaN, bools, None, tensors)."""
+def test_metrics_lines_are_json_dumps_text(tmp_path):
+    """Every line of metrics.jsonl is exactly json.dumps's, for numbers of every kind, texts, keys
+    that need escaping, NaN, bools, None and tensors."""
     import math
     import random
 
