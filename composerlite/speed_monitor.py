@@ -134,9 +134,9 @@ class SpeedMonitor(Callback):
     peak_source     what `peak_flops` is, for the record ("user", "measured: 1024x1024 matmul", ...)
     console         print a one-line summary at the end of training (rank 0)
 
-    A step's time is the whole period between consecutive BATCH_END events (`time.perf_counter`):
-    data loading, logging and the algorithms' work count, evaluation and checkpoint saving do not.
-    The first measured step's period starts at the last warmup step's BATCH_END.
+    A step's time runs from its BEFORE_DATALOADER to its BATCH_END (`time.perf_counter`): data
+    loading, logging and the algorithms' work in the step count; evaluation, checkpoint saving and
+    whatever runs between one step's BATCH_END and the next step's start do not.
     No `torch.cuda.synchronize` here: the trainer reads the loss (`.item()`) once per step, which
     waits for that step's forward and backward, so the GPU's queue never runs more than about a
     step ahead of the CPU; over a window of steps the CPU-side period then equals the GPU's step
@@ -157,7 +157,7 @@ class SpeedMonitor(Callback):
         self.peak: float | None = None
         self.peak_source = ""
         self.warmup_s = 0.0  # FIT_START to the last warmup step's BATCH_END, less eval and saves
-        self.excluded_s = 0.0  # evaluation and checkpoint time since FIT_START, left out of the timings
+        self.excluded_s = 0.0  # time between steps (evaluation, checkpoints) since FIT_START, left out of the timings
         self.summary: dict[str, Any] = {}
         self._flops_per_token: dict[int, float] = {}  # by sequence length (seq_len_warmup varies it)
         self._started = self._mark = 0.0  # perf_counter at FIT_START / at the previous BATCH_END
@@ -225,10 +225,13 @@ class SpeedMonitor(Callback):
             self._memory = (self._seen, peak_memory_gib(device)[0])
         return self._memory[1]
 
-    # Time to leave out. The span from BATCH_END to BATCH_CHECKPOINT holds the evaluation and the
-    # checkpoint save when due (and the step's metrics write, microseconds); evaluation has its own
-    # events and is already excluded (`_excluded` counts only this span, being reset at BATCH_END).
-    def batch_checkpoint(self, state, logger) -> None:
+    # Time to leave out: everything from BATCH_END to the next step's BEFORE_DATALOADER. That span
+    # holds the evaluation and the checkpoint save when due, the step's metrics write (microseconds)
+    # and every BATCH_CHECKPOINT callback, whichever order they run in: a benchmark's turn-taking
+    # callback waits there while other runs train, and that wait is no part of this run's step.
+    # Evaluation has its own events and is already in `_excluded`, which counts only this span (it
+    # is reset at BATCH_END), so excluding "all since BATCH_END" twice (at an epoch's end) is exact.
+    def before_dataloader(self, state, logger) -> None:
         self._exclude(time.perf_counter() - self._mark - self._excluded)
 
     def eval_start(self, state, logger) -> None:

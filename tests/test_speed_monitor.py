@@ -80,7 +80,7 @@ class FakeClock(Callback):
         return {}
 
 
-def test_step_time_is_the_period_between_batch_ends_less_eval_and_saves(tmp_path, monkeypatch):
+def test_step_time_is_a_step_from_loading_to_batch_end_less_eval_and_saves(tmp_path, monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(speed_monitor, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
     monitor = SpeedMonitor(warmup_steps=1, peak_flops=1e9, console=False)
@@ -93,6 +93,36 @@ def test_step_time_is_the_period_between_batch_ends_less_eval_and_saves(tmp_path
     assert monitor.summary["throughput/tokens_per_s"] == 2 * 16 / 3.0
     flops = model_flops_per_token(trainer.state.model, 16)
     assert monitor.summary["throughput/mfu"] == pytest.approx(2 * 16 / 3.0 * flops / 1e9)
+
+
+class TurnTaker(FakeClock):
+    """A benchmark's turn-taking callback as the fake clock sees it: 1,000 s waiting at each
+    BATCH_CHECKPOINT while other runs train, and no other time of its own."""
+
+    def after_dataloader(self, state, logger):
+        pass
+
+    def after_train_batch(self, state, logger):
+        pass
+
+    def batch_checkpoint(self, state, logger):
+        self.now += 1000.0
+
+
+def test_a_wait_between_steps_is_not_step_time_whichever_callback_comes_first(tmp_path, monkeypatch):
+    # Lockstep benchmarks pass their turn-taking callback after the monitor: its wait once landed in
+    # the next step's time and reported a sixth of the real tokens/s for six runs taking turns.
+    clock = FakeClock()
+    waiter = TurnTaker()
+    monkeypatch.setattr(speed_monitor, "time", types.SimpleNamespace(perf_counter=lambda: clock.now + waiter.now))
+    monitor = SpeedMonitor(warmup_steps=1, console=False)
+    trainer = tiny_trainer(tmp_path, max_duration="4ba", seq_len=16, batch_size=2, vocab_size=256,
+                           evaluate=False, callbacks=[clock, monitor, waiter])
+    trainer.fit()
+    assert [step[0] for step in monitor.measured] == [3.0, 3.0, 3.0]
+    assert monitor.warmup_s == 3.0
+    assert monitor.excluded_s == 3 * 1000.0  # the waits after steps 1-3; the one after step 4 ends the run
+    assert monitor.summary["throughput/tokens_per_s"] == 2 * 16 / 3.0
 
 
 class Counter(Callback):
