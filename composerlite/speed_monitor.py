@@ -156,7 +156,7 @@ class SpeedMonitor(Callback):
         self.window_columns = tuple(collections.deque(maxlen=window) for _ in range(4))
         self.peak: float | None = None
         self.peak_source = ""
-        self.warmup_s = 0.0  # FIT_START to the last warmup step's BATCH_END, less eval and saves
+        self.warmup_s = 0.0  # FIT_START to the last warmup step's BATCH_END, less the time between steps
         self.excluded_s = 0.0  # time between steps (evaluation, checkpoints) since FIT_START, left out of the timings
         self.summary: dict[str, Any] = {}
         self._flops_per_token: dict[int, float] = {}  # by sequence length (seq_len_warmup varies it)
