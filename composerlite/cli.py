@@ -30,6 +30,7 @@ COMMANDS = {
     "sweep": ("sweep", "scale_schedule ratios or an lr x batch-size grid, reported like a benchmark"),
     "scaling": ("scaling", "Kaplan's L(N, D) for the family; model size and tokens for a compute budget"),
     "eval": ("eval", "held-out loss and perplexity of a run's latest checkpoint at any sequence length"),
+    "data": ("data", "prepare a corpus into token shards once (resumable), or show a prepared corpus"),
     "throughput": ("throughput", "measure tokens/s, MFU and peak memory of a model + algorithms (random tokens)"),
 }
 

@@ -98,7 +98,7 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     data = data if data is not None else config.data
     try:
         corpus = prepare_corpus(data)
-        stream = BatchStream(corpus.eval_tokens, seq_len=seq_len, batch_size=batch_size, shuffle=False)
+        stream = BatchStream(corpus.eval, seq_len=seq_len, batch_size=batch_size, shuffle=False)
     except DataError as error:
         raise ConfigError(f"held-out split of {data or 'the default corpus'}: {error}") from None
     seed_everything(config.seed)

@@ -320,12 +320,15 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     resume_from = location(url) if url else None
     if not distributed.is_rank_zero():
         distributed.barrier()  # rank 0 tokenizes and caches the corpus first; the others then read the cache
-    corpus = prepare_corpus(config.data)
+    corpus = prepare_corpus(config.data, console=console)
     if distributed.is_rank_zero():
         distributed.barrier()
-    shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
-    train_data = BatchStream(corpus.train_tokens, seq_len=plan.seq_len, batch_size=per_rank_batch, seed=config.seed, **shard)
-    eval_data = BatchStream(corpus.eval_tokens, seq_len=plan.seq_len, batch_size=per_rank_batch, seed=0, shuffle=False, **shard)
+    # Each rank reads only the blocks it trains on, a batch or two ahead on a thread, into pinned
+    # memory on a GPU (the Trainer's copies are non-blocking).
+    stream = {"rank": distributed.rank(), "world_size": distributed.world_size(), "seq_len": plan.seq_len,
+              "batch_size": per_rank_batch, "pin_memory": plan.device.type == "cuda"}
+    train_data = BatchStream(corpus.train, seed=config.seed, **stream)
+    eval_data = BatchStream(corpus.eval, seed=0, shuffle=False, **stream)
     seed_everything(config.seed)
     model = build_model(config.model, dropout=plan.dropout)
     records = RecordList()
@@ -394,7 +397,7 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     if resume_from is not None:
         console.print(f"resuming from {resume_from}")
     console.print(
-        f"[bold]{config.model}[/bold] on {corpus.name} ({len(corpus.train_tokens):,} train tokens), "
+        f"[bold]{config.model}[/bold] on {corpus.name} ({corpus.train.n_tokens:,} train tokens), "
         f"{plan.device} {plan.precision}, algorithms: {', '.join(a.name or type(a).__name__ for a in algorithms) or 'none'}"
         + (f", {distributed.world_size()} processes ({config.parallel})" if distributed.world_size() > 1 else "")
     )

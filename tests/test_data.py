@@ -1,11 +1,13 @@
-"""Tests of the data pipeline: tokenizer, sources, corpus cache, eval split and batch streams."""
+"""Tests of the data pipeline: tokenizer, sources, the on-the-fly corpus cache and the held-out split
+(the shards, `data prepare` and its resumption: test_prepare.py; batch streams: test_loader.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import sys
 import uuid
+from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -15,8 +17,11 @@ import pytest
 import torch
 
 from composerlite.data import BatchStream, Corpus, DataError, GPT2Tokenizer, load_tokenizer, prepare_corpus
+from composerlite.data.corpus import cache_root
 
 EOT = 50256
+DEFAULT_TRAIN_SHA256 = "90000201daaac6a7f5ca54c6f05292d5972aaeb788923f2786a70e4f653a22bd"
+DEFAULT_EVAL_SHA256 = "731271406cdc724663f5347e5b26c1258a986c564419ec95d68c7ae63f4f7ba6"
 
 
 @pytest.fixture
@@ -45,6 +50,14 @@ def expected_stream(tok, texts):
     return [token for text in texts for token in tok.encode(text) + [EOT]]
 
 
+def train(corpus) -> list[int]:
+    return corpus.train.read().tolist()
+
+
+def held_out(corpus) -> list[int]:
+    return corpus.eval.read().tolist()
+
+
 # --- tokenizer ---------------------------------------------------------------------------------
 
 
@@ -69,27 +82,28 @@ def test_packing_puts_eot_after_every_document(tmp_path, cache_dir, tok):
     texts = documents(3)
     corpus = prepare_corpus(str(write_jsonl(tmp_path / "docs.jsonl", texts)), cache_dir, eval_fraction=0)
     assert isinstance(corpus, Corpus)
-    assert corpus.train_tokens.dtype == np.uint16 and isinstance(corpus.train_tokens, np.memmap)
-    assert corpus.train_tokens.tolist() == expected_stream(tok, texts)
-    assert len(corpus.eval_tokens) == 0 and corpus.n_documents == 3
-    assert corpus.cache_path.parent == cache_dir and corpus.name == "docs"
+    assert corpus.train.read().dtype == np.uint16
+    assert train(corpus) == expected_stream(tok, texts)
+    assert corpus.eval.n_tokens == 0 and corpus.manifest["shards"]["eval"] == [] and corpus.n_documents == 3
+    assert Path(corpus.location).parent == cache_dir and corpus.name == "docs"
 
 
 def test_cache_is_reused_without_retokenizing(tmp_path, cache_dir, monkeypatch):
     spec = str(write_jsonl(tmp_path / "docs.jsonl", documents(20)))
     first = prepare_corpus(spec, cache_dir)
-    train_file = first.cache_path / "train.npy"
+    train_file = Path(first.location) / "train-000000.bin"
     mtime = train_file.stat().st_mtime_ns
 
     def fail(*args):
         raise AssertionError("re-tokenized a cached corpus")
 
-    monkeypatch.setattr(GPT2Tokenizer, "encode_batch", fail)
+    monkeypatch.setattr(GPT2Tokenizer, "encode_array", fail)
     second = prepare_corpus(spec, cache_dir)
-    assert second.cache_path == first.cache_path and train_file.stat().st_mtime_ns == mtime
-    np.testing.assert_array_equal(second.train_tokens, first.train_tokens)
-    np.testing.assert_array_equal(second.eval_tokens, first.eval_tokens)
-    assert [p.name for p in cache_dir.iterdir()] == [first.cache_path.name], "no staging folder left behind"
+    assert second.location == first.location and train_file.stat().st_mtime_ns == mtime
+    assert train(second) == train(first) and held_out(second) == held_out(first)
+    assert [p.name for p in cache_dir.iterdir()] == [Path(first.location).name]
+    assert sorted(p.name for p in Path(first.location).iterdir() if not p.name.startswith(".")) == [
+        "eval-000000.bin", "manifest.json", "train-000000.bin"], "no partial shard or state left behind"
 
 
 def test_cache_is_invalidated_when_the_file_changes(tmp_path, cache_dir, tok):
@@ -98,31 +112,31 @@ def test_cache_is_invalidated_when_the_file_changes(tmp_path, cache_dir, tok):
     first = prepare_corpus(str(path), cache_dir, eval_fraction=0)
     path.write_text("second, longer version")
     second = prepare_corpus(str(path), cache_dir, eval_fraction=0)
-    assert second.cache_path != first.cache_path
-    assert second.train_tokens.tolist() == tok.encode("second, longer version") + [EOT]
+    assert second.location != first.location
+    assert train(second) == tok.encode("second, longer version") + [EOT]
 
 
 def test_eval_split_is_by_document_fixed_and_disjoint(tmp_path, cache_dir, tok):
     texts = documents(100)
     corpus = prepare_corpus(str(write_jsonl(tmp_path / "docs.jsonl", texts)), cache_dir, eval_fraction=0.1)
-    eval_docs = tok.decode(corpus.eval_tokens.tolist()).split("<|endoftext|>")[:-1]
-    train_docs = tok.decode(corpus.train_tokens.tolist()).split("<|endoftext|>")[:-1]
+    eval_docs = tok.decode(held_out(corpus)).split("<|endoftext|>")[:-1]
+    train_docs = tok.decode(train(corpus)).split("<|endoftext|>")[:-1]
     assert len(eval_docs) == 10 and len(train_docs) == 90
     assert sorted(eval_docs + train_docs) == sorted(texts)
     # The split is a property of the data alone: rebuilding it (new cache) picks the same documents,
     # and training streams with any seed only ever read train tokens.
     rebuilt = prepare_corpus(str(write_jsonl(tmp_path / "copy.jsonl", texts)), tmp_path / "other_cache", 0.1)
-    np.testing.assert_array_equal(rebuilt.eval_tokens, corpus.eval_tokens)
+    assert held_out(rebuilt) == held_out(corpus)
     for seed in (0, 1):
-        stream = BatchStream(corpus.train_tokens, seq_len=4, batch_size=2, seed=seed)
+        stream = BatchStream(corpus.train, seq_len=4, batch_size=2, seed=seed)
         assert all(batch["input_ids"].max() <= EOT for batch in stream.epoch(0))
 
 
 @pytest.mark.parametrize("n_documents, n_eval", [(2, 1), (10, 1), (1000, 20)])
 def test_at_least_one_eval_document(tmp_path, cache_dir, n_documents, n_eval):
     corpus = prepare_corpus(str(write_jsonl(tmp_path / "d.jsonl", documents(n_documents))), cache_dir, 0.02)
-    assert (corpus.eval_tokens == EOT).sum() == n_eval
-    assert (corpus.train_tokens == EOT).sum() == n_documents - n_eval
+    assert held_out(corpus).count(EOT) == n_eval
+    assert train(corpus).count(EOT) == n_documents - n_eval
 
 
 def test_single_document_splits_its_tokens(tmp_path, cache_dir, tok):
@@ -132,8 +146,8 @@ def test_single_document_splits_its_tokens(tmp_path, cache_dir, tok):
     corpus = prepare_corpus(str(path), cache_dir, eval_fraction=0.1)
     stream = tok.encode(text) + [EOT]
     n_eval = -(-len(stream) // 10)
-    assert corpus.eval_tokens.tolist() == stream[-n_eval:]
-    assert corpus.train_tokens.tolist() == stream[:-n_eval]
+    assert held_out(corpus) == stream[-n_eval:]
+    assert train(corpus) == stream[:-n_eval]
 
 
 # --- sources -----------------------------------------------------------------------------------
@@ -143,21 +157,21 @@ def test_txt_file_is_one_document(tmp_path, cache_dir, tok):
     text = "Paragraph one.\n\nParagraph two.\n"
     (tmp_path / "a.txt").write_text(text)
     corpus = prepare_corpus(str(tmp_path / "a.txt"), cache_dir, eval_fraction=0)
-    assert corpus.train_tokens.tolist() == tok.encode(text) + [EOT] and corpus.n_documents == 1
+    assert train(corpus) == tok.encode(text) + [EOT] and corpus.n_documents == 1
 
 
 def test_json_array_file(tmp_path, cache_dir, tok):
     texts = documents(2)
     (tmp_path / "a.json").write_text(json.dumps([{"text": text} for text in texts]))
     corpus = prepare_corpus(str(tmp_path / "a.json"), cache_dir, eval_fraction=0)
-    assert corpus.train_tokens.tolist() == expected_stream(tok, texts)
+    assert train(corpus) == expected_stream(tok, texts)
 
 
 def test_parquet_file(tmp_path, cache_dir, tok):
     texts = documents(4)
     pq.write_table(pa.table({"text": texts, "n": list(range(4))}), tmp_path / "a.parquet")
     corpus = prepare_corpus(str(tmp_path / "a.parquet"), cache_dir, eval_fraction=0)
-    assert corpus.train_tokens.tolist() == expected_stream(tok, texts)
+    assert train(corpus) == expected_stream(tok, texts)
 
 
 def test_folder_reads_supported_files_recursively_in_sorted_order(tmp_path, cache_dir, tok):
@@ -169,7 +183,7 @@ def test_folder_reads_supported_files_recursively_in_sorted_order(tmp_path, cach
     pq.write_table(pa.table({"text": ["dee"]}), folder / "sub" / "d.parquet")
     (folder / "ignored.csv").write_text("x,y")
     corpus = prepare_corpus(str(folder), cache_dir, eval_fraction=0)
-    assert corpus.train_tokens.tolist() == expected_stream(tok, ["ay", "bee", "sea", "see", "dee"])
+    assert train(corpus) == expected_stream(tok, ["ay", "bee", "sea", "see", "dee"])
     assert corpus.n_documents == 5 and corpus.name == "corpus"
 
 
@@ -181,27 +195,31 @@ def test_memory_fsspec_file_and_folder(cache_dir, tok):
     with fsspec.open(f"{root}/docs/part-1.txt", "w") as file:
         file.write(texts[2])
     folder = prepare_corpus(f"{root}/docs", cache_dir, eval_fraction=0)
-    assert folder.train_tokens.tolist() == expected_stream(tok, texts)
+    assert train(folder) == expected_stream(tok, texts)
     single = prepare_corpus(f"{root}/docs/part-1.txt", cache_dir, eval_fraction=0)
-    assert single.train_tokens.tolist() == expected_stream(tok, texts[2:])
+    assert train(single) == expected_stream(tok, texts[2:])
     # Rewriting the remote file must invalidate its cache entry.
     with fsspec.open(f"{root}/docs/part-1.txt", "w") as file:
         file.write("changed")
     changed = prepare_corpus(f"{root}/docs/part-1.txt", cache_dir, eval_fraction=0)
-    assert changed.train_tokens.tolist() == tok.encode("changed") + [EOT]
+    assert train(changed) == tok.encode("changed") + [EOT]
 
 
 def test_default_corpus(cache_dir):
     corpus = prepare_corpus(None, cache_dir)
     assert corpus.name == "kjv-bible" and corpus.n_documents == 1189  # chapters
-    assert len(corpus.train_tokens) > 500_000 and len(corpus.eval_tokens) > 0
-    assert load_tokenizer().decode(corpus.train_tokens[:4].tolist()).startswith("Genesis 1")
-    assert prepare_corpus("default", cache_dir).cache_path == corpus.cache_path
+    assert load_tokenizer().decode(corpus.train.read(0, 4).tolist()).startswith("Genesis 1")
+    assert prepare_corpus("default", cache_dir).location == corpus.location
+    # Exactly the tokens every committed record trained and evaluated on (prepared by the earlier,
+    # in-memory code): the streaming preparation and its block split must not move one token.
+    assert (corpus.train.n_tokens, corpus.eval.n_tokens) == (1_012_629, 17_763)
+    assert hashlib.sha256(corpus.train.read().tobytes()).hexdigest() == DEFAULT_TRAIN_SHA256
+    assert hashlib.sha256(corpus.eval.read().tobytes()).hexdigest() == DEFAULT_EVAL_SHA256
 
 
 def test_default_cache_dir_comes_from_environment(tmp_path, cache_dir):
     (tmp_path / "a.txt").write_text("hello")
-    assert prepare_corpus(str(tmp_path / "a.txt")).cache_path.parent == cache_dir
+    assert Path(prepare_corpus(str(tmp_path / "a.txt")).location).parent == cache_dir == cache_root()
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -255,101 +273,94 @@ def test_bad_eval_fraction(tmp_path, cache_dir):
         prepare_corpus(None, cache_dir, eval_fraction=1.0)
 
 
-def test_failed_build_leaves_no_cache(tmp_path, cache_dir, monkeypatch):
+def test_a_failed_build_publishes_nothing_and_the_next_call_finishes_it(tmp_path, cache_dir, monkeypatch):
+    from composerlite.data.shards import ShardWriter
+
     spec = str(write_jsonl(tmp_path / "d.jsonl", documents(5)))
-    monkeypatch.setattr(np, "save", lambda *args: (_ for _ in ()).throw(OSError("disk full")))
+    publish = ShardWriter._publish
+    monkeypatch.setattr(ShardWriter, "_publish", lambda self: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
         prepare_corpus(spec, cache_dir)
-    assert list(cache_dir.iterdir()) == []
+    [folder] = cache_dir.iterdir()
+    assert not (folder / "manifest.json").exists()
+    with pytest.raises(DataError, match="not a prepared corpus"):
+        from composerlite.data import open_corpus
+
+        open_corpus(folder)
+    monkeypatch.setattr(ShardWriter, "_publish", publish)
+    assert train(prepare_corpus(spec, cache_dir)) + held_out(prepare_corpus(spec, cache_dir)) != []
 
 
-# --- BatchStream -------------------------------------------------------------------------------
+# --- streaming sources: cursors, Hugging Face data sets ---------------------------------------
 
 
-def token_array(n):
-    return np.arange(n, dtype=np.uint16)
+def resumes_anywhere(source) -> list[str]:
+    """The source's documents; resuming from each one's cursor gives exactly the ones after it."""
+    from composerlite.data.sources import resolve_source
+
+    source = resolve_source(source) if isinstance(source, str) else source
+    items = list(source.documents())
+    for index in sorted({0, 1, len(items) // 2, len(items) - 2, len(items) - 1} & set(range(len(items)))):
+        assert list(source.documents(items[index][1])) == items[index + 1:], index
+        fraction = source.fraction_done(items[index][1])
+        assert fraction is None or 0 <= fraction <= 1
+    return [text for text, _ in items]
 
 
-def collect(stream, epoch=0, start_batch=0):
-    return [batch["input_ids"] for batch in stream.epoch(epoch, start_batch=start_batch)]
+def test_every_file_format_resumes_from_any_document(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", ["one", "", "two", "three"])
+    (folder / "b.json").write_text(json.dumps([{"text": "four"}, {"text": " "}, {"text": "five"}]))
+    (folder / "c.txt").write_text("six")
+    pq.write_table(pa.table({"text": [f"p{i}" for i in range(10)]}), folder / "d.parquet", row_group_size=3)
+    (folder / "e.json").write_text(json.dumps({"text": "seven"}) + "\n" + json.dumps({"text": "eight"}) + "\n")
+    assert resumes_anywhere(str(folder)) == ["one", "two", "three", "four", "five", "six",
+                                             *[f"p{i}" for i in range(10)], "seven", "eight"]
 
 
-def test_batches_are_int64_windows_of_the_tokens():
-    tokens = token_array(1000)
-    stream = BatchStream(tokens, seq_len=16, batch_size=4, shuffle=False)
-    assert len(stream) == 1000 // 16 // 4 and stream.tokens_per_batch == 64
-    batches = collect(stream)
-    assert len(batches) == len(stream)
-    assert all(batch.dtype == torch.int64 and batch.shape == (4, 16) for batch in batches)
-    np.testing.assert_array_equal(torch.cat(batches).flatten().numpy(), tokens[: len(stream) * 64])
+def test_the_default_corpus_resumes_from_any_chapter():
+    from composerlite.data.sources import BibleSource
+
+    assert len(resumes_anywhere(BibleSource())) == 1189
 
 
-def test_shuffled_batches_are_deterministic_and_cover_distinct_windows():
-    tokens = token_array(4096)
-    stream = BatchStream(tokens, seq_len=32, batch_size=4, seed=3)
-    first, again = collect(stream), collect(BatchStream(tokens, seq_len=32, batch_size=4, seed=3))
-    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
-    starts = torch.cat(first)[:, 0]
-    assert (starts % 32 == 0).all() and len(set(starts.tolist())) == 128
-    assert not torch.equal(torch.cat(first), torch.cat(collect(stream, epoch=1)))
-    assert not torch.equal(torch.cat(first), torch.cat(collect(BatchStream(tokens, 32, 4, seed=4))))
+def test_a_large_jsonl_file_streams_in_bounded_reads(tmp_path, monkeypatch):
+    """A JSON Lines file is read in chunks, never whole (the in-memory code read every file whole)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    path = write_jsonl(tmp_path / "big.jsonl", [f"line {i} " + "x" * 200 for i in range(20_000)])
+    monkeypatch.setattr(LocalFileSystem, "cat_file", lambda *a, **k: pytest.fail("read a JSON Lines file whole"))
+    assert len(resumes_anywhere(str(path))) == 20_000
 
 
-def test_start_batch_resumes_exactly_without_reading_skipped_windows():
-    stream = BatchStream(token_array(5000), seq_len=10, batch_size=3, seed=7)
-    full = collect(stream, epoch=2)
-    resumed = collect(stream, epoch=2, start_batch=5)
-    assert all(torch.equal(a, b) for a, b in zip(full[5:], resumed, strict=True))
-    assert collect(stream, epoch=2, start_batch=len(stream)) == []
-    with pytest.raises(DataError, match="start_batch"):
-        collect(stream, start_batch=len(stream) + 1)
+@pytest.fixture
+def saved_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    texts = [f"row {i} of a saved data set" for i in range(30)] + ["", "  "]
+    dataset = datasets.Dataset.from_dict({"text": texts, "n": list(range(len(texts)))})
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": dataset, "validation": dataset.select(range(7))}).save_to_disk(str(tmp_path / "dict"))
+    (tmp_path / "hub_like").mkdir()
+    write_jsonl(tmp_path / "hub_like" / "part-0.jsonl", texts)
+    return tmp_path, texts[:30]
 
 
-def test_skipped_batches_are_not_read():
-    stream = BatchStream(token_array(10_000), seq_len=10, batch_size=4, seed=1)
-    windows, fetched = stream._windows, []
-
-    class RecordingWindows:
-        def __getitem__(self, index):
-            fetched.append(np.asarray(index).copy())
-            return windows[index]
-
-    stream._windows = RecordingWindows()
-    resumed = next(iter(stream.epoch(0, start_batch=100)))["input_ids"]
-    assert len(fetched) == 1 and len(fetched[0]) == 4
-    np.testing.assert_array_equal(resumed[:, 0].numpy(), fetched[0] * 10)
+def test_hugging_face_data_sets_stream_offline(saved_datasets, cache_dir, tok, monkeypatch):
+    folder, texts = saved_datasets
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    for spec in ("saved", "hf:saved", "dict", "hf:dict@train", "hf:hub_like"):
+        assert resumes_anywhere(spec) == texts, spec
+    assert resumes_anywhere("hf:dict@validation") == texts[:7]
+    corpus = prepare_corpus("saved", cache_dir, eval_fraction=0)
+    assert train(corpus) == expected_stream(tok, texts) and corpus.n_documents == 30
+    with pytest.raises(DataError, match=r"hf:dict@test has no split 'test' \(splits: train, validation\)"):
+        prepare_corpus("hf:dict@test", cache_dir)
 
 
-def test_ranks_are_disjoint_equal_and_cover_the_epoch():
-    tokens = token_array(10_007)
-    world_size, seq_len, batch_size = 3, 8, 5
-    streams = [
-        BatchStream(tokens, seq_len, batch_size, seed=11, rank=rank, world_size=world_size) for rank in range(world_size)
-    ]
-    assert len({len(stream) for stream in streams}) == 1
-    starts = [torch.cat(collect(stream, epoch=1))[:, 0].tolist() for stream in streams]
-    flat = [start for rank_starts in starts for start in rank_starts]
-    assert len(flat) == len(set(flat)) == world_size * len(streams[0]) * batch_size
-    n_windows = len(tokens) // seq_len
-    assert n_windows - len(flat) < world_size * batch_size, "only the ragged end of the epoch is dropped"
-
-
-def test_too_little_data_for_one_batch():
-    with pytest.raises(DataError, match=r"data set has 100 tokens but one batch needs 128"):
-        BatchStream(token_array(100), seq_len=16, batch_size=8)
-    with pytest.raises(DataError, match=r"one batch needs 256 \(2 ranks"):
-        BatchStream(token_array(200), seq_len=16, batch_size=8, world_size=2)
-
-
-@pytest.mark.parametrize("kwargs", [{"seq_len": 0}, {"batch_size": -1}, {"rank": 2, "world_size": 2}])
-def test_bad_stream_settings(kwargs):
-    with pytest.raises(DataError):
-        BatchStream(token_array(1000), **kwargs)
-
-
-def test_stream_over_a_prepared_corpus(tmp_path, cache_dir):
-    corpus = prepare_corpus(str(write_jsonl(tmp_path / "d.jsonl", documents(200))), cache_dir)
-    stream = BatchStream(corpus.train_tokens, seq_len=16, batch_size=4, seed=0)
-    batch = next(iter(stream.epoch(0)))["input_ids"]
-    batch += 1  # batches are fresh, writable tensors, not views of the read-only memmap
-    assert os.path.exists(corpus.cache_path / "train.npy")
+def test_a_saved_data_set_without_a_text_column(tmp_path, cache_dir):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"body": ["x"]}).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(DataError, match=r"has no 'text' column \(columns: body\)"):
+        prepare_corpus(str(tmp_path / "saved"), cache_dir)

@@ -13,6 +13,7 @@ import torch
 
 from composerlite.cli import main
 from composerlite.models import flops_per_token
+from composerlite.runtime import resolve_runtime
 from composerlite.speed_monitor import PEAK_FLOPS, model_flops_per_token, peak_flops
 from composerlite.algorithms.pad_vocab import apply_pad_vocab
 from composerlite.models import build_model
@@ -37,7 +38,9 @@ def test_throughput_command_writes_json(tmp_path, capsys):
     assert set(states) == {"fused_kernels", *states["fused_kernels"]["applied"]}
     out = capsys.readouterr().out
     assert "skipped flash_attention" in out
-    assert record["precision"] == "fp32" and "fp32" in out  # the CPU here has no native bf16: the table says so
+    # auto precision: bf16 on a CPU with native bf16 (avx512_bf16, AMX), fp32 elsewhere; the table says which
+    expected = resolve_runtime("auto", "auto").precision
+    assert record["precision"] == expected and expected in out
 
 
 def test_throughput_bad_input_is_one_line_exit_2(capsys):

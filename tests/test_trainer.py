@@ -20,8 +20,8 @@ from composerlite.trainer import OptimizerConfig, Trainer, seed_everything
 def make_trainer(tmp_path, text_file, *, max_duration="6ba", batch_size=4, seq_len=32, seed=0,
                  run_name="run", lr=3e-3, warmup="0ba", **kwargs) -> Trainer:
     corpus = prepare_corpus(str(text_file), cache_dir=tmp_path / "cache")
-    train = BatchStream(corpus.train_tokens, seq_len=seq_len, batch_size=batch_size, seed=seed)
-    evaluation = BatchStream(corpus.eval_tokens, seq_len=seq_len, batch_size=2, seed=0, shuffle=False)
+    train = BatchStream(corpus.train, seq_len=seq_len, batch_size=batch_size, seed=seed)
+    evaluation = BatchStream(corpus.eval, seq_len=seq_len, batch_size=2, seed=0, shuffle=False)
     seed_everything(seed)
     run_dir = tmp_path / run_name
     return Trainer(

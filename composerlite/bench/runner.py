@@ -198,8 +198,8 @@ def bench_settings(base: RunConfig) -> tuple[dict[str, Any], dict[str, float]]:
     corpus = prepare_corpus(base.data)
     settings = {key: value for key, value in base.model_dump().items() if key not in PER_RUN_KEYS}
     references = reference_losses(corpus, GPT2Tokenizer.vocab_size)
-    return ({**settings, "data_name": corpus.name, "data_id": corpus.cache_path.name,
-             "train_tokens": int(len(corpus.train_tokens)), "eval_tokens": int(len(corpus.eval_tokens))},
+    return ({**settings, "data_name": corpus.name, "data_id": corpus.id,
+             "train_tokens": corpus.train.n_tokens, "eval_tokens": corpus.eval.n_tokens},
             {"unigram": references.unigram, "bigram": references.bigram})
 
 

@@ -36,7 +36,8 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-loss", type=float, help="race: each run trains until its held-out loss reaches this "
                         "(evaluating densely near it) or the budget runs out")
     parser.add_argument("--seed", type=int, help="first seed (default: the run default)")
-    parser.add_argument("--data", help="text/jsonl/parquet file or folder, fsspec URL, or hf:NAME (default: embedded corpus)")
+    parser.add_argument("--data", help="a prepared corpus (`composerlite data prepare`; a folder or URL), a text/jsonl/"
+                        "parquet file or folder, fsspec URL, or hf:NAME (default: embedded corpus)")
     parser.add_argument("--out", help="benchmark folder; rerun with the same --out to resume (default: bench-MODEL-BUDGET)")
     parser.add_argument("--batch-size", type=int, help="global batch size in sequences")
     parser.add_argument("--microbatch-size", type=int, help="sequences per forward/backward (gradient accumulation)")

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--logger", dest="loggers", action="append", default=[], metavar="NAME[:k=v,...]",
                         help="also log to tensorboard, mlflow, wandb, or path/to/file.py:Class; repeat for several "
                              "(console and jsonl, always on, take options the same way)")
-    parser.add_argument("--data", help="text/jsonl/parquet file or folder, fsspec URL, or hf:NAME (default: embedded corpus)")
+    parser.add_argument("--data", help="a prepared corpus (`composerlite data prepare`; a folder or URL), a text/jsonl/"
+                        "parquet file or folder, fsspec URL, or hf:NAME (default: embedded corpus)")
     parser.add_argument("--max-duration", help="training budget: 1000ba, 4.6e9tok, 2ep, 10min, ...")
     parser.add_argument("--batch-size", type=int, help="global batch size in sequences (split evenly over torchrun's processes)")
     parser.add_argument("--microbatch-size", help="sequences per forward/backward (gradient accumulation), or 'auto': "

@@ -1,4 +1,5 @@
-"""Data pipeline: GPT-2 tokenizer, data sources, cached tokenized corpora and batch streams."""
+"""Data pipeline: GPT-2 tokenizer, streamed sources, prepared corpora (token shards plus a manifest,
+local or at an fsspec URL) and batch streams that read them a block at a time."""
 
 from composerlite.data.errors import DataError
 from composerlite.lazy import lazy_attributes
@@ -7,6 +8,7 @@ from composerlite.lazy import lazy_attributes
 # usage checks (and its `except DataError`) do not need.
 _LAZY = {
     "Corpus": "composerlite.data.corpus",
+    "open_corpus": "composerlite.data.corpus",
     "prepare_corpus": "composerlite.data.corpus",
     "BatchStream": "composerlite.data.loader",
     "GPT2Tokenizer": "composerlite.data.tokenizer",
@@ -14,4 +16,4 @@ _LAZY = {
 }
 __getattr__ = lazy_attributes(__name__, _LAZY)
 
-__all__ = ["BatchStream", "Corpus", "DataError", "GPT2Tokenizer", "load_tokenizer", "prepare_corpus"]
+__all__ = ["BatchStream", "Corpus", "DataError", "GPT2Tokenizer", "load_tokenizer", "open_corpus", "prepare_corpus"]

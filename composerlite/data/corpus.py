@@ -1,71 +1,138 @@
-"""Tokenize a source once into flat uint16 token files (train + held-out eval), cached on disk.
+"""A prepared corpus: token shards plus a manifest, in a local folder or at any fsspec URL.
 
-Later runs on unchanged data memory-map the cache instead of re-tokenizing. The eval split is chosen
-by document with a fixed seed, so runs with different training seeds evaluate on the same text.
+`open_corpus(location)` reads a folder `composerlite data prepare` wrote (or a copy of it on a shared
+file system or an object store) without tokenizing anything. `prepare_corpus(spec)` is what `--data`
+does: a prepared corpus is opened as it is; any other source (a file, a folder of files, `hf:NAME`,
+the default corpus) is prepared once into the local cache (`COMPOSERLITE_CACHE`, default
+~/.cache/composerlite), by the same code as `data prepare`, and opened from there.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
-import numpy as np
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from composerlite.data.errors import DataError
-from composerlite.data.sources import Source, resolve_source
+from rich.console import Console
+
+from composerlite.data.prepare import FORMAT, FORMAT_VERSION, MANIFEST_FILE, SplitRule, prepare
+from composerlite.data.progress import progress_display
+from composerlite.data.shards import HEADER_BYTES, TOKEN_BYTES, ShardBlocks
+from composerlite.data.sources import resolve_source
 from composerlite.data.tokenizer import GPT2Tokenizer, load_tokenizer
 
-# Bump when the cache layout or the packing/splitting rules change, to invalidate old caches.
-CACHE_FORMAT_VERSION = 1
-EVAL_SPLIT_SEED = 20240101
-# Documents tokenized per encode_batch call: keeps Python int lists (≈30 bytes/token) bounded.
-TOKENIZE_CHUNK_DOCUMENTS = 2048
-TRAIN_FILE, EVAL_FILE, META_FILE = "train.npy", "eval.npy", "meta.json"
+# Part of every cache folder's name: bump when the preparation's output for a given source changes.
+CACHE_FORMAT_VERSION = 2
 
 
 @dataclass
 class Corpus:
     name: str
-    train_tokens: np.ndarray  # 1-D uint16, memory-mapped
-    eval_tokens: np.ndarray  # 1-D uint16, memory-mapped
-    n_documents: int
-    source_description: str
-    cache_path: Path  # folder holding train.npy, eval.npy and meta.json
+    location: str  # a local folder or an fsspec URL
+    manifest: dict[str, Any]
+    train: ShardBlocks
+    eval: ShardBlocks
+
+    @property
+    def id(self) -> str:
+        """Identifies the tokens themselves (their shards' hashes and the split rule), wherever they lie."""
+        content = [self.manifest["tokenizer"], self.manifest["split"],
+                   {split: [shard["sha256"] for shard in self.manifest["shards"][split]] for split in ("train", "eval")}]
+        return f"{self.name}-{hashlib.sha256(json.dumps(content).encode()).hexdigest()[:20]}"
+
+    @property
+    def n_documents(self) -> int:
+        return self.manifest["documents"]["all"]
+
+    @property
+    def source_description(self) -> str:
+        return self.manifest["source"]["description"]
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.train.fs, LocalFileSystem)
 
 
-def prepare_corpus(
-    spec: str | None, cache_dir: str | Path | None = None, eval_fraction: float = 0.02
-) -> Corpus:
-    """Tokenized train/eval tokens for `spec` (see `composerlite.data.sources`), built once and cached."""
-    if not 0 <= eval_fraction < 1:
-        raise DataError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+def is_prepared_corpus(spec: str | None) -> bool:
+    """Whether `spec` names a folder or URL holding a prepared corpus's manifest (cheap: one lookup)."""
+    if not spec or spec == "default" or spec.startswith("hf:"):
+        return False
+    if "://" not in spec:
+        return (Path(spec).expanduser() / MANIFEST_FILE).is_file()
+    try:
+        fs, path = fsspec.core.url_to_fs(spec)
+        return fs.isfile(f"{path.rstrip('/')}/{MANIFEST_FILE}")
+    except Exception:  # an unknown scheme, a missing client package, no access: the source resolver says which
+        return False
+
+
+def open_corpus(location: str | Path) -> Corpus:
+    """The prepared corpus at `location`, its manifest and shards checked (format, tokenizer, every
+    shard present at its size); blocks are checked against their hashes as they are read."""
+    location = str(location)
+    fs, root = fsspec.core.url_to_fs(location if "://" in location else str(Path(location).expanduser().resolve()))
+    root = root.rstrip("/")
+    try:
+        manifest = json.loads(fs.cat_file(f"{root}/{MANIFEST_FILE}"))
+    except FileNotFoundError:
+        raise DataError(f"{location} is not a prepared corpus (no {MANIFEST_FILE}); make one with "
+                        "`composerlite data prepare SOURCE --out DIR`") from None
+    except json.JSONDecodeError:
+        raise DataError(f"{location}/{MANIFEST_FILE} is not valid JSON") from None
+    check_manifest(manifest, location)
+    sizes = {PurePosixPath(info["name"]).name: info.get("size") for info in fs.ls(root, detail=True)}
+    for split in ("train", "eval"):
+        for shard in manifest["shards"][split]:
+            expected = HEADER_BYTES + shard["tokens"] * TOKEN_BYTES
+            if shard["file"] not in sizes:
+                raise DataError(f"{location}: shard {shard['file']} is missing")
+            if sizes[shard["file"]] != expected:
+                raise DataError(f"{location}: shard {shard['file']} has {sizes[shard['file']]} bytes, "
+                                f"the manifest says {expected}; copy it again")
+    blocks = {split: ShardBlocks(fs, root, manifest["shards"][split], manifest["block_tokens"], location)
+              for split in ("train", "eval")}
+    return Corpus(name=manifest["source"]["name"], location=location, manifest=manifest, **blocks)
+
+
+def check_manifest(manifest: dict[str, Any], location: str) -> None:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{location}/{MANIFEST_FILE} is not a composerlite corpus manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{location} is a format version {manifest.get('format_version')} corpus; this composerlite "
+                        f"reads version {FORMAT_VERSION}: prepare it again")
+    if manifest.get("tokenizer") != GPT2Tokenizer.identity:
+        raise DataError(f"{location} was tokenized with {manifest.get('tokenizer')}, not this composerlite's "
+                        f"{GPT2Tokenizer.identity}: prepare it again")
+
+
+def prepare_corpus(spec: str | None, cache_dir: str | Path | None = None, eval_fraction: float = 0.02,
+                   console: Console | None = None) -> Corpus:
+    """The corpus `--data spec` trains on: a prepared corpus as it is, any other source prepared once
+    into the cache (see the module docstring), its progress shown on `console` if one is given."""
+    rule = SplitRule(eval_fraction=eval_fraction)  # checks it
+    if is_prepared_corpus(spec):
+        return open_corpus(spec)
     source = resolve_source(spec)
-    tokenizer = load_tokenizer()
     cache_key = hashlib.sha256(
-        json.dumps([CACHE_FORMAT_VERSION, tokenizer.identity, source.identity(), eval_fraction]).encode()
+        json.dumps([CACHE_FORMAT_VERSION, load_tokenizer().identity, source.identity(), eval_fraction]).encode()
     ).hexdigest()[:20]
-    cache_path = _cache_root(cache_dir) / f"{_slug(source.name)}-{cache_key}"
-    if not (cache_path / META_FILE).exists():
-        _build_cache(source, tokenizer, eval_fraction, cache_path)
-    meta = json.loads((cache_path / META_FILE).read_text())
-    return Corpus(
-        name=source.name,
-        train_tokens=np.load(cache_path / TRAIN_FILE, mmap_mode="r"),
-        eval_tokens=np.load(cache_path / EVAL_FILE, mmap_mode="r"),
-        n_documents=meta["n_documents"],
-        source_description=source.description,
-        cache_path=cache_path,
-    )
+    cache_path = cache_root(cache_dir) / f"{_slug(source.name)}-{cache_key}"
+    if not (cache_path / MANIFEST_FILE).exists():
+        # Shown while it lasts, then gone: the run's own lines (or its one-line error) follow.
+        with progress_display(console or Console(quiet=True), f"preparing {source.name} (once)", transient=True) as on_progress:
+            prepare(source, cache_path, rule=rule, on_progress=on_progress)
+    return open_corpus(cache_path)
 
 
-def _cache_root(cache_dir: str | Path | None) -> Path:
+def cache_root(cache_dir: str | Path | None = None) -> Path:
     if cache_dir is None:
         cache_dir = os.environ.get("COMPOSERLITE_CACHE") or Path.home() / ".cache" / "composerlite"
     return Path(cache_dir).expanduser()
@@ -73,65 +140,3 @@ def _cache_root(cache_dir: str | Path | None) -> Path:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name)[:60]
-
-
-def _build_cache(source: Source, tokenizer: GPT2Tokenizer, eval_fraction: float, cache_path: Path) -> None:
-    """Tokenize `source` and publish the cache folder atomically: readers see all of it or none."""
-    documents = source.documents()
-    if not documents:
-        raise DataError(f"no text found in {source.description}")
-    train_tokens, eval_tokens = _split_and_pack(documents, tokenizer, eval_fraction)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=cache_path.parent, prefix=f".{cache_path.name}."))
-    try:
-        np.save(staging / TRAIN_FILE, train_tokens)
-        np.save(staging / EVAL_FILE, eval_tokens)
-        meta = {
-            "n_documents": len(documents),
-            "eval_fraction": eval_fraction,
-            "n_train_tokens": len(train_tokens),
-            "n_eval_tokens": len(eval_tokens),
-            "tokenizer": tokenizer.identity,
-            "source": source.description,
-        }
-        (staging / META_FILE).write_text(json.dumps(meta, indent=1))
-        try:
-            os.replace(staging, cache_path)
-        except OSError:
-            if not (cache_path / META_FILE).exists():
-                raise  # not just a concurrent process that published the same cache first
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _split_and_pack(
-    documents: list[str], tokenizer: GPT2Tokenizer, eval_fraction: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Train and eval token streams, each document followed by end-of-text.
-
-    Eval documents are picked with a fixed seed (at least one when there are two or more documents);
-    a single document is split by tokens instead: its last `eval_fraction` goes to eval.
-    """
-    is_eval = _eval_document_mask(len(documents), eval_fraction)
-    train_parts, eval_parts = [], []
-    for start in range(0, len(documents), TOKENIZE_CHUNK_DOCUMENTS):
-        chunk = tokenizer.encode_batch(documents[start : start + TOKENIZE_CHUNK_DOCUMENTS])
-        for document_eval, tokens in zip(is_eval[start:], chunk):
-            tokens.append(tokenizer.eot_token)
-            (eval_parts if document_eval else train_parts).append(np.array(tokens, dtype=np.uint16))
-    train_tokens = np.concatenate(train_parts) if train_parts else np.empty(0, np.uint16)
-    eval_tokens = np.concatenate(eval_parts) if eval_parts else np.empty(0, np.uint16)
-    if len(documents) == 1 and eval_fraction > 0:
-        n_train = len(train_tokens) - min(math.ceil(eval_fraction * len(train_tokens)), len(train_tokens) - 1)
-        train_tokens, eval_tokens = train_tokens[:n_train], train_tokens[n_train:]
-    return train_tokens, eval_tokens
-
-
-def _eval_document_mask(n_documents: int, eval_fraction: float) -> np.ndarray:
-    """Which documents are held out; depends only on the document count, never on a training seed."""
-    n_eval = 0
-    if n_documents >= 2 and eval_fraction > 0:
-        n_eval = min(max(1, round(eval_fraction * n_documents)), n_documents - 1)
-    is_eval = np.zeros(n_documents, dtype=bool)
-    is_eval[np.random.default_rng(EVAL_SPLIT_SEED).permutation(n_documents)[:n_eval]] = True
-    return is_eval

