@@ -102,8 +102,8 @@ def test_cache_is_reused_without_retokenizing(tmp_path, cache_dir, monkeypatch):
     assert second.location == first.location and train_file.stat().st_mtime_ns == mtime
     assert train(second) == train(first) and held_out(second) == held_out(first)
     assert [p.name for p in cache_dir.iterdir()] == [Path(first.location).name]
-    assert sorted(p.name for p in Path(first.location).iterdir() if not p.name.startswith(".")) == [
-        "eval-000000.bin", "manifest.json", "train-000000.bin"], "no partial shard or state left behind"
+    assert sorted(p.name for p in Path(first.location).iterdir()) == [
+        "eval-000000.bin", "manifest.json", "train-000000.bin"], "no partial shard, state or lock left behind"
 
 
 def test_cache_is_invalidated_when_the_file_changes(tmp_path, cache_dir, tok):

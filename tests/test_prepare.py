@@ -321,7 +321,7 @@ def write_bytes(path: Path, data: bytes) -> Path:
 def test_bad_sources_get_one_line_and_write_no_corpus(tmp_path, capsys, make_source, message):
     source = make_source(tmp_path)
     assert message in one_line_error(capsys, ["data", "prepare", str(source), "--out", str(tmp_path / "out")])
-    assert not (tmp_path / "out" / MANIFEST_FILE).exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_folders_that_are_not_corpora_are_refused(tmp_path, capsys):

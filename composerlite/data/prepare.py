@@ -91,6 +91,7 @@ class Progress:
     source_bytes: int
     seconds: float
     fraction: float | None  # of the source read, when the source can tell
+    fraction_at_start: float = 0.0  # where this run started (a resumed run did the rest before)
 
     @property
     def bytes_per_s(self) -> float:
@@ -98,9 +99,10 @@ class Progress:
 
     @property
     def eta_s(self) -> float | None:
-        if not self.fraction or self.fraction <= 0 or self.fraction >= 1:
+        done = (self.fraction or 0.0) - self.fraction_at_start
+        if self.fraction is None or done <= 0 or self.fraction >= 1:
             return None
-        return self.seconds * (1 - self.fraction) / self.fraction
+        return self.seconds * (1 - self.fraction) / done
 
 
 def default_workers() -> int:
@@ -115,7 +117,6 @@ def prepare(source: Source, out: str | Path, *, workers: int | None = None, rule
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file; `data prepare` writes a folder")
-    out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer()
     settings = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "tokenizer": tokenizer.identity,
@@ -123,12 +124,12 @@ def prepare(source: Source, out: str | Path, *, workers: int | None = None, rule
         "split": {"rule": "held-out documents by permutation within blocks of documents", **asdict(rule)},
         "block_tokens": block_tokens, "blocks_per_shard": blocks_per_shard,
     }
+    if (manifest := _published(out, settings)) is not None:  # without the lock: a published corpus never changes
+        return manifest
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
-        manifest = _read_json(out / MANIFEST_FILE)
-        if manifest is not None:
-            if {key: manifest.get(key) for key in settings} != settings:
-                raise DataError(f"{out} already holds a corpus prepared from {manifest.get('source', {}).get('description')} "
-                                "with other settings; prepare into another folder")
+        if (manifest := _published(out, settings)) is not None:
             return manifest
         state = _read_json(out / STATE_FILE)
         if state is not None and state.get("settings") != settings:
@@ -142,7 +143,34 @@ def prepare(source: Source, out: str | Path, *, workers: int | None = None, rule
         if workers < 1:
             raise DataError(f"workers must be at least 1, got {workers}")
         pass_ = _Pass(source, out, tokenizer, rule, settings, block_tokens, blocks_per_shard, workers, on_progress)
-        return pass_.run(state)
+        try:
+            manifest = pass_.run(state)
+        except DataError:
+            if not (out / STATE_FILE).exists():  # refused before a checkpoint: leave no trace
+                _remove_own_files(out, remove_folder=created)
+            raise
+        # No process writes a published corpus again, so the lock can go (one waiting on it holds
+        # the file open, gets the lock, and finds the manifest).
+        (out / LOCK_FILE).unlink()
+        return manifest
+
+
+def _published(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest of the corpus already published in `out` with these settings (None: none is);
+    DataError if it was prepared with others."""
+    manifest = _read_json(out / MANIFEST_FILE)
+    if manifest is not None and {key: manifest.get(key) for key in settings} != settings:
+        raise DataError(f"{out} already holds a corpus prepared from {manifest.get('source', {}).get('description')} "
+                        "with other settings; prepare into another folder")
+    return manifest
+
+
+def _remove_own_files(out: Path, remove_folder: bool) -> None:
+    for path in out.iterdir():
+        if _OWN_FILE.match(path.name):
+            path.unlink()
+    if remove_folder and not any(out.iterdir()):
+        out.rmdir()
 
 
 @contextlib.contextmanager
@@ -181,11 +209,12 @@ class _Pass:
         self.block_tokens, self.blocks_per_shard, self.workers = block_tokens, blocks_per_shard, workers
         self.on_progress = on_progress
         self.started = time.perf_counter()
-        self.bytes_at_start = 0
+        self.bytes_at_start, self.fraction_at_start = 0, 0.0
 
     def run(self, state: dict[str, Any] | None) -> dict[str, Any]:
         state = state or self._fresh_state()
         self.bytes_at_start = state["counts"]["source_bytes"]
+        self.fraction_at_start = (self.source.fraction_done(state["cursor"]) or 0.0) if state["cursor"] else 0.0
         documents = self._route(state, block_size=self.rule.block_documents)
         if documents % self.rule.block_documents:  # the source ended inside a block: route it by its real size
             self._route(_read_json(self.out / STATE_FILE) or self._fresh_state(),
@@ -279,7 +308,7 @@ class _Pass:
         self.on_progress(Progress(
             documents=counts["documents"], tokens=sum(writer.n_tokens for writer in writers.values()),
             source_bytes=counts["source_bytes"] - self.bytes_at_start, seconds=time.perf_counter() - self.started,
-            fraction=1.0 if cursor is None else self.source.fraction_done(cursor)))
+            fraction=1.0 if cursor is None else self.source.fraction_done(cursor), fraction_at_start=self.fraction_at_start))
 
     def _publish(self) -> dict[str, Any]:
         tokens = {split: sum(shard["tokens"] for shard in self.shards[split]) for split in SPLITS}
