@@ -353,6 +353,11 @@ def test_hugging_face_data_sets_stream_offline(saved_datasets, cache_dir, tok, m
     for spec in ("saved", "hf:saved", "dict", "hf:dict@train", "hf:hub_like"):
         assert resumes_anywhere(spec) == texts, spec
     assert resumes_anywhere("hf:dict@validation") == texts[:7]
+    # A streamed data set resumes from its own state (shard and example), not by streaming the rows again.
+    from composerlite.data.sources import resolve_source
+
+    _, cursor = list(resolve_source("hf:hub_like").documents())[20]
+    assert cursor["rows"] == 21 and "shard_example_idx" in json.dumps(cursor["state"])
     corpus = prepare_corpus("saved", cache_dir, eval_fraction=0)
     assert train(corpus) == expected_stream(tok, texts) and corpus.n_documents == 30
     with pytest.raises(DataError, match=r"hf:dict@test has no split 'test' \(splits: train, validation\)"):

@@ -51,9 +51,9 @@ VERSION_INFO_FIELDS = (
 
 _HF_SPEC = re.compile(r"hf:(?P<name>[^:@]+)(?::(?P<config>[^@]+))?(?:@(?P<split>.+))?")
 
-# Where a source stands: a short list of integers whose meaning is the source's own (a file index and
-# a byte offset, a row number...). JSON-serializable, so an interrupted preparation can store it.
-Cursor = list[int]
+# Where a source stands, in the source's own terms (a file index and a byte offset, a row number, a
+# streamed data set's state): JSON-serializable, so an interrupted preparation can store it.
+Cursor = Any
 
 
 class Source(Protocol):
@@ -252,8 +252,9 @@ class FileSource:
 class HuggingFaceSource:
     """A Hugging Face data set's "text" column, streamed: a hub data set (`hf:NAME`) or a local
     folder through `datasets.load_dataset(..., streaming=True)`, a `save_to_disk` folder through
-    `datasets.load_from_disk` (memory-mapped Arrow, read a batch of rows at a time). Cursor: [rows
-    read]."""
+    `datasets.load_from_disk` (memory-mapped Arrow, read a batch of rows at a time). Cursor: {"rows":
+    rows read}, plus the streamed data set's own `state_dict()` (which shard, which example), so a
+    resumed pass continues at that example instead of streaming the rows before it again."""
 
     dataset_name: str
     config: str | None
@@ -262,6 +263,7 @@ class HuggingFaceSource:
     description: str
     saved_to_disk: bool = False
     _dataset: Any = field(default=None, repr=False)
+    _initial_state: Any = field(default=None, repr=False)
 
     @classmethod
     def from_spec(cls, spec: str) -> HuggingFaceSource:
@@ -287,23 +289,25 @@ class HuggingFaceSource:
 
     def documents(self, start: Cursor | None = None) -> Iterator[tuple[str, Cursor]]:
         dataset = self._load()
-        skipped = start[0] if start else 0
+        row = start["rows"] if start else 0
         if self.saved_to_disk:
-            if skipped >= len(dataset):
+            if row >= len(dataset):
                 return
-            rows = dataset.select_columns(["text"]).select(range(skipped, len(dataset)))
-        else:
-            rows = dataset.select_columns(["text"]).skip(skipped)
-        row = skipped
-        for batch in rows.iter(batch_size=ROWS_PER_BATCH):
-            for text in batch["text"]:
-                row += 1
-                if _non_blank(text):
-                    yield text, [row]
+            for batch in dataset.select(range(row, len(dataset))).iter(batch_size=ROWS_PER_BATCH):
+                for text in batch["text"]:
+                    row += 1
+                    if _non_blank(text):
+                        yield text, {"rows": row}
+            return
+        dataset.load_state_dict(start["state"] if start else self._initial_state)
+        for record in dataset:  # one example at a time: the state is exact after each
+            row += 1
+            if _non_blank(record["text"]):
+                yield record["text"], {"rows": row, "state": dataset.state_dict()}
 
     def fraction_done(self, cursor: Cursor) -> float | None:
         total = len(self._dataset) if self.saved_to_disk else self._expected_rows()
-        return min(cursor[0] / total, 1.0) if total else None
+        return min(cursor["rows"] / total, 1.0) if total else None
 
     def _expected_rows(self) -> int | None:
         splits = getattr(self._dataset.info, "splits", None) or {}
@@ -338,8 +342,10 @@ class HuggingFaceSource:
         columns = dataset.column_names
         if columns is not None and "text" not in columns:
             raise DataError(f"{self.description} has no 'text' column (columns: {', '.join(columns)})")
-        self._dataset = dataset
-        return dataset
+        self._dataset = dataset.select_columns(["text"])
+        if not self.saved_to_disk:
+            self._initial_state = self._dataset.state_dict()
+        return self._dataset
 
     def _datasets(self) -> Any:
         try:
