@@ -2,8 +2,9 @@
 no torch, so a model name is checked (`composerlite run --model ...`) without importing it.
 
 The three card models are the MosaicML Composer v0.8 GPT-2 runs on OpenWebText
-(8xA100); gpt2-tiny exists so tests and CPU demos run in seconds, and gpt2-cpu is the model of
-the CPU benchmark preset (`composerlite bench` without a GPU).
+(8xA100); gpt2-tiny exists so tests and CPU demos run in seconds, gpt2-cpu is the model of
+the CPU benchmark preset (`composerlite bench` without a GPU), and with gpt2-cpu-6l they are a
+ladder of sizes for a CPU.
 """
 
 from __future__ import annotations
@@ -43,11 +44,17 @@ class ModelSpec:
     recipe: Recipe | None = None
 
 
+# One shape rule makes every member from its layer count L: L heads, width = L x head width, MLP
+# 4 x width. The card's members have 64-wide heads (8, 10, 12 layers: widths 512, 640, 768); the
+# CPU members 32-wide ones (2, 4, 6 layers: widths 64, 128, 192), so a ladder of sizes fits a CPU
+# (`composerlite bench --models gpt2-tiny,gpt2-cpu,gpt2-cpu-6l`).
 FAMILY: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("gpt2-tiny", 2, 64, 256, 2),
     # Built for the CPU benchmark preset: wider than gpt2-tiny, so it learns past word counts in
     # a few hundred thousand tokens, and still small enough for minutes per run on 2 cores.
     ModelSpec("gpt2-cpu", 4, 128, 512, 4),
+    # The CPU ladder's top rung, for speedups across sizes on a CPU.
+    ModelSpec("gpt2-cpu-6l", 6, 192, 768, 6),
     ModelSpec("gpt2-52m", 8, 512, 2048, 8,
               card_tokens=4.6e9, card_final_loss=3.43, card_ppl=30.88, card_predicted_ppl=32.54,
               card_hours_8xa100=2 + 44 / 60, recipe=Recipe(steps=9000, lr=1.5e-3, warmup_batches=90)),

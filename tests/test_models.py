@@ -7,6 +7,7 @@ from composerlite.models import FAMILY, ModelSpec, build_model, count_parameters
 EXPECTED = {  # name: (total, non-embedding)
     "gpt2-tiny": (3_382_080, 100_096),
     "gpt2-cpu": (7_357_312, 793_344),
+    "gpt2-cpu-6l": (12_515_520, 2_669_568),
     "gpt2-52m": (51_475_968, 25_220_096),
     "gpt2-83m": (82_056_320, 49_236_480),
     "gpt2-125m": (124_439_808, 85_056_000),
@@ -20,9 +21,11 @@ def tiny():
 
 
 def test_family_order_and_card():
-    assert list(FAMILY) == ["gpt2-tiny", "gpt2-cpu", "gpt2-52m", "gpt2-83m", "gpt2-125m"]
-    tiny, cpu, s52, s83, s125 = FAMILY.values()
-    assert tiny.recipe is None and tiny.card_ppl is None and cpu.recipe is None
+    assert list(FAMILY) == ["gpt2-tiny", "gpt2-cpu", "gpt2-cpu-6l", "gpt2-52m", "gpt2-83m", "gpt2-125m"]
+    tiny, cpu, cpu6, s52, s83, s125 = FAMILY.values()
+    assert tiny.recipe is None and tiny.card_ppl is None and cpu.recipe is None and cpu6.recipe is None
+    for s in (tiny, cpu, cpu6):  # the card's shape rule at 32-wide heads
+        assert s.n_heads == s.n_layer and s.d_model // s.n_heads == 32 and s.d_ff == 4 * s.d_model
     assert (s52.recipe.steps, s52.recipe.lr, s52.recipe.warmup_batches) == (9000, 1.5e-3, 90)
     assert (s83.recipe.steps, s83.recipe.lr, s83.recipe.warmup_batches) == (11000, 1.0e-3, 110)
     assert (s125.recipe.steps, s125.recipe.lr, s125.recipe.warmup_batches) == (14000, 6e-4, None)
@@ -35,7 +38,7 @@ def test_family_order_and_card():
 
 
 def test_unknown_model():
-    with pytest.raises(ValueError, match="unknown model 'gpt2-xl'; choose one of: gpt2-tiny, gpt2-cpu, gpt2-52m"):
+    with pytest.raises(ValueError, match="unknown model 'gpt2-xl'; choose one of: gpt2-tiny, gpt2-cpu, gpt2-cpu-6l, gpt2-52m"):
         get_spec("gpt2-xl")
     with pytest.raises(ValueError):
         build_model("nope")

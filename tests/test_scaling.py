@@ -43,7 +43,7 @@ def test_propose_is_the_constrained_minimum(compute):
 
 
 def test_propose_nearest_member():
-    assert propose(1e15).nearest == "gpt2-cpu"  # N* = 2.6M: log-closer to gpt2-cpu's 0.79M than to 25M
+    assert propose(1e15).nearest == "gpt2-cpu-6l"  # N* = 2.6M: gpt2-cpu-6l has 2.7M
     assert propose(1e17).nearest == "gpt2-52m"
     assert propose(3.4e18).nearest == "gpt2-125m"  # the 125m card budget: N* = 239M, D = 2.4B
     assert propose(1e13).nearest == "gpt2-tiny"
