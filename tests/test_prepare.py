@@ -458,3 +458,37 @@ def test_two_ranks_read_only_their_own_blocks_and_a_one_rank_resume_continues_th
     two_ranks, resumed = curve(two), curve(one)
     assert [step for step, _ in resumed] == [4, 5, 6] and [step for step, _ in two_ranks] == [1, 2, 3, 4, 5, 6]
     assert all(abs(a - b) <= 2e-5 * max(1.0, abs(a)) for (_, a), (_, b) in zip(resumed, two_ranks[3:], strict=True))
+
+
+def test_progress_goes_to_a_log_as_plain_lines(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from composerlite.data import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    log = io.StringIO()
+    with progress.progress_display(Console(file=log, force_terminal=False, width=200), "tokenizing d") as on_progress:
+        prepare(resolve_source(str(write_jsonl(tmp_path / "d.jsonl", texts(600)))), tmp_path / "out",
+                on_progress=on_progress, **SMALL)
+    lines = log.getvalue().splitlines()
+    assert lines[0].startswith("tokenizing d: 256 documents, ") and " MB/s" in lines[0]
+    assert lines[-1].startswith("tokenizing d: 600 documents, ") and "tokens" in lines[-1]
+
+
+@pytest.mark.parametrize("buffer_tokens, tokenized", [(1 << 25, 33), (40, 33 + 3)])
+def test_the_last_block_is_tokenized_once_unless_it_outgrows_the_buffer(tmp_path, monkeypatch, buffer_tokens, tokenized):
+    """A block is held until its size is known; one larger than the buffer is routed as if full and,
+    when the source ends inside it, routed again from the last checkpoint: the same shards either way."""
+    from composerlite.data import prepare as preparation
+    from composerlite.data.tokenizer import GPT2Tokenizer
+
+    monkeypatch.setattr(preparation, "BLOCK_BUFFER_TOKENS", buffer_tokens)
+    encode, calls = GPT2Tokenizer.encode_array, []
+    monkeypatch.setattr(GPT2Tokenizer, "encode_array", lambda self, text: calls.append(text) or encode(self, text))
+    docs, rule = texts(33), SplitRule(eval_fraction=0.2, block_documents=10)
+    prepare(resolve_source(str(write_jsonl(tmp_path / "d.jsonl", docs))), tmp_path / "out", rule=rule, **SMALL)
+    corpus = open_corpus(tmp_path / "out")
+    assert (corpus.train.read().tolist(), corpus.eval.read().tolist()) == expected_split(docs, rule)
+    assert len(calls) == tokenized

@@ -60,6 +60,8 @@ _OWN_FILE = re.compile(r"^(?:(?:train|eval)-\d{6}\.bin|\.(?:train|eval)-\d{6}\.b
 BATCH_DOCUMENTS = 256
 BATCH_CHARACTERS = 4 << 20
 PROGRESS_EVERY = 256  # documents between progress reports
+# The current block's tokens are held in memory up to this many (64 MiB), until its size is known.
+BLOCK_BUFFER_TOKENS = 1 << 25
 
 
 @dataclass(frozen=True)
@@ -210,15 +212,16 @@ class _Pass:
         self.on_progress = on_progress
         self.started = time.perf_counter()
         self.bytes_at_start, self.fraction_at_start = 0, 0.0
+        self._held_out, self._held_out_block = frozenset(), None
 
     def run(self, state: dict[str, Any] | None) -> dict[str, Any]:
         state = state or self._fresh_state()
         self.bytes_at_start = state["counts"]["source_bytes"]
         self.fraction_at_start = (self.source.fraction_done(state["cursor"]) or 0.0) if state["cursor"] else 0.0
-        documents = self._route(state, block_size=self.rule.block_documents)
-        if documents % self.rule.block_documents:  # the source ended inside a block: route it by its real size
+        documents = self._route(state)
+        if not hasattr(self, "shards"):  # the source ended inside an outsized block: route it again by its size
             self._route(_read_json(self.out / STATE_FILE) or self._fresh_state(),
-                        block_size=documents % self.rule.block_documents, last_block=True)
+                        last_block_size=documents % self.rule.block_documents)
         return self._publish()
 
     def _fresh_state(self) -> dict[str, Any]:
@@ -226,37 +229,43 @@ class _Pass:
                 "counts": {"documents": 0, "eval_documents": 0, "source_bytes": 0},
                 **{split: {"published": [], "partial_tokens": 0} for split in SPLITS}}
 
-    def _route(self, state: dict[str, Any], block_size: int, last_block: bool = False) -> int:
-        """Route the source's documents from `state`'s cursor into the shards, taking blocks to hold
-        `block_size` documents and checkpointing after every full block. When the source ends at a
-        block's end (or this is the last block's second routing) the shards are finished; otherwise
-        they are left at the last checkpoint's state plus what followed. Returns the documents seen."""
+    def _route(self, state: dict[str, Any], last_block_size: int | None = None) -> int:
+        """Route the source's documents from `state`'s cursor into the shards, a block at a time, with a
+        checkpoint after every full block, and finish the shards at the source's end; returns the
+        documents seen. A block's documents are held until its size is known (so the last block
+        needs no second reading), up to `BLOCK_BUFFER_TOKENS`: past that they are routed as they
+        come, as if the block were full, and if the source then ends inside it, the shards are left
+        unfinished for `run` to route that block again, `last_block_size` documents, from the last
+        checkpoint."""
         writers = {split: ShardWriter(self.out, split, self.block_tokens, self.blocks_per_shard,
                                       state[split]["published"], state[split]["partial_tokens"]) for split in SPLITS}
-        counts, cursor, held_out = dict(state["counts"]), state["cursor"], frozenset()
+        counts, cursor, size = dict(state["counts"]), state["cursor"], self.rule.block_documents
+        held: list[np.ndarray] | None = [] if last_block_size is None else None  # None: routed as they come
+        held_tokens = 0
         try:
             for tokens, cursor, n_bytes in self._encoded(self.source.documents(state["cursor"])):
-                block, position = divmod(counts["documents"], self.rule.block_documents)
-                if position == 0:
-                    held_out = self.rule.held_out(block, block_size)
-                if last_block and block == 0 and block_size == 1:  # the whole corpus is one document
-                    n_eval = self.rule.single_document_eval_tokens(len(tokens))
-                    writers["train"].append(tokens[:len(tokens) - n_eval])
-                    writers["eval"].append(tokens[len(tokens) - n_eval:])
-                elif position in held_out and writers["eval"].n_tokens < self.rule.eval_token_budget:
-                    writers["eval"].append(tokens)
-                    counts["eval_documents"] += 1
+                if held is None:
+                    self._route_document(writers, counts, tokens, counts["documents"], last_block_size or size)
                 else:
-                    writers["train"].append(tokens)
+                    held.append(tokens)
+                    held_tokens += len(tokens)
+                    if held_tokens > BLOCK_BUFFER_TOKENS:
+                        self._route_held(writers, counts, held, counts["documents"] + 1, size)
+                        held = None
                 counts["documents"] += 1
                 counts["source_bytes"] += n_bytes
-                if counts["documents"] % self.rule.block_documents == 0:
+                if counts["documents"] % size == 0:
+                    if held:
+                        self._route_held(writers, counts, held, counts["documents"], size)
+                    held, held_tokens = [], 0
                     self._checkpoint(cursor, counts, writers)
                 if counts["documents"] % PROGRESS_EVERY == 0:
                     self._report(counts, writers, cursor)
             if counts["documents"] == 0:
                 raise DataError(f"no text found in {self.source.description}")
-            if last_block or counts["documents"] % self.rule.block_documents == 0:
+            if held:
+                self._route_held(writers, counts, held, counts["documents"], len(held))
+            if held is not None or last_block_size is not None:
                 self.shards = {split: writer.finish() for split, writer in writers.items()}
                 self.counts = counts
                 self._report(counts, writers, cursor=None)
@@ -265,14 +274,39 @@ class _Pass:
                 writer.close()
         return counts["documents"]
 
+    def _route_held(self, writers: dict[str, ShardWriter], counts: dict[str, int], held: list[np.ndarray],
+                    documents: int, block_size: int) -> None:
+        """Route the held documents, the last of which is document `documents` - 1, in a block of `block_size`."""
+        for index, tokens in enumerate(held, start=documents - len(held)):
+            self._route_document(writers, counts, tokens, index, block_size)
+        held.clear()
+
+    def _route_document(self, writers: dict[str, ShardWriter], counts: dict[str, int], tokens: np.ndarray,
+                        index: int, block_size: int) -> None:
+        """Document `index` (tokens with its end-of-text) to train or held-out, its block holding `block_size`."""
+        block, position = divmod(index, self.rule.block_documents)
+        if position == 0 or self._held_out_block != (block, block_size):
+            self._held_out = self.rule.held_out(block, block_size)
+            self._held_out_block = (block, block_size)
+        if block == 0 and block_size == 1:  # the whole corpus is one document
+            n_eval = self.rule.single_document_eval_tokens(len(tokens))
+            writers["train"].append(tokens[:len(tokens) - n_eval])
+            writers["eval"].append(tokens[len(tokens) - n_eval:])
+        elif position in self._held_out and writers["eval"].n_tokens < self.rule.eval_token_budget:
+            writers["eval"].append(tokens)
+            counts["eval_documents"] += 1
+        else:
+            writers["train"].append(tokens)
+
     def _encoded(self, documents: Iterator[tuple[str, Cursor]]) -> Iterator[tuple[np.ndarray, Cursor, int]]:
         """(tokens + end-of-text, cursor after the document, its UTF-8 bytes), in document order.
         Reading stays on this thread while up to 2 x workers batches tokenize on the pool."""
         eot = np.array([self.tokenizer.eot_token], dtype=np.uint16)
 
         def encode(texts: list[str]) -> list[tuple[np.ndarray, int]]:
-            return [(np.concatenate([self.tokenizer.encode_array(text), eot]), len(text.encode("utf-8")))
-                    for text in texts]
+            # An ASCII string's UTF-8 length is its length: no copy made just to count it.
+            return [(np.concatenate([self.tokenizer.encode_array(text), eot]),
+                     len(text) if text.isascii() else len(text.encode("utf-8"))) for text in texts]
 
         with ThreadPoolExecutor(self.workers, thread_name_prefix="tokenize") as pool:
             pending: deque = deque()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
@@ -10,33 +11,45 @@ from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeE
 
 from composerlite.data.prepare import Progress
 
+LOG_EVERY_S = 60.0  # without a terminal (a job's log file), a plain line this often
+
 
 @contextlib.contextmanager
-def progress_display(console: Console, what: str, transient: bool = False) -> Iterator[Callable[[Progress], None]]:
-    """A callback for `prepare(on_progress=...)` that redraws one line on `console`. The line appears
-    with the first report (so a source refused at once prints only its error); once the block exits
-    it stays with the final counts, or, `transient`, goes."""
+def progress_display(console: Console, what: str) -> Iterator[Callable[[Progress], None]]:
+    """A callback for `prepare(on_progress=...)`. On a terminal it redraws one line while the block
+    runs and clears it when it ends (the caller prints the outcome: a summary, or one line of error);
+    elsewhere it writes a line every `LOG_EVERY_S` seconds, so a long preparation's log shows it
+    advancing."""
     display: RichProgress | None = None
     task = None
+    last_line = time.monotonic()
 
     def update(progress: Progress) -> None:
-        nonlocal display, task
+        nonlocal display, task, last_line
+        if not console.is_terminal:
+            if time.monotonic() - last_line >= LOG_EVERY_S:
+                console.print(f"{what}: {describe(progress)}", highlight=False)
+                last_line = time.monotonic()
+            return
         if display is None:
             display = RichProgress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[counts]}"),
-                                   TimeElapsedColumn(), console=console, refresh_per_second=2, transient=transient)
+                                   TimeElapsedColumn(), console=console, refresh_per_second=2, transient=True)
             display.start()
             task = display.add_task(what, total=None, counts="")
-        eta = progress.eta_s
-        counts = (f"{progress.documents:,} documents, {progress.tokens:,} tokens, "
-                  f"{progress.bytes_per_s / 1e6:.1f} MB/s" + (f", ETA {_duration(eta)}" if eta is not None else ""))
         display.update(task, total=1.0 if progress.fraction is not None else None,
-                       completed=progress.fraction or 0.0, counts=counts)
+                       completed=progress.fraction or 0.0, counts=describe(progress))
 
     try:
         yield update
     finally:
         if display is not None:
             display.stop()
+
+
+def describe(progress: Progress) -> str:
+    eta = progress.eta_s
+    return (f"{progress.documents:,} documents, {progress.tokens:,} tokens, {progress.bytes_per_s / 1e6:.1f} MB/s"
+            + (f", ETA {_duration(eta)}" if eta is not None else ""))
 
 
 def _duration(seconds: float) -> str:
