@@ -332,6 +332,9 @@ def test_folders_that_are_not_corpora_are_refused(tmp_path, capsys):
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
     assert "is not a prepared corpus" in one_line_error(capsys, ["data", "info", str(tmp_path / "notes")])
     assert "is a file" in one_line_error(capsys, ["data", "prepare", spec, "--out", spec])
+    assert "workers must be at least 1, got 0" in one_line_error(
+        capsys, ["data", "prepare", spec, "--out", str(tmp_path / "new"), "--workers", "0"])
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_full_disk_stops_with_one_line_keeps_what_was_published_and_the_rerun_finishes(tmp_path, capsys, monkeypatch):

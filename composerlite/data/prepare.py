@@ -119,6 +119,8 @@ def prepare(source: Source, out: str | Path, *, workers: int | None = None, rule
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} is a file; `data prepare` writes a folder")
+    if workers is not None and workers < 1:
+        raise DataError(f"workers must be at least 1, got {workers}")
     tokenizer = load_tokenizer()
     settings = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "tokenizer": tokenizer.identity,
@@ -141,10 +143,8 @@ def prepare(source: Source, out: str | Path, *, workers: int | None = None, rule
         if state is None and strangers:
             raise DataError(f"{out} is not empty ({strangers[0]}, ...) and holds no corpus being prepared; "
                             "prepare into a new or empty folder")
-        workers = workers or default_workers()
-        if workers < 1:
-            raise DataError(f"workers must be at least 1, got {workers}")
-        pass_ = _Pass(source, out, tokenizer, rule, settings, block_tokens, blocks_per_shard, workers, on_progress)
+        pass_ = _Pass(source, out, tokenizer, rule, settings, block_tokens, blocks_per_shard,
+                      workers or default_workers(), on_progress)
         try:
             manifest = pass_.run(state)
         except DataError:
