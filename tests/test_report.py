@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from composerlite.bench.analysis import (crossing, group_results, loss_at, one_sided_p_value, race_records,
-                                         speedup_of, summarize, t_quantile)
+from composerlite.bench.analysis import (attainment_test, crossing, equivalence_p_value, group_results, loss_at,
+                                         one_sided_p_value, quality_test, race_records, speedup_of, summarize,
+                                         t_quantile)
 from composerlite.bench.report import build_report, verdict_row
 from composerlite.bench.results import BenchResults, EvalPoint, Method, RunRecord, load_results, save_results
 from composerlite.cli import main as cli
@@ -107,8 +108,16 @@ def test_noop_is_no_different_and_sleeper_is_slower():
     assert fast.cost_to_target["flops"].mean == pytest.approx(15000)
     never = summaries["never"]
     assert (never.reached, never.compared, never.cost_to_target) == (0, 3, None)
-    assert never.speedups["wall_s"].verdict == "not reached (0/3 seeds)"
+    assert never.speedups["wall_s"].verdict == "crossed in 0/3 seeds"
     assert summaries["baseline"].speedups["wall_s"].verdict == "reference"
+    # Loss statements are tests: the no-op and the sleeper end exactly at the baseline's loss in every seed, so
+    # neither reaches below it, and both are equivalent to it; "fast" ends 0.5 nats lower in every seed.
+    for method in ("noop", "sleeper"):
+        assert (summaries[method].attainment.verdict, summaries[method].attainment.p_value) == ("not shown", 1.0)
+        assert (summaries[method].quality.verdict, summaries[method].quality.p_value) == ("equivalent", 0.0)
+    assert (fast.attainment.verdict, fast.quality.verdict, fast.quality.mean_difference) == ("reached", "better", -0.5)
+    assert never.quality.verdict == "worse" and never.attainment.verdict == "not shown"
+    assert summaries["baseline"].attainment.verdict == "reference"
     # Step speed needs no target: the sleeper is slower per step, the rest (never included) no different.
     assert sleeper.speedups["step_speed"].verdict == "slower"
     assert sleeper.speedups["step_speed"].point == pytest.approx(0.7, rel=0.03)
@@ -158,9 +167,37 @@ def test_race_records_and_p_value():
     (group,) = group_results([(".", target_missed)])
     assert all(r.mean_cost is None and r.p_value is None for r in race_records(group))
     summaries = {s.method: s for s in summarize(group)}
-    assert summaries["never"].speedups["tokens"].verdict == "not reached (0/3 seeds)"
+    assert summaries["never"].speedups["tokens"].verdict == "crossed in 0/3 seeds"
     evals = record("fast", 1).evals
     assert loss_at(evals, 1500) == pytest.approx(3.0) and loss_at(evals, 5000) == 2.5
+
+
+KNOWN_SAMPLES = ([-0.031, -0.012, -0.027, -0.019], [0.02, -0.01, 0.035], [-0.4, 0.1, -0.2, -0.15, -0.3], [0.01, 0.012])
+
+
+@pytest.mark.parametrize("sample", KNOWN_SAMPLES)
+def test_attainment_and_equivalence_p_values_are_scipys(sample):
+    from scipy.stats import ttest_1samp
+
+    assert one_sided_p_value(sample, 0.0) == pytest.approx(ttest_1samp(sample, 0.0, alternative="less").pvalue)
+    assert attainment_test(sample).p_value == pytest.approx(ttest_1samp(sample, 0.0, alternative="less").pvalue)
+    margin = 0.05  # TOST: both one-sided tests against the margins; its p is the larger
+    expected = max(ttest_1samp(sample, margin, alternative="less").pvalue,
+                   ttest_1samp(sample, -margin, alternative="greater").pvalue)
+    assert equivalence_p_value(sample, margin) == pytest.approx(expected)
+
+
+def test_loss_statements_are_tests_or_not_shown():
+    assert attainment_test([-0.031, -0.012, -0.027, -0.019]).verdict == "reached"  # p = 0.007
+    assert attainment_test([-0.4, 0.1, -0.2, -0.15, -0.3]).verdict == "not shown"  # below on average, p = 0.04
+    assert attainment_test([-1.0]).verdict == "not shown (needs 2+ seeds)"  # one seed is never a test
+    assert quality_test([-0.031, -0.012, -0.027, -0.019]).verdict == "better"
+    assert quality_test([0.031, 0.012, 0.027, 0.019]).verdict == "worse"
+    tight = quality_test([0.004, -0.003, 0.001, -0.002, 0.002])  # inside +-0.05 nats, shown by TOST
+    assert tight.verdict == "equivalent" and tight.p_value < 0.01
+    loose = quality_test([0.02, -0.01, 0.035])  # looks close, but three seeds this spread cannot show it
+    assert loose.verdict == "not shown" and loose.p_value == pytest.approx(equivalence_p_value([0.02, -0.01, 0.035], 0.05))
+    assert quality_test([0.0]).verdict == "not shown (needs 2+ seeds)"
 
 
 def test_report_files(tmp_path):
@@ -168,7 +205,7 @@ def test_report_files(tmp_path):
     build_report([tmp_path], tmp_path)
     markdown = (tmp_path / "report.md").read_text()
     assert "### Verdicts" in markdown and "| noop | 3 | no different" in markdown
-    assert "slower" in markdown and "not reached (0/3 seeds)" in markdown
+    assert "slower" in markdown and "crossed in 0/3 seeds" in markdown
     assert "Timing noise (A/A)" in markdown and "unigram 6.000, bigram 4.000" in markdown
     assert "20ba per run" in markdown and "synthetic" in markdown and "CPU: test" in markdown
     names = ("loss_vs_time.png", "loss_vs_tokens.png", "loss_vs_flops.png", "speedups.png")

@@ -21,6 +21,12 @@ Definitions (also printed under every report's tables):
 - *Verdict*: "faster" if the whole interval is above 1, "slower" if it is below 1, otherwise
   "no different". Tokens and FLOPs to target are deterministic for a seed, so a method that
   changes nothing has the speedup 1 exactly on those axes.
+- *Reaches the target*: the method's final held-out loss is below the target at p < 0.01, by a
+  one-sided one-sample t-test over seeds of its final loss minus the seed's target (the test the
+  public GPT-2 speedrun accepts records by); otherwise "not shown", never a count of seeds.
+- *Final loss against the reference*: per seed, the method's final held-out loss minus the
+  reference's; "better" or "worse" at p < 0.01 (one-sided t-tests), "equivalent" when two one-sided
+  tests (TOST) put the mean difference within +-`QUALITY_MARGIN` nats at p < 0.01, otherwise "not shown".
 """
 
 from __future__ import annotations
@@ -32,10 +38,16 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
-from composerlite.bench.results import BenchResults, EvalPoint, RunRecord
+from composerlite.bench.results import BenchResults, EvalPoint, Method, RunRecord
 from composerlite.errors import ConfigError
 
 CONFIDENCE = 0.95
+# Loss statements are tests at the level the public GPT-2 speedrun accepts records at.
+SIGNIFICANCE = 0.01
+# "Equivalent" final loss means within this many nats of the reference's (about 5% perplexity):
+# well inside the seed-to-seed spread of the CPU preset's baseline (0.05 nats), so showing it takes
+# seeds, as it should.
+QUALITY_MARGIN = 0.05
 AXES = ("wall_s", "tokens", "flops")  # EvalPoint fields a target's cost is measured in
 STEP_SPEED = "step_speed"  # not a cost to the target: tokens/s of single training steps
 VERDICT_AXES = (*AXES, STEP_SPEED)
@@ -55,6 +67,9 @@ class Group:
     runs: list[RunRecord]
     commands: list[dict[str, str]]
     sources: list[str]  # the result folders the runs came from
+    method_specs: dict[str, Method] = dataclasses.field(default_factory=dict)  # label -> Method, tuning runs' too
+    tuning_runs: list[RunRecord] = dataclasses.field(default_factory=list)  # kept apart from `runs`
+    tuning_failures: dict[str, str] = dataclasses.field(default_factory=dict)  # tuning-run label -> reason
 
     def runs_of(self, method: str) -> list[RunRecord]:
         return sorted((run for run in self.runs if run.method == method), key=lambda run: run.seed)
@@ -89,6 +104,27 @@ class Speedup:
     def decided(self) -> bool:
         return self.verdict in (FASTER, NO_DIFFERENT, SLOWER)
 
+    @property
+    def log_standard_error(self) -> float | None:
+        """The standard error of the mean log speedup behind the interval (symmetric in logs)."""
+        if self.low is None or self.high is None:
+            return None
+        return math.log(self.high / self.low) / (2 * t_quantile(0.5 + CONFIDENCE / 2, self.seeds - 1))
+
+
+REACHED, NOT_SHOWN, BETTER, WORSE, EQUIVALENT = "reached", "not shown", "better", "worse", "equivalent"
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTest:
+    """A statement about final held-out losses over seeds, decided by a t-test at `SIGNIFICANCE`:
+    the verdict, its p-value (None without one), the mean difference it is about, and the seeds."""
+
+    verdict: str  # reached / better / worse / equivalent / not shown, or "reference"
+    p_value: float | None
+    mean_difference: float | None
+    seeds: int
+
 
 @dataclasses.dataclass(frozen=True)
 class Spread:
@@ -110,9 +146,11 @@ class MethodSummary:
     step_tokens_per_s: Spread | None
     peak_memory_bytes: int | None  # largest over seeds
     compared: int  # seeds with a reference run to compare with
-    reached: int  # of those, how many reached the target
+    reached: int  # of those, how many crossed the target (a cost-to-target speedup needs every one)
     cost_to_target: dict[str, Stat] | None  # per axis, over seeds; None unless every compared seed reached it
     speedups: dict[str, Speedup]  # per axis of VERDICT_AXES
+    attainment: LossTest  # final loss below the target
+    quality: LossTest  # final loss against the reference's
 
 
 def crossing(evals: list[EvalPoint], target: float) -> dict[str, float] | None:
@@ -240,7 +278,7 @@ def summarize(group: Group) -> list[MethodSummary]:
             elif compared == 0:
                 speedups[axis] = Speedup(None, None, None, 0, "no reference run")
             elif not all_reached:
-                speedups[axis] = Speedup(None, None, None, compared, f"not reached ({len(costs)}/{compared} seeds)")
+                speedups[axis] = Speedup(None, None, None, compared, crossed_text(len(costs), compared))
             else:
                 speedups[axis] = speedup_of(log_ratios[axis], noise if axis == "wall_s" else 0.0)
         if method == group.reference:
@@ -249,6 +287,13 @@ def summarize(group: Group) -> list[MethodSummary]:
             speedups[STEP_SPEED] = speedup_of(step_log_ratios, step_noise)
         else:
             speedups[STEP_SPEED] = Speedup(None, None, None, 0, "no reference run")
+        target_differences = [run.final_eval_loss - targets[run.seed] for run in runs if run.seed in targets]
+        reference_differences = [run.final_eval_loss - reference[run.seed].final_eval_loss for run in runs
+                                 if run.seed in reference]
+        if method == group.reference:
+            attainment = quality = LossTest("reference", None, None, len(runs))
+        else:
+            attainment, quality = attainment_test(target_differences), quality_test(reference_differences)
         summaries.append(MethodSummary(
             method=method,
             repeat_of=group.repeats.get(method),
@@ -262,8 +307,16 @@ def summarize(group: Group) -> list[MethodSummary]:
             reached=len(costs),
             cost_to_target={axis: Stat.of(cost[axis] for cost in costs) for axis in AXES} if all_reached else None,
             speedups=speedups,
+            attainment=attainment,
+            quality=quality,
         ))
     return summaries
+
+
+def crossed_text(crossed: int, compared: int) -> str:
+    """Why a cost-to-target axis has no speedup: not every seed's curve crossed the target. A count
+    of curves, not a claim about reaching the target (the attainment test makes that)."""
+    return f"crossed in {crossed}/{compared} seeds"
 
 
 def step_spread(runs: list[RunRecord]) -> Spread | None:
@@ -338,11 +391,49 @@ def one_sided_p_value(losses: list[float], target: float) -> float | None:
     return float(t.cdf(statistic, len(losses) - 1))
 
 
+def attainment_test(differences: list[float]) -> LossTest:
+    """Is the final loss below the target? `differences`: per seed, final loss minus target."""
+    if len(differences) < 2:
+        return LossTest(f"{NOT_SHOWN} (needs 2+ seeds)", None, statistics.fmean(differences) if differences else None,
+                        len(differences))
+    p_value = one_sided_p_value(differences, 0.0)
+    return LossTest(REACHED if p_value < SIGNIFICANCE else NOT_SHOWN, p_value, statistics.fmean(differences),
+                    len(differences))
+
+
+def quality_test(differences: list[float], margin: float = QUALITY_MARGIN) -> LossTest:
+    """Better, worse, or equivalent within +-margin? `differences`: per seed, the method's final
+    loss minus the reference's. A significant difference is named first (it can lie inside the
+    margin); "equivalent" needs TOST's p below `SIGNIFICANCE`, whose p-value "not shown" reports."""
+    if len(differences) < 2:
+        return LossTest(f"{NOT_SHOWN} (needs 2+ seeds)", None, statistics.fmean(differences) if differences else None,
+                        len(differences))
+    mean = statistics.fmean(differences)
+    better, worse = one_sided_p_value(differences, 0.0), one_sided_p_value([-d for d in differences], 0.0)
+    if better < SIGNIFICANCE:
+        return LossTest(BETTER, better, mean, len(differences))
+    if worse < SIGNIFICANCE:
+        return LossTest(WORSE, worse, mean, len(differences))
+    equivalent = equivalence_p_value(differences, margin)
+    return LossTest(EQUIVALENT if equivalent < SIGNIFICANCE else NOT_SHOWN, equivalent, mean, len(differences))
+
+
+def equivalence_p_value(differences: list[float], margin: float) -> float:
+    """TOST (Schuirmann, 1987): the larger p of the one-sided tests of H0 "mean <= -margin" and
+    H0 "mean >= +margin"; below alpha, the mean lies within +-margin at level alpha."""
+    below_upper = one_sided_p_value(differences, margin)
+    above_lower = one_sided_p_value([-d for d in differences], margin)
+    return max(below_upper, above_lower)
+
+
 def group_results(sources: list[tuple[str, BenchResults]], allow_mixed: bool = False) -> list[Group]:
     """Split each results file by device and merge runs with equal settings into one group.
 
-    Folders whose settings differ (another budget, data set, model, batch) are refused unless
-    `allow_mixed`, in which case each becomes its own group and the report says so.
+    Folders whose settings differ only in the model are a size ladder (`bench --models`): each
+    model is its own group, compared across sizes by `ladder`. Folders whose settings differ
+    otherwise (another budget, data set, batch) are refused unless `allow_mixed`, in which case
+    each becomes its own group and the report says so. Tuning runs (`--tune`) are kept apart from
+    the runs verdicts are computed from.
     """
     first_name, first = sources[0]
     for name, results in sources[1:]:
@@ -355,32 +446,39 @@ def group_results(sources: list[tuple[str, BenchResults]], allow_mixed: bool = F
     groups: dict[tuple, Group] = {}
     for name, results in sources:
         repeats = {method.label: method.repeat_of for method in results.methods if method.repeat_of}
+        specs = {method.label: method for method in results.methods}
         for run in results.runs:
             key = (json.dumps(results.settings, sort_keys=True, default=str), results.reference, results.kind, run.device)
             group = groups.get(key)
             if group is None:
                 group = groups[key] = Group(results.settings, results.reference, run.device, results.kind,
                                             [], {}, dict(results.references), [], [], [])
-            if any(other.method == run.method and other.seed == run.seed for other in group.runs):
+            held = group.tuning_runs if specs.get(run.method, Method(label=run.method)).tuning_of else group.runs
+            if any(other.method == run.method and other.seed == run.seed for other in held):
                 raise ConfigError(f"{name} and another folder both hold '{run.method}' seed {run.seed} on {run.device}")
-            group.runs.append(run.model_copy(update={"run_dir": str(Path(name) / run.run_dir)}))
+            held.append(run.model_copy(update={"run_dir": str(Path(name) / run.run_dir)}))
             group.repeats.update(repeats)
+            group.method_specs.update(specs)
+            group.tuning_failures.update({failure.method: failure.reason for failure in results.tuning_failures})
             if name not in group.sources:
                 group.sources.append(name)
                 group.commands.extend(results.commands)
-            for method in [results.reference, *(m.label for m in results.methods)]:
+            for method in [results.reference, *(m.label for m in results.methods if not m.tuning_of)]:
                 if method not in group.methods:
                     group.methods.append(method)
     return list(groups.values())
 
 
 def _differences(a: BenchResults, b: BenchResults) -> list[str]:
+    """The settings two folders differ in, past the model (a size ladder compares models)."""
     differences = [f"{key} ({a.settings.get(key)!r} vs {b.settings.get(key)!r})"
-                   for key in sorted(set(a.settings) | set(b.settings)) if a.settings.get(key) != b.settings.get(key)]
+                   for key in sorted(set(a.settings) | set(b.settings))
+                   if key != "model" and a.settings.get(key) != b.settings.get(key)]
     if a.reference != b.reference:
         differences.append(f"reference method ({a.reference!r} vs {b.reference!r})")
     return differences
 
 
 def is_mixed(groups: list[Group]) -> bool:
-    return len({json.dumps(group.settings, sort_keys=True, default=str) for group in groups}) > 1
+    """Whether the groups differ in settings past the model (a size ladder is not mixed)."""
+    return len({json.dumps({**group.settings, "model": None}, sort_keys=True, default=str) for group in groups}) > 1

@@ -3,12 +3,16 @@ no pyplot global state and no display are involved."""
 
 from __future__ import annotations
 
+import math
 from itertools import cycle
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from composerlite.bench.analysis import AXES, AXIS_NAMES, VERDICT_AXES, Group, MethodSummary, seed_targets
+from composerlite.bench.ladder import Ladder
+from composerlite.bench.tuning import TuningOutcome
 
 LINESTYLES = ["-", "--", ":", "-."]
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
@@ -94,4 +98,84 @@ def plot_speedups(groups: list[Group], summaries: list[list[MethodSummary]], pat
     axes.set_title("speedups with 95% intervals")
     axes.grid(alpha=0.3, axis="x")
     figure.tight_layout()
+    figure.savefig(path)
+
+
+def plot_tuning(groups: list[Group], outcomes: list[list[TuningOutcome]], key: str, path: Path) -> bool:
+    """Each tuned method's final held-out loss on the tuning seed against `key`'s values, the other
+    tuned keys held at the method's best (a slice through its optimum), the chosen point ringed.
+    Numbers spanning 10x or more go on a log axis; other values are placed in grid order. False
+    (and no file) when no method has a finished run to show."""
+    colors, suffixes = method_colors(groups), group_labels(groups)
+    figure = Figure(figsize=(8, 5), dpi=110)
+    axes = figure.subplots()
+    values = list(dict.fromkeys(value for group in groups for value in group.settings.get("tune", {}).get(key, [])))
+    numeric = all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values)
+    position = (lambda value: value) if numeric else values.index
+    drawn = False
+    for style, suffix, group, group_outcomes in zip(cycle(LINESTYLES), suffixes, groups, outcomes):
+        for outcome in group_outcomes:
+            anchor = outcome.best or {}
+            slice_ = [point for point in outcome.points if key in point.point and point.final_loss is not None
+                      and all(point.point[other] == anchor[other] for other in anchor if other != key)]
+            if not slice_:
+                continue
+            drawn = True
+            xs, ys = [position(point.point[key]) for point in slice_], [point.final_loss for point in slice_]
+            axes.plot(xs, ys, style, marker="o", markersize=4, color=colors[outcome.method],
+                      label=f"{outcome.method}{suffix}")
+            if outcome.best is not None and key in outcome.best:
+                axes.plot([position(outcome.best[key])], [outcome.best_loss], "o", markersize=12, fillstyle="none",
+                          color=colors[outcome.method])
+    if not drawn:
+        return False
+    if numeric and min(values) > 0 and max(values) / min(values) >= 10:
+        axes.set_xscale("log")
+    if not numeric:
+        axes.set_xticks(range(len(values)), [str(value) for value in values])
+    axes.set_xlabel(key)
+    axes.set_ylabel("final held-out loss on the tuning seed (nats/token)")
+    axes.set_title(f"tuning {key}")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    return True
+
+
+def plot_ladder(ladder: Ladder, path: Path) -> None:
+    """One panel per verdict axis: each method's speedup at each size (point and 95% interval) against
+    non-embedding parameters, and its fitted line, on log scales with 1x marked."""
+    colors = method_colors(ladder.groups)
+    figure = Figure(figsize=(10, 7), dpi=110)
+    panels = figure.subplots(2, 2).flatten()
+    for axes, axis in zip(panels, VERDICT_AXES):
+        for method in ladder.methods:
+            sizes = [(parameters, speedup) for parameters, speedup in zip(ladder.parameters, ladder.speedups(method, axis))
+                     if speedup is not None and speedup.low is not None]
+            if not sizes:
+                continue
+            xs = [parameters for parameters, _ in sizes]
+            points = [speedup.point for _, speedup in sizes]
+            axes.errorbar(xs, points, yerr=[[p - s.low for p, (_, s) in zip(points, sizes)],
+                                           [s.high - p for p, (_, s) in zip(points, sizes)]],
+                          fmt="o", color=colors[method], capsize=3, markersize=4, label=method)
+            trend = ladder.trend(method, axis)
+            if trend is not None:
+                ends = [min(ladder.parameters), max(ladder.parameters)]
+                axes.plot(ends, [math.exp(trend.intercept + trend.slope * math.log10(x)) for x in ends], "--",
+                          color=colors[method], linewidth=1)
+        axes.axhline(1.0, color="black", linewidth=1)
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        for scale in (axes.xaxis, axes.yaxis):  # a ladder spans about a decade: minor labels would collide
+            scale.set_minor_formatter(NullFormatter())
+        axes.set_title(AXIS_NAMES[axis], fontsize=9)
+        axes.set_xlabel("non-embedding parameters", fontsize=8)
+        axes.set_ylabel("speedup over the reference", fontsize=8)
+        axes.grid(alpha=0.3)
+    legend = {label: handle for axes in panels for handle, label in zip(*axes.get_legend_handles_labels())}
+    if legend:
+        figure.legend(list(legend.values()), list(legend), fontsize=7, loc="lower center", ncol=min(3, len(legend)))
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
     figure.savefig(path)

@@ -8,15 +8,19 @@ import base64
 import datetime
 import html
 import os
+import re
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from composerlite.bench.analysis import (AXIS_NAMES, CONFIDENCE, VERDICT_AXES, Group, MethodSummary, RaceRecord,
-                                         Speedup, Stat, group_results, is_mixed, race_records, summarize)
-from composerlite.bench.plots import plot_curves, plot_speedups
+from composerlite.bench.analysis import (AXIS_NAMES, BETTER, CONFIDENCE, NOT_SHOWN, QUALITY_MARGIN, SIGNIFICANCE, WORSE,
+                                         VERDICT_AXES, Group, LossTest, MethodSummary, RaceRecord, Speedup, Stat,
+                                         crossed_text, group_results, is_mixed, race_records, summarize)
+from composerlite.bench.ladder import Ladder, ladders, trend_text
+from composerlite.bench.plots import plot_curves, plot_ladder, plot_speedups, plot_tuning
 from composerlite.bench.results import load_results, write_atomic
+from composerlite.bench.tuning import TuningOutcome, edge_text, format_value, group_outcomes, point_text
 
 PLOTS = {
     "loss_vs_time.png": "Held-out loss vs training wall-clock time (mean over seeds, band: best to worst seed)",
@@ -25,9 +29,11 @@ PLOTS = {
     "speedups.png": "Speedup over the reference at the target loss per axis, and step speed, with 95% intervals",
 }
 VERDICT_COLUMNS = ["method", "seeds", *(f"{AXIS_NAMES[axis]}: verdict, speedup [95% CI]" for axis in VERDICT_AXES)]
+QUALITY_COLUMNS = ["method", "seeds", "final eval loss", f"reaches the target (p < {SIGNIFICANCE})",
+                   f"final loss vs reference (p < {SIGNIFICANCE}; equivalent: within ±{QUALITY_MARGIN} nats)"]
 RUN_SUMMARY_COLUMNS = ["method", "final eval loss", "tokens/s per step: median [p10-p90]", "training time",
                        "peak memory", "time to target", "tokens to target", "FLOPs to target"]
-RACE_COLUMNS = ["method", "reached", "time to target (mean)", "tokens to target (mean)", "FLOPs to target (mean)",
+RACE_COLUMNS = ["method", "crossed", "time to target (mean)", "tokens to target (mean)", "FLOPs to target (mean)",
                 "every seed reached it within", "mean loss there", "p (mean loss >= target)"]
 DEFINITIONS = [
     "Loss is mean next-token cross-entropy (nats/token) on the held-out split, the same tokens for every run. "
@@ -49,6 +55,16 @@ DEFINITIONS = [
     "Verdict: faster if the whole interval lies above 1, slower if below 1, else no different (then the point "
     "figure means nothing on its own). Tokens and FLOPs to target are deterministic for a seed and independent of "
     "the hardware: a method that changes nothing gets exactly 1 on them.",
+    f"Reaches the target: the method's final held-out loss is below the target at p < {SIGNIFICANCE}, by a one-sided "
+    "one-sample t-test over seeds (n-1 degrees of freedom) of H0 'the mean of final loss minus the seed's target is at "
+    "or above 0', the test the public GPT-2 speedrun accepts records by. Otherwise 'not shown' with its p; one seed "
+    "cannot be tested: 'not shown (needs 2+ seeds)'. The cost-to-target speedups need every seed's curve to cross the "
+    "target and otherwise say 'crossed in k/n seeds': a count of curves, not a claim about reaching the target.",
+    "Final loss vs reference: per seed, the method's final held-out loss minus the reference's. 'better' or 'worse' "
+    f"when a one-sided t-test over seeds shows it at p < {SIGNIFICANCE}; else 'equivalent' when two one-sided tests "
+    f"(TOST) put the mean difference within ±{QUALITY_MARGIN} nats at p < {SIGNIFICANCE} (the larger of their two "
+    "p-values is shown), else 'not shown': the seeds cannot tell. A quality that is 'no different' is only ever "
+    "claimed as 'equivalent'.",
     "Model FLOPs: 6 x parameters + 12 x layers x width x sequence length per token (forward and backward), on the "
     "model as converted by the method, at each batch's actual sequence length; added up over the steps.",
     "Training time counts training steps only (evaluation and checkpointing excluded). tokens/s per step is each "
@@ -66,6 +82,20 @@ DEFINITIONS = [
     "Peak memory: CUDA max allocated on a GPU; on CPU the process's peak resident set size. Both count from the end "
     "of the run's first (warmup) step.",
 ]
+TUNING_DEFINITION = (
+    "Tuning (--tune): before the verdict seeds, every method, the reference included, trains once at each point of "
+    "the grid (the product of the tuned keys that apply to it: ALGO.OPTION applies to the methods with ALGO) on the "
+    "tuning seed, the one before the first verdict seed; the i-th points of all methods train side by side like a "
+    "seed's runs. A method's best point is the one with the lowest final held-out loss there (a failed run loses only "
+    "its own point), and all its verdict runs use it, so every verdict compares a method at its best with the "
+    "reference at its best. A best value at the lowest or highest value of a numeric key's grid is flagged: the "
+    "optimum may lie beyond it. Tuning runs are in no verdict; the budget they cost is stated.")
+LADDER_DEFINITION = (
+    "Across sizes (bench --models): the same comparison on each model. Per method and axis, a line through "
+    "ln(speedup) against log10(non-embedding parameters), by weighted least squares with weights 1/se² (se: the "
+    "standard error of a size's mean log speedup, read off its interval). The slope is the change in ln(speedup) per "
+    f"10x parameters, with a {CONFIDENCE:.0%} t interval at the fewest seeds' degrees of freedom: grows if the whole "
+    "interval lies above 0, shrinks if below, else holds.")
 
 
 def build_report(folders: list[Path], out: Path, allow_mixed: bool = False) -> list[Group]:
@@ -76,18 +106,36 @@ def build_report(folders: list[Path], out: Path, allow_mixed: bool = False) -> l
     groups = group_results(sources, allow_mixed=allow_mixed)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     summaries = [summarize(group) for group in groups]
+    outcomes = [group_outcomes(group) for group in groups]
+    found = ladders(groups, summaries)
+    plots: list[tuple[str, str]] = []
     if any(group.runs for group in groups):
         for axis, name in (("wall_s", "loss_vs_time.png"), ("tokens", "loss_vs_tokens.png"), ("flops", "loss_vs_flops.png")):
             plot_curves(groups, axis, out / "plots" / name)
         plot_speedups(groups, summaries, out / "plots" / "speedups.png")
-    sections = [group_section(group, group_summaries) for group, group_summaries in zip(groups, summaries)]
-    runs = [run_row(group, run) for group in groups for run in group.runs]
+        plots += list(PLOTS.items())
+    for key in dict.fromkeys(key for group in groups for key in group.settings.get("tune") or {}):
+        name = f"tuning_{re.sub(r'[^A-Za-z0-9_.-]+', '_', key)}.png"
+        if plot_tuning(groups, outcomes, key, out / "plots" / name):
+            plots.append((name, f"Tuning: each method's final held-out loss on the tuning seed against {key} (the other "
+                                "tuned keys at the method's best; the chosen value ringed)"))
+    for index, ladder in enumerate(found):
+        name = "speedups_vs_size.png" if len(found) == 1 else f"speedups_vs_size_{index + 1}.png"
+        plot_ladder(ladder, out / "plots" / name)
+        plots.append((name, f"Speedup against model size ({ladder.groups[0].device}): each size's speedup with its "
+                            f"{CONFIDENCE:.0%} interval and the fitted line, per axis (log scales)"))
+    headed = len(groups) > 1
+    sections = [group_section(group, group_summaries, group_outcomes_, headed)
+                for group, group_summaries, group_outcomes_ in zip(groups, summaries, outcomes)]
+    sections += [ladder_section(ladder) for ladder in found]
+    definitions = DEFINITIONS + ([TUNING_DEFINITION] if any(outcomes) else []) + ([LADDER_DEFINITION] if found else [])
+    runs = [run_row(group, run) for group in groups for run in [*group.tuning_runs, *group.runs]]
     title = _title(groups)
     warning = ("These folders differ in their settings (budget, data, model or batch); each is its own group "
                "below and speedups are only computed within a group." if is_mixed(groups) else None)
-    plots = [name for name in PLOTS if (out / "plots" / name).exists()]
-    write_atomic(out / "report.md", markdown(title, warning, sections, plots, runs))
-    write_atomic(out / "report.html", html_page(title, warning, sections, {name: out / "plots" / name for name in plots}, runs))
+    write_atomic(out / "report.md", markdown(title, warning, sections, plots, definitions, runs))
+    write_atomic(out / "report.html", html_page(title, warning, sections, [(name, caption, out / "plots" / name)
+                                                                            for name, caption in plots], definitions, runs))
     return groups
 
 
@@ -128,6 +176,8 @@ def group_header(group: Group) -> list[tuple[str, str]]:
         ("Shared algorithms", ", ".join(str(a) for a in settings.get("algorithms") or []) or "none (baseline = plain training)"),
         ("Reference", f"{group.reference}; seeds {', '.join(str(s) for s in sorted({r.seed for r in group.runs}))}"),
     ]
+    if group.settings.get("tune"):
+        lines.append(("Tuning", tuning_text(group)))
     if group.references:
         lines.append(("Count-based references", reference_text(group)))
     if first:
@@ -138,6 +188,24 @@ def group_header(group: Group) -> list[tuple[str, str]]:
     if group.sources != ["."]:
         lines.append(("Results from", ", ".join(group.sources)))
     return lines
+
+
+def tuning_text(group: Group) -> str:
+    """The grid, the tuning seed and the budget the tuning cost each method."""
+    grids = "; ".join(f"{key} over {', '.join(format_value(value) for value in values)}"
+                      for key, values in group.settings["tune"].items())
+    outcomes = group_outcomes(group)
+    runs = {outcome.method: len(outcome.points) for outcome in outcomes}
+    in_all = f"{sum(runs.values())} runs and {sum(outcome.tokens for outcome in outcomes):,} tokens in all"
+    if len(set(runs.values())) == 1:
+        budget = f"{next(iter(runs.values()))} runs per method (tokens per method: the Tuning table), {in_all}"
+    else:
+        budget = ("UNEQUAL, a key applies to some methods only: " + ", ".join(f"{method} {count} runs" for method, count
+                                                                          in runs.items()) + f"; {in_all}")
+    untuned = [method for method in group.methods if method not in runs and method not in group.repeats]
+    return (f"{grids}, on seed {group.settings['tune_seed']} before the verdict seeds; each method's verdict runs use "
+            f"its best point (lowest final held-out loss there). Budget: {budget}"
+            + (f"; not tuned (no tuned key applies): {', '.join(untuned)}" if untuned else ""))
 
 
 def reference_text(group: Group) -> str:
@@ -178,14 +246,35 @@ def verdict_row(summary: MethodSummary) -> list[str]:
     return [name, seeds, *(verdict_cell(summary.speedups[axis]) for axis in VERDICT_AXES)]
 
 
+def quality_row(summary: MethodSummary) -> list[str]:
+    """The loss statements, each a test: below the target, and against the reference."""
+    name = summary.method + (" (A/A)" if summary.repeat_of else "")
+    return [name, str(len(summary.seeds)), _stat(summary.final_loss, 4), attainment_cell(summary.attainment),
+            quality_cell(summary.quality)]
+
+
+def attainment_cell(test: LossTest) -> str:
+    """'reached, p 0.003', 'not shown, p 0.2', or why there is no test."""
+    return test.verdict if test.p_value is None else f"{test.verdict}, p {test.p_value:.2g}"
+
+
+def quality_cell(test: LossTest) -> str:
+    """'better by 0.120 nats, p 0.004', 'equivalent (+0.004 nats), p 0.002', 'not shown (+0.031 nats), p 0.4'."""
+    if test.p_value is None:
+        return test.verdict
+    if test.verdict in (BETTER, WORSE):
+        return f"{test.verdict} by {abs(test.mean_difference):.3f} nats, p {test.p_value:.2g}"
+    return f"{test.verdict} ({test.mean_difference:+.3f} nats), {'TOST ' if test.verdict == NOT_SHOWN else ''}p {test.p_value:.2g}"
+
+
 def summary_row(summary: MethodSummary) -> list[str]:
     memory = f"{summary.peak_memory_bytes / 2**20:,.0f} MiB" if summary.peak_memory_bytes else "-"
     spread = summary.step_tokens_per_s
     speed = f"{spread.median:,.0f} [{spread.p10:,.0f}-{spread.p90:,.0f}]" if spread else "-"
     costs = summary.cost_to_target
     if costs is None:
-        reached = f"not reached ({summary.reached}/{summary.compared} seeds)" if summary.compared else "no reference run"
-        to_target = [reached] * 3
+        crossed = crossed_text(summary.reached, summary.compared) if summary.compared else "no reference run"
+        to_target = [crossed] * 3
     else:
         to_target = [_stat(costs["wall_s"], 1, " s"), _stat(costs["tokens"], 0), _stat(costs["flops"], 3, style="e")]
     return [summary.method, _stat(summary.final_loss, 4), speed, _stat(summary.wall_s, 1, " s"), memory, *to_target]
@@ -202,13 +291,59 @@ def race_row(record: RaceRecord) -> list[str]:
     return [record.method, f"{reached}/{len(record.costs)} seeds", *costs, budget, loss, p_value]
 
 
-def group_section(group: Group, summaries: list[MethodSummary]) -> dict:
-    return {"header": group_header(group),
-            "tables": [("Verdicts", VERDICT_COLUMNS, [verdict_row(s) for s in summaries]),
-                       ("Runs by method", RUN_SUMMARY_COLUMNS, [summary_row(s) for s in summaries])]
-            + ([("Race to the target", RACE_COLUMNS, [race_row(r) for r in race_records(group)])]
-               if group.target_loss is not None else []),
-            "noise": noise_text(summaries)}
+def group_section(group: Group, summaries: list[MethodSummary], outcomes: list[TuningOutcome] = (),
+                  headed: bool = False) -> dict:
+    """`headed`: the report holds several groups (sizes, devices), so each gets a heading."""
+    tables = [("Verdicts", VERDICT_COLUMNS, [verdict_row(s) for s in summaries]),
+              ("Quality", QUALITY_COLUMNS, [quality_row(s) for s in summaries]),
+              ("Runs by method", RUN_SUMMARY_COLUMNS, [summary_row(s) for s in summaries])]
+    if group.target_loss is not None:
+        tables.append(("Race to the target", RACE_COLUMNS, [race_row(r) for r in race_records(group)]))
+    if outcomes:
+        keys = list(group.settings["tune"])
+        tables.append((f"Tuning (seed {group.settings['tune_seed']})", TUNING_COLUMNS,
+                       [tuning_row(outcome) for outcome in outcomes]))
+        tables.append(("Tuning runs", ["method", *keys, "final eval loss"],
+                       [tuning_point_row(outcome, point, keys) for outcome in outcomes for point in outcome.points]))
+    return {"heading": f"{group.settings.get('model')} on {group.device}" if headed else None,
+            "header": group_header(group), "tables": tables, "noise": noise_text(summaries)}
+
+
+TUNING_COLUMNS = ["method", "tuning runs", "tokens trained", "chosen", "final eval loss there", "edge of the grid"]
+
+
+def tuning_row(outcome: TuningOutcome) -> list[str]:
+    runs = f"{len(outcome.points)}" + (f" ({outcome.failed} failed)" if outcome.failed else "")
+    if outcome.best is not None:
+        chosen, loss = point_text(outcome.best), f"{outcome.best_loss:.4f}"
+    elif not outcome.complete:
+        chosen, loss = f"tuning: {outcome.settled} of {len(outcome.points)} runs done", "-"
+    else:
+        chosen, loss = "every run failed: no verdict runs", "-"
+    return [outcome.method, runs, f"{outcome.tokens:,}", chosen, loss, edge_text(outcome) or "-"]
+
+
+def tuning_point_row(outcome: TuningOutcome, point, keys: list[str]) -> list[str]:
+    if point.failure is not None:
+        result = f"failed: {point.failure}"
+    elif point.final_loss is None:
+        result = "to run"
+    else:
+        result = f"{point.final_loss:.4f}" + (" (chosen)" if point.point == outcome.best else "")
+    return [outcome.method, *(format_value(point.point[key]) if key in point.point else "-" for key in keys), result]
+
+
+def ladder_section(ladder: Ladder) -> dict:
+    """Each method's speedup per size and axis, and the fitted trend against parameters."""
+    columns = ["method", "axis", *(f"{model} ({parameters / 1e6:.2f}M)" for model, parameters in
+                                   zip(ladder.models, ladder.parameters)), "ln(speedup) per 10x parameters [95% CI]"]
+    rows = [[method, AXIS_NAMES[axis], *("-" if speedup is None else verdict_cell(speedup)
+                                         for speedup in ladder.speedups(method, axis)), trend_text(ladder.trend(method, axis))]
+            for method in ladder.methods for axis in VERDICT_AXES]
+    return {"heading": f"Across sizes on {ladder.groups[0].device}", "header": [
+                ("Models", ", ".join(f"{model} ({parameters:,} non-embedding parameters)"
+                                     for model, parameters in zip(ladder.models, ladder.parameters)))],
+            "tables": [("Speedup by model size", columns, rows)], "noise": None}
 
 
 def noise_text(summaries: list[MethodSummary]) -> str | None:
@@ -231,24 +366,37 @@ RUN_COLUMNS = ["method", "seed", "device", "algorithms", "steps", "tokens", "tra
 
 
 def print_verdicts(groups: list[Group], console: Console) -> None:
-    """The verdict table(s) on the console, as in the report."""
-    for group in groups:
-        table = Table(title=f"{group.settings.get('model')} · {group.settings.get('max_duration')} · {group.device}")
-        for column in VERDICT_COLUMNS:
-            table.add_column(column, justify="right")
-        summaries = summarize(group)
-        for summary in summaries:
-            table.add_row(*verdict_row(summary))
-        console.print(table)
-        for line in filter(None, [noise_text(summaries), group.references and reference_text(group)]):
+    """The verdict table(s) on the console, as in the report, with each method's tuned choice and,
+    for a size ladder, each method's trend."""
+    summaries = [summarize(group) for group in groups]
+    for group, group_summaries in zip(groups, summaries):
+        title = f"{group.settings.get('model')} · {group.settings.get('max_duration')} · {group.device}"
+        for kind, columns, row in (("", VERDICT_COLUMNS, verdict_row), (" · quality", QUALITY_COLUMNS, quality_row)):
+            table = Table(title=title + kind)
+            for column in columns:
+                table.add_column(column, justify="right")
+            for summary in group_summaries:
+                table.add_row(*row(summary))
+            console.print(table)
+        for outcome in group_outcomes(group):
+            if outcome.best is not None:
+                flag = f" ({edge_text(outcome)})" if outcome.edges else ""
+                console.print(f"tuned {outcome.method}: {point_text(outcome.best)}{flag}")
+        for line in filter(None, [noise_text(group_summaries), group.references and reference_text(group)]):
             console.print(line)
+    for ladder in ladders(groups, summaries):
+        for method in ladder.methods:
+            console.print(f"{method} across {', '.join(ladder.models)}: " + "; ".join(
+                f"{AXIS_NAMES[axis]} {trend_text(ladder.trend(method, axis))}" for axis in VERDICT_AXES))
 
 
-def markdown(title, warning, sections, plots, runs) -> str:
+def markdown(title, warning, sections, plots: list[tuple[str, str]], definitions: list[str], runs) -> str:
     lines = [f"# {title}", "", f"_Built {datetime.datetime.now():%Y-%m-%d %H:%M} by `composerlite report`._", ""]
     if warning:
         lines += [f"> **Warning:** {warning}", ""]
     for section in sections:
+        if section["heading"]:
+            lines += [f"## {section['heading']}", ""]
         for label, text in section["header"]:
             lines.append(f"- **{label}:** {text}")
         lines.append("")
@@ -256,9 +404,9 @@ def markdown(title, warning, sections, plots, runs) -> str:
             lines += [f"### {heading}", "", *_md_table(columns, rows), ""]
         if section["noise"]:
             lines += [section["noise"], ""]
-    for name in plots:
-        lines += [f"![{PLOTS[name]}](plots/{name})", ""]
-    lines += ["## How the numbers are computed", "", *(f"- {text}" for text in DEFINITIONS), "",
+    for name, caption in plots:
+        lines += [f"![{caption}](plots/{name})", ""]
+    lines += ["## How the numbers are computed", "", *(f"- {text}" for text in definitions), "",
               "## Runs", "", *_md_table(RUN_COLUMNS, runs), ""]
     return "\n".join(lines)
 
@@ -269,7 +417,7 @@ def _md_table(columns: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows)]
 
 
-def html_page(title, warning, sections, plots: dict[str, Path], runs) -> str:
+def html_page(title, warning, sections, plots: list[tuple[str, str, Path]], definitions: list[str], runs) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{CSS}</style></head>"
              f"<body><h1>{e(title)}</h1><p class='muted'>Built {datetime.datetime.now():%Y-%m-%d %H:%M} by "
@@ -277,17 +425,19 @@ def html_page(title, warning, sections, plots: dict[str, Path], runs) -> str:
     if warning:
         parts.append(f"<p class='warning'><b>Warning:</b> {e(warning)}</p>")
     for section in sections:
+        if section["heading"]:
+            parts.append(f"<h2>{e(section['heading'])}</h2>")
         parts.append("<ul>" + "".join(f"<li><b>{e(label)}:</b> {_inline_code(text)}</li>"
                                       for label, text in section["header"]) + "</ul>")
         for heading, columns, rows in section["tables"]:
             parts.append(f"<h3>{e(heading)}</h3>" + _html_table(columns, rows))
         if section["noise"]:
             parts.append(f"<p>{e(section['noise'])}</p>")
-    for name, path in plots.items():
+    for name, caption, path in plots:
         data = base64.b64encode(path.read_bytes()).decode()
-        parts.append(f"<figure><img alt='{e(PLOTS[name])}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{e(PLOTS[name])}</figcaption></figure>")
-    parts.append("<h2>How the numbers are computed</h2><ul>" + "".join(f"<li>{e(t)}</li>" for t in DEFINITIONS) + "</ul>")
+        parts.append(f"<figure><img alt='{e(caption)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{e(caption)}</figcaption></figure>")
+    parts.append("<h2>How the numbers are computed</h2><ul>" + "".join(f"<li>{e(t)}</li>" for t in definitions) + "</ul>")
     parts.append("<h2>Runs</h2>" + _html_table(RUN_COLUMNS, runs) + "</body></html>")
     return "\n".join(parts)
 

@@ -33,7 +33,8 @@ class EvalPoint(pydantic.BaseModel):
 
 
 class Method(pydantic.BaseModel):
-    """One contender: a label, the algorithms it adds, and RunConfig keys it changes (sweeps)."""
+    """One contender: a label, the algorithms it adds, and RunConfig keys it changes (sweeps,
+    tuned settings)."""
 
     model_config = pydantic.ConfigDict(frozen=True)
 
@@ -41,6 +42,18 @@ class Method(pydantic.BaseModel):
     algorithms: tuple[str, ...] = ()
     overrides: dict[str, Any] = pydantic.Field(default_factory=dict)
     repeat_of: str | None = None  # a second timing of that method (the A/A noise measurement)
+    tuning_of: str | None = None  # a tuning run of that method (`--tune`), at `point`
+    # The tuned keys' values (`lr`, `muon.lr`) this method runs with: a tuning run's grid point,
+    # or the point a tuned method chose (already applied to `overrides` and `algorithms`).
+    point: dict[str, Any] = pydantic.Field(default_factory=dict)
+
+
+class TuningFailure(pydantic.BaseModel):
+    """A tuning run that failed: that grid point's result, kept so a rerun chooses the same best."""
+
+    method: str
+    seed: int
+    reason: str
 
 
 class RunRecord(pydantic.BaseModel):
@@ -74,9 +87,15 @@ class BenchResults(pydantic.BaseModel):
     methods: list[Method]
     commands: list[dict[str, str]] = pydantic.Field(default_factory=list)  # each invocation: command, started
     runs: list[RunRecord] = pydantic.Field(default_factory=list)
+    tuning_failures: list[TuningFailure] = pydantic.Field(default_factory=list)
 
     def finished(self, method: str, seed: int) -> bool:
         return any(run.method == method and run.seed == seed for run in self.runs)
+
+    def settled(self, method: str, seed: int) -> bool:
+        """Finished, or a tuning run that failed (not retried: the failure is its grid point's result)."""
+        return self.finished(method, seed) or any(failure.method == method and failure.seed == seed
+                                                  for failure in self.tuning_failures)
 
 
 def load_results(folder: Path) -> BenchResults:

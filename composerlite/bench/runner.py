@@ -13,6 +13,7 @@ Layout of a benchmark folder:
     report.md, report.html, plots/
     runs/<method>/seed<S>/        a normal run dir: config.yaml, metrics.jsonl, checkpoints/
     logs/<method>-seed<S>.log     that run's console output
+    tuning/<method @ point>/seed<S>/, logs/tuning/   the tuning runs (`--tune`), likewise
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from composerlite.algorithm import Callback
 from composerlite.bench.lockstep import Stop, run_to_end, take_turns
 from composerlite.bench.report import build_report, print_verdicts
-from composerlite.bench.results import (BenchResults, EvalPoint, Method, RunRecord, load_results,
+from composerlite.bench.results import (BenchResults, EvalPoint, Method, RunRecord, TuningFailure, load_results,
                                         save_results)
+from composerlite.bench.tuning import (TunedKey, at_point, check_tuning, edge_text, method_grid, point_text,
+                                       tuning_method, tuning_outcome, tuning_seed)
 from composerlite.config import RunConfig, validated
 from composerlite.errors import ConfigError, RunHalted
 from composerlite.registry import build_algorithm, split_spec
@@ -222,9 +225,12 @@ def run_order(methods: list[Method], seeds: list[int]) -> list[tuple[Method, int
     return order
 
 
-def open_results(out: Path, base: RunConfig, methods: list[Method], reference: str, kind: str) -> BenchResults:
-    """The folder's results (refusing one made with other settings), or a fresh record."""
+def open_results(out: Path, base: RunConfig, reference: str, kind: str,
+                 extra_settings: dict[str, Any] | None = None) -> BenchResults:
+    """The folder's results (refusing one made with other settings), or a fresh record.
+    `extra_settings`: what else every run shares (a tuning grid and its seed)."""
     settings, references = bench_settings(base)
+    settings.update(extra_settings or {})
     if (out / "results.json").exists():
         results = load_results(out)
         changed = [key for key in sorted(set(settings) | set(results.settings))
@@ -233,20 +239,24 @@ def open_results(out: Path, base: RunConfig, methods: list[Method], reference: s
             what = ", ".join(f"{key} ({results.settings.get(key)!r} there, {settings.get(key)!r} now)" for key in changed)
             raise ConfigError(f"{out} holds a {results.kind} with other settings ({what or 'reference method'}); "
                              "resume with the same settings or choose another --out")
-        known = {method.label: method for method in results.methods}
-        for method in methods:
-            if method.label in known and known[method.label] != method:
-                raise ConfigError(f"{out} already has a method '{method.label}' with other algorithms or options")
-        results.methods += [method for method in methods if method.label not in known]
         return results
-    return BenchResults(kind=kind, settings=settings, reference=reference, references=references, methods=methods)
+    return BenchResults(kind=kind, settings=settings, reference=reference, references=references, methods=[])
+
+
+def add_methods(out: Path, results: BenchResults, methods: list[Method]) -> None:
+    """Record `methods` in `results`, refusing a label the folder already holds with other algorithms or options."""
+    known = {method.label: method for method in results.methods}
+    for method in methods:
+        if method.label in known and known[method.label] != method:
+            raise ConfigError(f"{out} already has a method '{method.label}' with other algorithms or options")
+    results.methods += [method for method in methods if method.label not in known]
 
 
 def run_folder(out: Path, method: Method, seed: int) -> tuple[Path, bool]:
     """(folder, resume) for a run. A folder left by an interrupted attempt is resumed from its last
     checkpoint where `composerlite run` supports `autoresume`; otherwise it is kept untouched (nothing
     written is lost) and the run restarts cleanly in the next free `seed<S>-retryN` folder."""
-    parent = out / "runs" / method_folder(method.label)
+    parent = out / ("tuning" if method.tuning_of else "runs") / method_folder(method.label)
     attempts = [parent / f"seed{seed}"]
     while attempts[-1].exists():
         attempts.append(parent / f"seed{seed}-retry{len(attempts)}")
@@ -289,20 +299,30 @@ def execute_run(job: RunJob, callbacks: list[Callback], on_record: Callable[[dic
             "peak_memory_bytes": int(memory_gib * 2**30), "peak_memory_kind": memory_kind}
 
 
+def check_bench(base: RunConfig, methods: list[Method], tuning: Sequence[TunedKey] = ()) -> None:
+    """Everything about a benchmark's methods and tuning grid that can be refused before any run."""
+    check_methods(base, methods)
+    check_tuning(list(tuning), base, methods)
+
+
 def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int], command: str,
               reference: str = BASELINE, kind: str = "bench", console: Console | None = None,
               run: Callable[..., RunResult] | None = None, reference_repeats: int = 1,
-              interleave: str | None = None) -> BenchResults:
+              interleave: str | None = None, tuning: Sequence[TunedKey] = ()) -> BenchResults:
     """Run every (method, seed) not yet in `out/results.json`, interleaved (`run_order`), the
     reference `reference_repeats` extra times per seed; a stopped benchmark has compared all methods
     on its first seeds. `run(config, console, callbacks, loggers)` trains one run (default
     `train_run`). `interleave`: "steps" trains the runs of a seed side by side, a step each in turn
     (`lockstep`: wall-clock verdicts that hold on a loaded machine; all of a seed's runs in memory at
-    once), "runs" one after another in this process; default: steps on CPU, runs on a GPU."""
+    once), "runs" one after another in this process; default: steps on CPU, runs on a GPU.
+
+    With `tuning` (see `tuning`), every method first trains at each point of its grid on the tuning
+    seed, the i-th points of all methods side by side like a seed's runs; then the verdict seeds run
+    each method at its best point."""
     run = run or train_run
     console = console or Console(stderr=True)
     out = Path(out)
-    check_methods(base, methods)
+    check_bench(base, methods, tuning)
     if reference not in {method.label for method in methods}:
         console.print(f"[yellow]no '{reference}' method: the report will have no speedups[/yellow]")
     device = resolve_device(base.device)
@@ -313,55 +333,116 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
         raise ConfigError(f"interleave must be one of {', '.join(INTERLEAVE)}, not '{interleave}'")
     if interleave == "steps" and not can_step:
         raise ConfigError("--interleave steps needs the 'forkserver' start method, which this platform lacks; use runs")
-    methods = with_reference_repeats(methods, reference, reference_repeats)
     out.mkdir(parents=True, exist_ok=True)
-    results = open_results(out, base, methods, reference, kind)
+    tune_seed = tuning_seed(seeds)
+    results = open_results(out, base, reference, kind, {"tune": {key.key: list(key.values) for key in tuning},
+                                                        "tune_seed": tune_seed} if tuning else None)
+    grids = {method.label: [tuning_method(method, point) for point in method_grid(method, tuning)] for method in methods}
+    add_methods(out, results, [tuning_run for grid in grids.values() for tuning_run in grid])
     results.commands.append({"command": command, "started": datetime.datetime.now().isoformat(timespec="seconds"),
                              "interleave": interleave})
     save_results(out, results)
-    todo = [(method, seed) for method, seed in run_order(methods, seeds) if not results.finished(method.label, seed)]
-    skipped = len(methods) * len(seeds) - len(todo)
+    tuning_todo = [[(tuning_run, tune_seed) for tuning_run in batch if not results.settled(tuning_run.label, tune_seed)]
+                   for batch in tuning_batches(list(grids.values()))]
+    labels = [method.label for method in with_reference_repeats(methods, reference, reference_repeats)]
+    verdict_todo = sum(not results.finished(label, seed) for label in labels for seed in seeds)
+    total = sum(map(len, tuning_todo)) + verdict_todo
+    skipped = len(labels) * len(seeds) + sum(map(len, grids.values())) - total
     if skipped:
-        console.print(f"{skipped} run(s) already finished in {out}; running the other {len(todo)}")
+        console.print(f"{skipped} run(s) already finished in {out}; running the other {total}")
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
                         TimeRemainingColumn(), console=console)
-    overall = progress.add_task(f"benchmark: {len(todo)} runs", total=max(len(todo), 1), status="")
+    overall = progress.add_task(f"benchmark: {total} runs", total=max(total, 1), status="")
     tracking = BenchProgress(out, results, progress, overall)
     announce = lambda name: progress.console.print(
         f"composerlite bench: got {name}; stopping every run after its current step, checkpoints saved (send "
         "it again to abort without saving)")
+    untuned: list[str] = []  # methods every tuning run of which failed: they get no verdict runs
     with progress, stop_on_signals(StopRequest(), announce) as stop:
-        for seed in dict.fromkeys(seed for _, seed in todo):
-            jobs = [make_job(out, base, method, seed, device, run) for method, this_seed in todo if this_seed == seed]
+        stopped = lambda: stop.signum is not None or tracking.halted
+
+        def run_batch(batch: list[tuple[Method, int]]) -> None:
+            """Train a batch of runs: side by side a step each in turn, or one after another."""
+            jobs = [make_job(out, base, method, seed, device, run) for method, seed in batch]
             for job in jobs:
                 tracking.add(job)
             if interleave == "steps":
                 try:
-                    take_turns(jobs, execute_run, tracking.on_message, lambda: stop.signum is not None or tracking.halted)
+                    take_turns(jobs, execute_run, tracking.on_message, stopped)
                 except Stop:
                     pass
             else:
                 for job in jobs:
-                    if stop.signum is not None or tracking.halted:
+                    if stopped():
                         break
                     run_to_end(execute_run, job, [], lambda *message, job=job: tracking.on_message(job, message))
-            if stop.signum is not None or tracking.halted:
+
+        for batch in filter(None, tuning_todo):
+            run_batch(batch)
+            if stopped():
                 break
-        else:
-            progress.update(overall, completed=max(len(todo), 1), status="")
+        if not stopped():
+            verdict_methods, untuned = tuned_methods(methods, grids, results, tuning, console)
+            verdict_methods = with_reference_repeats(verdict_methods, reference, reference_repeats)
+            add_methods(out, results, verdict_methods)
+            save_results(out, results)
+            todo = [(method, seed) for method, seed in run_order(verdict_methods, seeds)
+                    if not results.finished(method.label, seed)]
+            for seed in dict.fromkeys(seed for _, seed in todo):
+                run_batch([(method, this_seed) for method, this_seed in todo if this_seed == seed])
+                if stopped():
+                    break
+            else:
+                progress.update(overall, completed=max(total, 1), status="")
     groups = build_report([out], out)
-    if stop.signum is not None or tracking.halted:
+    if stopped():
         signum = stop.signum or tracking.halted
         raise RunHalted(f"benchmark stopped by {signal.Signals(signum).name}: every run still going saved a "
-                        f"checkpoint; rerun the same command to finish ({len(tracking.finished)} of {len(todo)} "
+                        f"checkpoint; rerun the same command to finish ({len(tracking.finished)} of {total} "
                         f"runs finished in {out})", exit_code=128 + signum)
     print_verdicts(groups, console)
-    if tracking.failures:
-        raise RunHalted(f"{len(tracking.failures)} of {len(todo)} runs failed: {'; '.join(tracking.failures)}. The "
+    failures = tracking.failures + [f"{label} (every tuning run failed, so it has no verdict runs; failed tuning runs "
+                                    "are results, not retried)" for label in untuned]
+    if failures:
+        raise RunHalted(f"{len(failures)} of {total} runs failed: {'; '.join(failures)}. The "
                         f"finished runs are kept in {out} (each failure's traceback is in its log under "
                         f"{out / 'logs'}); rerun the same command to retry the failed runs only", exit_code=1)
     return results
+
+
+def tuning_batches(grids: list[list[Method]]) -> list[list[Method]]:
+    """The i-th tuning run of every method side by side (as a seed's runs are), their order rotated
+    by one for each i, so no method always trains first or last."""
+    batches = []
+    for index in range(max(map(len, grids), default=0)):
+        batch = [grid[index] for grid in grids if index < len(grid)]
+        shift = index % len(batch)
+        batches.append(batch[shift:] + batch[:shift])
+    return batches
+
+
+def tuned_methods(methods: list[Method], grids: dict[str, list[Method]], results: BenchResults,
+                  tuning: Sequence[TunedKey], console: Console) -> tuple[list[Method], list[str]]:
+    """(each method at its best grid point, or as given when no tuned key applies to it; the labels
+    of methods every tuning run of which failed, left out)."""
+    runs = {run.method: run for run in results.runs}
+    failures = {failure.method: failure.reason for failure in results.tuning_failures}
+    values = {key.key: list(key.values) for key in tuning}
+    chosen, untuned = [], []
+    for method in methods:
+        if not grids[method.label]:
+            chosen.append(method)
+            continue
+        outcome = tuning_outcome(method.label, grids[method.label], values, runs, failures)
+        if outcome.best is None:
+            untuned.append(method.label)
+            continue
+        flag = f" ({edge_text(outcome)})" if outcome.edges else ""
+        console.print(f"tuned {method.label}: {point_text(outcome.best)}, final loss {outcome.best_loss:.4f} on the "
+                      f"tuning seed{flag}")
+        chosen.append(at_point(method, outcome.best))
+    return chosen, untuned
 
 
 INTERLEAVE = ("steps", "runs")
@@ -405,6 +486,12 @@ class BenchProgress:
         if kind == "halted" and message[2] > 128:  # a signal (SIGTERM, a scheduler's timeout): stop everything
             self.halted = self.halted or message[2] - 128
             console.print(f"[yellow]stopped[/yellow] {job.name}: {message[1]}")
+        elif kind != "not_started" and job.method.tuning_of:
+            self.results.tuning_failures.append(TuningFailure(method=job.method.label, seed=job.seed, reason=message[1]))
+            save_results(self.out, self.results)
+            self.progress.advance(self.overall)
+            console.print(f"[red]failed[/red] tuning run {job.name}: {message[1]} (that grid point's result: the "
+                          "method's other points decide)")
         elif kind != "not_started":
             self.failures.append(f"{job.name} ({message[1]})")
             console.print(f"[red]failed[/red] {job.name}: {message[1]}")
@@ -437,8 +524,9 @@ def make_job(out: Path, base: RunConfig, method: Method, seed: int, device: torc
     run_dir, resume = run_folder(out, method, seed)
     values = {**base.model_dump(), "algorithms": [*base.algorithms, *method.algorithms], **method.overrides,
               "seed": seed, "run_dir": str(run_dir), **({"autoresume": True} if resume else {})}
+    logs = out / "logs" / ("tuning" if method.tuning_of else "")
     return RunJob(method=method, seed=seed, config=validated(values), device=str(device), run=run,
-                  log_path=out / "logs" / f"{run_dir.parent.name}-{run_dir.name}.log")
+                  log_path=logs / f"{run_dir.parent.name}-{run_dir.name}.log")
 
 
 def run_record(out: Path, job: RunJob, outcome: dict[str, Any]) -> RunRecord:

@@ -11,8 +11,8 @@ import argparse
 import shlex
 from pathlib import Path
 
-from composerlite.config import RunConfig, load_config
-from composerlite.errors import ConfigError
+from composerlite.config import RunConfig, load_config, validated
+from composerlite.errors import ConfigError, RunHalted
 from composerlite.runtime import AUTO_PRECISION
 
 # Twenty evaluations per run: enough points to read the cost of the baseline's loss off the curve.
@@ -64,6 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra runs of the baseline per seed, for the A/A timing-noise measurement (default 1)")
     parser.add_argument("--recipe", dest="recipes", action="append", default=[], metavar="NAME=A+B+...",
                         help="a named method combining several algorithms; repeat for several")
+    parser.add_argument("--tune", action="append", default=[], metavar="KEY=GRID",
+                        help="equal tuning budget: every method trains at each value on a tuning seed (the one before "
+                             "--seed) and its verdict runs use its best. KEY: a run setting (lr, warmup, weight_decay, "
+                             "batch_size, ...) or ALGO.OPTION (muon.lr: the methods with ALGO); GRID: 3e-3,1e-2,3e-2 or "
+                             "log:1e-3..1e-1:5 (5 log-spaced points). Repeat for a product grid")
+    parser.add_argument("--models", metavar="A,B,...",
+                        help="the same comparison on several family members (a size ladder: each in OUT/<model>/, "
+                             "the report in OUT says how each speedup moves with size); instead of --model")
     add_shared_arguments(parser)
 
 
@@ -102,8 +110,8 @@ def seeds_of(args: argparse.Namespace, config: RunConfig) -> list[int]:
     return [config.seed + i for i in range(args.seeds)]
 
 
-def out_dir(args: argparse.Namespace, config: RunConfig, kind: str) -> Path:
-    return Path(args.out or f"{kind}-{config.model}-{config.max_duration}")
+def out_dir(args: argparse.Namespace, config: RunConfig, kind: str, model: str | None = None) -> Path:
+    return Path(args.out or f"{kind}-{model or config.model}-{config.max_duration}")
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -120,15 +128,58 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+def parse_models(text: str) -> list[str]:
+    models = [name.strip() for name in text.split(",") if name.strip()]
+    if len(models) < 2 or len(set(models)) < len(models):
+        raise ConfigError(f"--models needs two or more different family members, comma-separated, not '{text}'")
+    return models
+
+
 def main(args: argparse.Namespace) -> int:
-    from composerlite.bench.runner import parse_algos, parse_recipe, run_bench
+    from rich.console import Console
+
+    from composerlite.bench.report import build_report, print_verdicts
+    from composerlite.bench.runner import check_bench, parse_algos, parse_recipe, run_bench
+    from composerlite.bench.tuning import parse_tune
 
     config = base_config(args)
     if args.reference_repeats < 0:
         raise ConfigError("--reference-repeats must be 0 or more")
     methods = parse_algos(args.algos) + [parse_recipe(text) for text in args.recipes]
-    out = out_dir(args, config, "bench")
-    run_bench(out, config, methods, seeds_of(args, config), command_line(args), reference_repeats=args.reference_repeats,
-              interleave=args.interleave)
-    print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    tuning = [parse_tune(text) for text in args.tune]
+    for key in tuning:
+        if key.algorithm is None and getattr(args, key.key, None) is not None:
+            raise ConfigError(f"--{key.key.replace('_', '-')} fixes what --tune {key.key} varies; give only the grid")
+    seeds = seeds_of(args, config)
+    if tuning and seeds[0] == 0:
+        raise ConfigError("--tune runs its grid on the seed before the first verdict seed: give --seed 1 or more")
+    if args.models is None:
+        out = out_dir(args, config, "bench")
+        run_bench(out, config, methods, seeds, command_line(args), reference_repeats=args.reference_repeats,
+                  interleave=args.interleave, tuning=tuning)
+        print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+        return 0
+    # A size ladder: every model's comparison checked before any run, then one model after another
+    # in the order listed, each a complete benchmark in its own folder. Failed runs in one model
+    # leave the others to run (as a failed run leaves the other methods); a signal stops them all.
+    if args.model is not None:
+        raise ConfigError("--model and --models: give one")
+    models = parse_models(args.models)
+    configs = {model: validated({**config.model_dump(), "model": model}) for model in models}
+    for model_config in configs.values():
+        check_bench(model_config, methods, tuning)
+    out = out_dir(args, config, "bench", "+".join(models))
+    failed: list[RunHalted] = []
+    for model, model_config in configs.items():
+        try:
+            run_bench(out / model, model_config, methods, seeds, command_line(args),
+                      reference_repeats=args.reference_repeats, interleave=args.interleave, tuning=tuning)
+        except RunHalted as halted:
+            if halted.exit_code != 1:
+                raise
+            failed.append(halted)
+    print_verdicts(build_report([out / model for model in models], out), Console(stderr=True))
+    print(f"report across sizes: {out / 'report.md'} and {out / 'report.html'} (each size's in {out}/<model>/)")
+    if failed:
+        raise RunHalted(" ".join(str(halted) for halted in failed), exit_code=1)
     return 0

@@ -1,0 +1,156 @@
+"""`composerlite bench --tune`: grids (lists, log ranges, products, ALGO.OPTION), each method's best
+(the edge flag, a failed run), bad input refused before any run, and the calibration: a method that
+only rescales the LR is "no different" once both are tuned, where untuned it is not."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from composerlite.bench.results import EvalPoint, Method, RunRecord, load_results
+from composerlite.bench.runner import parse_algos, run_bench, train_run
+from composerlite.bench.tuning import (TunedKey, at_point, check_tuning, join_spec, method_grid, parse_tune,
+                                       tuning_method, tuning_outcome)
+from composerlite.cli import main as cli
+from composerlite.config import load_config
+from composerlite.errors import ConfigError
+from composerlite.registry import split_spec
+
+CALIBRATION = Path(__file__).resolve().parent.parent / "benchmarks" / "plugins" / "calibration.py"
+TINY = ["--model", "gpt2-tiny", "--budget", "2ba", "--batch-size", "2", "--seq-len", "16", "--eval-batches", "1",
+        "--device", "cpu", "--precision", "fp32", "--seeds", "1"]
+
+
+def test_grids_lists_and_log_ranges():
+    assert parse_tune("lr=3e-3, 1e-2,3e-2") == TunedKey("lr", (3e-3, 1e-2, 3e-2), "3e-3, 1e-2,3e-2")
+    assert parse_tune("lr=log:1e-3..1e-1:5").values == (1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1)  # 3 significant digits
+    assert parse_tune("lr=log:1e-3..6.4e-2:7").values == tuple(1e-3 * 2**i for i in range(7))  # doubling, exactly
+    assert parse_tune("batch_size=4,8").values == (4, 8) and parse_tune("warmup=0ba,20ba").values == ("0ba", "20ba")
+    assert parse_tune("muon.nesterov=true,false").values == (True, False)
+    key = parse_tune("path/plugin.py:Mine.scale=1,2")
+    assert (key.algorithm, key.option) == ("path/plugin.py:Mine", "scale") and parse_tune("lr=1").algorithm is None
+    for bad, message in (("lr=", "empty grid"), ("lr= , ", "empty grid"), ("=1", "KEY=GRID"), ("lr", "KEY=GRID"),
+                         ("lr=log:1e-3..1e-1", "log:LOW..HIGH:N"), ("lr=log:1e-1..1e-3:3", "0 < LOW < HIGH"),
+                         ("lr=log:1e-3..1e-1:1", "N >= 2"), ("lr=log:0..1:3", "0 < LOW"),
+                         ("lr=1e-2,0.01", "lists 0.01 more than once"), ("lr=log:1.000..1.001:5", "more than once")):
+        with pytest.raises(ConfigError, match=message):
+            parse_tune(bad)
+
+
+def test_product_grid_and_algorithm_options_apply_to_the_methods_that_have_them():
+    methods = parse_algos("baseline,muon:ns_dtype=float32")
+    baseline, muon = methods
+    keys = [parse_tune("lr=1e-3,1e-2"), parse_tune("muon.lr=0.01,0.02")]
+    assert method_grid(baseline, keys) == [{"lr": 1e-3}, {"lr": 1e-2}]
+    assert method_grid(muon, keys) == [{"lr": 1e-3, "muon.lr": 0.01}, {"lr": 1e-3, "muon.lr": 0.02},
+                                       {"lr": 1e-2, "muon.lr": 0.01}, {"lr": 1e-2, "muon.lr": 0.02}]
+    assert method_grid(baseline, keys[1:]) == []  # no key applies: not tuned
+    tuned = at_point(muon, {"lr": 1e-2, "muon.lr": 0.02})
+    assert (tuned.label, tuned.overrides, tuned.algorithms) == ("muon:ns_dtype=float32", {"lr": 1e-2},
+                                                                ("muon:ns_dtype=float32,lr=0.02",))
+    run = tuning_method(muon, {"lr": 1e-2, "muon.lr": 0.02})
+    assert (run.label, run.tuning_of, run.point) == ("muon:ns_dtype=float32 @ lr=0.01, muon.lr=0.02",
+                                                     "muon:ns_dtype=float32", {"lr": 1e-2, "muon.lr": 0.02})
+    options = {"exclude": ["a", "b"], "ratio": 1e-05, "name": "3", "flag": True, "none": None}
+    assert split_spec(join_spec("x.py:Y", options)) == ("x.py:Y", options)  # values survive as written
+
+
+def record(label: str, loss: float, tokens: int = 100) -> RunRecord:
+    return RunRecord(method=label, seed=16, run_dir=f"tuning/{label}/seed16", config={},
+                     evals=[EvalPoint(step=1, tokens=tokens, wall_s=1.0, flops=1.0, eval_loss=loss)],
+                     train={"steps": 1, "tokens": tokens, "wall_s": 1.0}, step_seconds=[1.0], step_tokens=[tokens],
+                     tokens_per_s=1.0, peak_memory_bytes=None, peak_memory_kind="test", device="CPU: test",
+                     hardware={}, versions={}, finished_at="2024-01-01T00:00:00")
+
+
+def test_best_of_selection_edge_flags_and_failed_points():
+    baseline = Method(label="baseline")
+    grid = {"lr": [1e-3, 1e-2, 1e-1], "warmup": ["0ba", "20ba"]}
+    keys = [TunedKey(key, tuple(values), "") for key, values in grid.items()]
+    runs = [tuning_method(baseline, point) for point in method_grid(baseline, keys)]
+    losses = dict(zip((run.label for run in runs), [5.0, 4.9, 4.5, 4.4, 4.8, math.nan]))
+
+    def outcome(failed=(), missing=()):
+        finished = {label: record(label, loss) for label, loss in losses.items() if label not in failed + missing}
+        return tuning_outcome("baseline", runs, grid, finished, {label: "diverged" for label in failed})
+
+    best = outcome()
+    assert best.best == {"lr": 1e-2, "warmup": "20ba"} and best.best_loss == 4.4  # NaN is never the best
+    assert best.edges == {} and best.tokens == 600 and best.complete
+    # The best lr at the top of its grid is flagged (a string key never is); a failed point loses only itself.
+    losses[runs[5].label] = 4.0
+    assert outcome().edges == {"lr": "highest"}
+    failed = outcome(failed=(runs[5].label, runs[3].label))
+    assert failed.best == {"lr": 1e-2, "warmup": "0ba"} and failed.failed == 2 and failed.edges == {}
+    losses[runs[4].label] = 4.1
+    assert outcome(failed=(runs[5].label,)).best == {"lr": 1e-1, "warmup": "0ba"}
+    assert outcome(missing=(runs[0].label,)).best is None  # no best until every point has a result
+    assert outcome(failed=tuple(run.label for run in runs)).best is None
+
+
+def test_bad_tuning_input_is_one_line_exit_2_before_any_run(tmp_path, capsys):
+    out = tmp_path / "bench"
+    for tune, message in (("lr=", "empty grid"), ("lrr=1e-3", "'lrr' is not a run setting"),
+                          ("max_duration=10ba", "defines the comparison"), ("lr=-1", "greater than 0"),
+                          ("muon.lr=1e-2", "no method includes muon"), ("alibi.max_seq=-3", "alibi"),
+                          ("alibi.nope=1", "unknown option 'nope'"), ("warmup=soon", "--tune warmup=soon")):
+        assert cli(["bench", "--algos", "baseline,alibi", "--tune", tune, "--out", str(out), *TINY]) == 2, tune
+        error = capsys.readouterr().err.strip()
+        assert message in error and "\n" not in error, (tune, error)
+    assert cli(["bench", "--algos", "baseline", "--tune", "lr=1e-3", "--tune", "lr=1e-2", "--out", str(out), *TINY]) == 2
+    assert cli(["bench", "--algos", "baseline", "--tune", "lr=1e-3", "--lr", "1e-2", "--out", str(out), *TINY]) == 2
+    assert cli(["bench", "--algos", "baseline", "--tune", "lr=1e-3", "--seed", "0", "--out", str(out), *TINY]) == 2
+    assert not out.exists()
+    base = load_config(None, {"model": "gpt2-tiny", "max_duration": "2ba", "algorithms": ["alibi"]})
+    with pytest.raises(ConfigError, match="comes with the shared recipe"):
+        check_tuning([parse_tune("alibi.max_seq=128")], base, parse_algos("baseline"))
+
+
+def test_tuning_makes_a_method_that_only_rescales_the_lr_no_different(tmp_path, text_file):
+    """LRScale:factor=4 at lr computes what the baseline does at 4 lr. At the same lr (untuned) it ends nats
+    worse; tuned over 2^-6, 2^-4, 2^-2 (the baseline's optimum 2^-4 inside, LRScale's 2^-6 at the grid's edge,
+    where it is flagged) its verdict runs are the baseline's to the bit. A tuning run that fails (the baseline's at
+    2^-2, here) costs only its own point, and is not retried."""
+    base = load_config(None, {"model": "gpt2-tiny", "max_duration": "4ba", "batch_size": 2, "seq_len": 16,
+                              "eval_batches": 1, "eval_interval": "2ba", "device": "cpu", "precision": "fp32",
+                              "data": str(text_file)})
+    scaled = f"{CALIBRATION}:LRScale:factor=4"
+    methods = parse_algos(f"baseline,{scaled}")
+    trained = []
+
+    def failing_at_the_top(config, console, **hooks):
+        trained.append(config.seed)
+        if config.lr == 2**-2 and not config.algorithms:
+            raise RuntimeError("diverged")
+        return train_run(config, console, **hooks)
+
+    out = tmp_path / "tuned"
+    tune = [parse_tune("lr=0.015625,0.0625,0.25")]
+    results = run_bench(out, base, methods, [17, 18], "tuned", run=failing_at_the_top, reference_repeats=0,
+                        interleave="runs", tuning=tune)
+    assert results.settings["tune"] == {"lr": [2**-6, 2**-4, 2**-2]} and results.settings["tune_seed"] == 16
+    assert [(failure.method, failure.seed) for failure in results.tuning_failures] == [("baseline @ lr=0.25", 16)]
+    assert sorted(trained) == [16] * 6 + [17, 17, 18, 18]
+    runs = {(run.method, run.seed): run for run in results.runs}
+    untuned = runs[(f"{scaled} @ lr=0.0625", 16)].final_eval_loss - runs[("baseline @ lr=0.0625", 16)].final_eval_loss
+    assert untuned > 1.0  # the same lr: LRScale trains at 4x it
+    chosen = {method.label: method.point for method in results.methods if not method.tuning_of}
+    assert chosen == {"baseline": {"lr": 2**-4}, scaled: {"lr": 2**-6}}
+    for seed in (17, 18):  # best against best: the same computation
+        assert runs[(scaled, seed)].evals == [point.model_copy(update={"wall_s": other.wall_s}) for point, other
+                                              in zip(runs[("baseline", seed)].evals, runs[(scaled, seed)].evals)]
+    markdown = (out / "report.md").read_text()
+    scaled_row = next(line for line in markdown.splitlines() if line.startswith(f"| {scaled} | 2 | "))
+    assert scaled_row.count("no different 1.00× [1.00, 1.00]") == 2  # tokens and FLOPs
+    assert "equivalent (+0.000 nats), p 0" in markdown
+    assert "| baseline | 3 (1 failed) | " in markdown and "failed: RuntimeError: diverged" in markdown
+    assert f"| {scaled} | 3 | " in markdown and "lr at the grid's lowest value: widen the grid" in markdown
+    assert "3 runs per method" in markdown and (out / "plots" / "tuning_lr.png").exists()
+    assert (out / "tuning" / "baseline_lr=0.0625" / "seed16" / "metrics.jsonl").exists()
+
+    trained.clear()  # the same command again: nothing is trained, the failed point included
+    again = run_bench(out, base, methods, [17, 18], "tuned", run=failing_at_the_top, reference_repeats=0,
+                      interleave="runs", tuning=tune)
+    assert trained == [] and len(again.runs) == len(results.runs) and len(load_results(out).commands) == 2
