@@ -154,3 +154,7 @@ def test_tuning_makes_a_method_that_only_rescales_the_lr_no_different(tmp_path, 
     again = run_bench(out, base, methods, [17, 18], "tuned", run=failing_at_the_top, reference_repeats=0,
                       interleave="runs", tuning=tune)
     assert trained == [] and len(again.runs) == len(results.runs) and len(load_results(out).commands) == 2
+    with pytest.raises(ConfigError, match="already has a method"):  # another method under a known label: refused
+        run_bench(out, base, [methods[0], Method(label=scaled, algorithms=(f"{CALIBRATION}:LRScale:factor=2",))],
+                  [17, 18], "changed", reference_repeats=0, interleave="runs", tuning=tune)
+    assert len(load_results(out).commands) == 2  # before anything was written

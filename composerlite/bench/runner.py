@@ -338,7 +338,11 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
     results = open_results(out, base, reference, kind, {"tune": {key.key: list(key.values) for key in tuning},
                                                         "tune_seed": tune_seed} if tuning else None)
     grids = {method.label: [tuning_method(method, point) for point in method_grid(method, tuning)] for method in methods}
-    add_methods(out, results, [tuning_run for grid in grids.values() for tuning_run in grid])
+    # Checked against the folder before anything is written: the tuning runs, and the methods no
+    # tuned key applies to (a tuned method's verdict runs depend on its best, known after tuning).
+    untuned_methods = [method for method in with_reference_repeats(methods, reference, reference_repeats)
+                       if not grids[method.repeat_of or method.label]]
+    add_methods(out, results, [*(tuning_run for grid in grids.values() for tuning_run in grid), *untuned_methods])
     results.commands.append({"command": command, "started": datetime.datetime.now().isoformat(timespec="seconds"),
                              "interleave": interleave})
     save_results(out, results)
@@ -358,7 +362,7 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
     announce = lambda name: progress.console.print(
         f"composerlite bench: got {name}; stopping every run after its current step, checkpoints saved (send "
         "it again to abort without saving)")
-    untuned: list[str] = []  # methods every tuning run of which failed: they get no verdict runs
+    every_point_failed: list[str] = []  # tuned methods without a best: they get no verdict runs
     with progress, stop_on_signals(StopRequest(), announce) as stop:
         stopped = lambda: stop.signum is not None or tracking.halted
 
@@ -383,7 +387,7 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
             if stopped():
                 break
         if not stopped():
-            verdict_methods, untuned = tuned_methods(methods, grids, results, tuning, console)
+            verdict_methods, every_point_failed = tuned_methods(methods, grids, results, tuning, console)
             verdict_methods = with_reference_repeats(verdict_methods, reference, reference_repeats)
             add_methods(out, results, verdict_methods)
             save_results(out, results)
@@ -403,7 +407,7 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
                         f"runs finished in {out})", exit_code=128 + signum)
     print_verdicts(groups, console)
     failures = tracking.failures + [f"{label} (every tuning run failed, so it has no verdict runs; failed tuning runs "
-                                    "are results, not retried)" for label in untuned]
+                                    "are results, not retried)" for label in every_point_failed]
     if failures:
         raise RunHalted(f"{len(failures)} of {total} runs failed: {'; '.join(failures)}. The "
                         f"finished runs are kept in {out} (each failure's traceback is in its log under "
@@ -429,20 +433,20 @@ def tuned_methods(methods: list[Method], grids: dict[str, list[Method]], results
     runs = {run.method: run for run in results.runs}
     failures = {failure.method: failure.reason for failure in results.tuning_failures}
     values = {key.key: list(key.values) for key in tuning}
-    chosen, untuned = [], []
+    chosen, without_best = [], []
     for method in methods:
         if not grids[method.label]:
             chosen.append(method)
             continue
         outcome = tuning_outcome(method.label, grids[method.label], values, runs, failures)
         if outcome.best is None:
-            untuned.append(method.label)
+            without_best.append(method.label)
             continue
         flag = f" ({edge_text(outcome)})" if outcome.edges else ""
         console.print(f"tuned {method.label}: {point_text(outcome.best)}, final loss {outcome.best_loss:.4f} on the "
                       f"tuning seed{flag}")
         chosen.append(at_point(method, outcome.best))
-    return chosen, untuned
+    return chosen, without_best
 
 
 INTERLEAVE = ("steps", "runs")
