@@ -1,6 +1,8 @@
 """`composerlite bench`: every method under the same budget, data, eval set and seeds, interleaved,
 the baseline repeated for an A/A timing-noise measurement; then a report of verdicts (speedups with
 95% intervals on wall-clock, tokens and FLOPs to a target loss). Rerunning the same command resumes.
+`--tune` gives every method the same tuning grid first and compares each at its best
+(`bench.tuning`); `--models` runs the comparison at several sizes (`bench.ladder`).
 
 A bare `composerlite bench` on a machine without a GPU runs `CPU_PRESET`: a setting measured to
 learn well past the corpus's unigram model within a few minutes per run on 2 CPU cores."""
