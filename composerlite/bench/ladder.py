@@ -16,7 +16,7 @@ import dataclasses
 import json
 import math
 
-from composerlite.bench.analysis import CONFIDENCE, VERDICT_AXES, Group, MethodSummary, Speedup, t_quantile
+from composerlite.bench.analysis import CONFIDENCE, Group, MethodSummary, Speedup, t_quantile
 
 GROWS, HOLDS, SHRINKS = "grows", "holds", "shrinks"
 # A method that changes nothing has a speedup of exactly 1 with no spread on the deterministic axes
@@ -64,8 +64,6 @@ class Ladder:
 
 def ladders(groups: list[Group], summaries: list[list[MethodSummary]]) -> list[Ladder]:
     """Groups alike in all but the model, two models or more: one Ladder each."""
-    from composerlite.models import count_parameters
-
     alike: dict[str, list[int]] = {}
     for index, group in enumerate(groups):
         key = json.dumps([{**group.settings, "model": None}, group.reference, group.device, group.kind],
@@ -76,6 +74,8 @@ def ladders(groups: list[Group], summaries: list[list[MethodSummary]]) -> list[L
         models = [str(groups[i].settings.get("model")) for i in indices]
         if len(set(models)) < 2:
             continue
+        from composerlite.models import count_parameters  # imports torch: only for a ladder
+
         ordered = sorted(indices, key=lambda i: count_parameters(str(groups[i].settings["model"]), non_embedding=True))
         found.append(Ladder(
             models=[str(groups[i].settings["model"]) for i in ordered],
