@@ -24,7 +24,7 @@ TINY = ["--model", "gpt2-tiny", "--budget", "2ba", "--batch-size", "2", "--seq-l
 
 
 def test_grids_lists_and_log_ranges():
-    assert parse_tune("lr=3e-3, 1e-2,3e-2") == TunedKey("lr", (3e-3, 1e-2, 3e-2), "3e-3, 1e-2,3e-2")
+    assert parse_tune("lr=3e-3, 1e-2,3e-2") == TunedKey("lr", (3e-3, 1e-2, 3e-2))
     assert parse_tune("lr=log:1e-3..1e-1:5").values == (1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1)  # 3 significant digits
     assert parse_tune("lr=log:1e-3..6.4e-2:7").values == tuple(1e-3 * 2**i for i in range(7))  # doubling, exactly
     assert parse_tune("batch_size=4,8").values == (4, 8) and parse_tune("warmup=0ba,20ba").values == ("0ba", "20ba")
@@ -68,7 +68,7 @@ def record(label: str, loss: float, tokens: int = 100) -> RunRecord:
 def test_best_of_selection_edge_flags_and_failed_points():
     baseline = Method(label="baseline")
     grid = {"lr": [1e-3, 1e-2, 1e-1], "warmup": ["0ba", "20ba"]}
-    keys = [TunedKey(key, tuple(values), "") for key, values in grid.items()]
+    keys = [TunedKey(key, tuple(values)) for key, values in grid.items()]
     runs = [tuning_method(baseline, point) for point in method_grid(baseline, keys)]
     losses = dict(zip((run.label for run in runs), [5.0, 4.9, 4.5, 4.4, 4.8, math.nan]))
 

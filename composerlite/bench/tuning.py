@@ -37,7 +37,6 @@ class TunedKey:
 
     key: str
     values: tuple[Any, ...]
-    grid: str  # as typed
 
     @property
     def algorithm(self) -> str | None:
@@ -60,7 +59,7 @@ def parse_tune(text: str) -> TunedKey:
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
         raise ConfigError(f"--tune {key}: the grid lists {', '.join(repeated)} more than once")
-    return TunedKey(key, tuple(values), grid)
+    return TunedKey(key, tuple(values))
 
 
 def parse_grid(grid: str, key: str) -> list[Any]:
