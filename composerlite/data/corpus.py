@@ -126,8 +126,8 @@ def prepare_corpus(spec: str | None, cache_dir: str | Path | None = None, eval_f
     ).hexdigest()[:20]
     cache_path = cache_root(cache_dir) / f"{_slug(source.name)}-{cache_key}"
     if not (cache_path / MANIFEST_FILE).exists():
-        # Shown while it lasts, then gone: the run's own lines (or its one-line error) follow.
-        with progress_display(console or Console(quiet=True), f"preparing {source.name} (once)", transient=True) as on_progress:
+        # On a terminal the line clears when done: the run's own lines (or its one-line error) follow.
+        with progress_display(console or Console(quiet=True), f"preparing {source.name} (once)") as on_progress:
             prepare(source, cache_path, rule=rule, on_progress=on_progress)
     return open_corpus(cache_path)
 
