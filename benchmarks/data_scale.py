@@ -506,6 +506,9 @@ def s3_loader(folder: Path, args, log) -> dict:
                                                    "AWS_ENDPOINT_URL")}
     os.environ.update({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
+    # fsspec caches one S3 file system per set of arguments, whatever the endpoint: drop any made for
+    # another endpoint now, and ours (soon pointing at a stopped server) when done.
+    fsspec.get_filesystem_class("s3").clear_instance_cache()
     try:
         fs = fsspec.filesystem("s3", skip_instance_cache=True)
         fs.mkdir("data-scale")
@@ -532,6 +535,7 @@ def s3_loader(folder: Path, args, log) -> dict:
                 "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs)}
     finally:
         server.stop()
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

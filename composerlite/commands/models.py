@@ -41,7 +41,8 @@ def main(args: argparse.Namespace) -> int:
     console = Console()
     console.print(table)
     console.print(f"Kaplan loss: L(N, D) at the card's tokens. {N_NOTE} See `composerlite scaling`.")
-    console.print("gpt2-tiny and gpt2-cpu have no card. gpt2-tiny is for tests and CPU demos; gpt2-cpu was built for the "
-                  "CPU benchmark preset (batch 8 x 128, LR 1e-2, 400,000 tokens), where it learns past the corpus's "
-                  "unigram model within minutes on 2 cores (benchmarks/results/cpu-preset-search/).")
+    console.print("gpt2-tiny, gpt2-cpu and gpt2-cpu-6l have no card. gpt2-tiny is for tests and CPU demos; gpt2-cpu was "
+                  "built for the CPU benchmark preset (batch 8 x 128, LR 1e-2, 400,000 tokens), where it learns past the "
+                  "corpus's unigram model within minutes on 2 cores (benchmarks/results/cpu-preset-search/); the three "
+                  "are the CPU size ladder (`composerlite bench --models gpt2-tiny,gpt2-cpu,gpt2-cpu-6l`).")
     return 0
