@@ -65,3 +65,119 @@ def test_the_anchor_copy_is_checked_against_the_original(tmp_path):
     with pytest.raises(SystemExit, match="differs"):
         step_anatomy.check_anchor_copy(tmp_path / "gpu_anchor.py")
     assert "not found" in step_anatomy.check_anchor_copy(None)
+
+
+# ---- what the anatomy showed, fixed ------------------------------------------------------------
+
+import torch  # noqa: E402
+
+from composerlite.algorithms.compile import ForwardAndLoss  # noqa: E402
+from composerlite.algorithms.fused_cross_entropy import _plain_trunk, hidden_states_forward, plain_trunk  # noqa: E402
+from composerlite.algorithms.fused_gpt2_blocks import apply_fused_gpt2_blocks  # noqa: E402
+from composerlite.attention import route_attention  # noqa: E402
+from composerlite.models import build_model  # noqa: E402
+
+
+def tiny(route: str, dropout: float = 0.0):
+    torch.manual_seed(0)
+    model = build_model("gpt2-tiny", dropout=dropout)
+    if route != "sdpa":
+        route_attention(model)
+    if route == "lean blocks":
+        apply_fused_gpt2_blocks(model)
+    return model.train()
+
+
+@pytest.mark.parametrize("route", ["sdpa", "routed", "lean blocks"])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_the_plain_trunk_is_transformers_forward_to_the_bit(route, dropout):
+    model = tiny(route, dropout)
+    ids = torch.randint(0, 50257, (2, 24))
+    assert _plain_trunk(model.transformer)
+    torch.manual_seed(1)
+    expected = model.transformer(input_ids=ids, use_cache=False).last_hidden_state
+    torch.manual_seed(1)  # with dropout, the same random draws in the same order
+    assert torch.equal(plain_trunk(model.transformer, ids), expected)
+
+
+def test_the_plain_trunk_leaves_what_it_cannot_stand_for_to_transformers():
+    model = tiny("sdpa")
+    model.set_attn_implementation("eager")  # causality from transformers' mask: it must be built
+    assert not _plain_trunk(model.transformer)
+    model = tiny("routed")
+    model.transformer.register_forward_hook(lambda module, args, output: output)
+    assert not _plain_trunk(model.transformer)
+    outputs = hidden_states_forward(model, {"input_ids": torch.randint(0, 50257, (2, 8))})  # through transformers
+    assert outputs.hidden.shape == (2, 8, 64)
+
+
+def test_the_bundles_forward_reads_nothing_from_the_device():
+    """Transformers 5.2x checks a batch for packed sequences with a host read each forward."""
+    model = tiny("lean blocks")
+    with torch.profiler.profile() as prof:
+        hidden_states_forward(model, {"input_ids": torch.randint(0, 50257, (2, 16))})
+    assert not [e.name for e in prof.events() if e.name in ("aten::_local_scalar_dense", "aten::is_nonzero")]
+
+
+_CAPTURED: list = []
+
+
+def _capture(graph_module, example_inputs):
+    _CAPTURED.append(graph_module)
+    return graph_module.forward
+
+
+def test_the_compiled_bundle_is_one_graph_with_unmasked_causal_attention(tmp_path):
+    from torch._dynamo import register_backend
+    from composerlite.loggers import Logger
+    from composerlite.registry import build_from_spec
+    from composerlite.throughput import RandomTokens
+    from composerlite.trainer import Trainer
+
+    if "anatomy_capture" not in torch._dynamo.list_backends(exclude_tags=()):
+        register_backend(name="anatomy_capture")(_capture)
+    graphs = _CAPTURED
+    graphs.clear()
+    torch._dynamo.reset()
+    model = build_model("gpt2-tiny", dropout=0.0)
+    trainer = Trainer(model=model, train_data=RandomTokens(2, 32, 50257, 2), max_duration="2ba", logger=Logger([]),
+                      run_dir=tmp_path / "run", algorithms=[build_from_spec("fused_kernels:compile=true,compile_backend=anatomy_capture")])
+    trainer.fit()
+    torch._dynamo.reset()
+    assert len(graphs) == 1  # forward and loss traced together, compiled once for both steps
+    calls = [node for node in graphs[0].graph.nodes if node.op == "call_function"]
+    attention = [node for node in calls if "scaled_dot_product_attention" in str(node.target)]
+    assert len(attention) == model.config.n_layer
+    assert all(node.kwargs.get("attn_mask") is None and node.kwargs.get("is_causal") for node in attention)
+    assert not [node for node in calls if "cumsum" in str(node.target)]  # no packed-sequence check
+
+
+def test_forward_and_loss_hands_over_the_joint_loss_only_for_the_outputs_it_made():
+    def forward_fn(model, batch):
+        return model(batch["x"])
+
+    def loss_fn(outputs, batch):
+        return (outputs - batch["y"]).pow(2).mean()
+
+    torch._dynamo.reset()
+    model = torch.nn.Linear(3, 1)
+    batch = {"x": torch.randn(4, 3), "y": torch.randn(4, 1)}
+    options = {"mode": None, "backend": "eager", "fullgraph": True, "dynamic_seq_len": False}
+    joint = ForwardAndLoss(forward_fn, loss_fn, shared_eval=True, **options)
+    outputs = joint.forward(model, batch)
+    loss = joint.loss(outputs, batch)
+    assert torch.equal(loss, loss_fn(forward_fn(model, batch), batch))
+    loss.backward()
+    assert model.weight.grad is not None
+    outputs = joint.forward(model, batch)
+    replaced = outputs * 2  # an algorithm replaced the outputs: their loss, not the joint one
+    assert torch.equal(joint.loss(replaced, batch), loss_fn(replaced, batch))
+    with torch.no_grad():
+        outputs = joint.forward(model, batch)
+        outputs.mul_(3)  # changed in place: the version counter says so
+        assert torch.equal(joint.loss(outputs, batch), loss_fn(outputs, batch))
+    separate = ForwardAndLoss(forward_fn, loss_fn, shared_eval=False, **options)
+    with torch.no_grad():  # evaluation with its own loss: the forward alone
+        outputs = separate.forward(model, batch)
+        assert separate._pending is None
+    torch._dynamo.reset()

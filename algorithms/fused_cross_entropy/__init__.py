@@ -37,8 +37,10 @@ from typing import NamedTuple
 import pydantic
 import torch
 import torch.nn.functional as F
+from transformers.models.gpt2.modeling_gpt2 import GPT2Model
 
 from composerlite import ModelConverter, State
+from composerlite.attention import ATTENTION_NAME
 
 
 class FusedCrossEntropyOptions(pydantic.BaseModel):
@@ -77,9 +79,47 @@ def softcapped(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
+# Attention functions that make plain causal attention from `attention_mask=None`: transformers'
+# sdpa (`is_causal`) and composerlite's hook (which adds the causal part to its own masks). Others
+# (eager, flash_attention_2) get causality from the mask transformers builds, so they keep it.
+_CAUSAL_WITHOUT_MASK = ("sdpa", ATTENTION_NAME)
+
+
+def _plain_trunk(transformer: torch.nn.Module) -> bool:
+    """Whether `plain_trunk` computes what this GPT2Model's own forward would."""
+    from torch.nn.modules import module as hooks
+
+    return (type(transformer) is GPT2Model and not transformer.config.add_cross_attention
+            and transformer.config._attn_implementation in _CAUSAL_WITHOUT_MASK
+            and not (transformer._forward_hooks or transformer._forward_pre_hooks
+                     or hooks._global_forward_hooks or hooks._global_forward_pre_hooks))
+
+
+def plain_trunk(transformer: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """GPT2Model's forward for a training batch (no padding mask, no KV cache, positions from 0),
+    without transformers' mask and cache machinery. Transformers 5.2x checks every such batch for
+    packed sequences: eagerly that is a host-device sync per forward, and under torch.compile,
+    where the check cannot run, it always builds a [batch, 1, seq, seq] mask (no flash kernel).
+    The same modules run on the same inputs (the mask transformers would pass here is None), so
+    the result is the same to the bit; dropout with p = 0 is the identity and is not called."""
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    hidden = transformer.wte(input_ids) + transformer.wpe(positions)
+    if transformer.drop.p > 0 and transformer.training:
+        hidden = transformer.drop(hidden)
+    for block in transformer.h:  # as GPT2Model calls them: (hidden, cache, mask, encoder states, ...)
+        out = block(hidden, None, None, None, encoder_attention_mask=None, use_cache=False, position_ids=positions)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return transformer.ln_f(hidden)
+
+
 def hidden_states_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> HiddenStates:
-    """Forward through the trunk only. `use_cache=False`: training never needs HF's KV cache."""
-    hidden = model.transformer(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
+    """Forward through the trunk only (`plain_trunk` where it applies, else transformers' own with
+    `use_cache=False`: training never needs HF's KV cache)."""
+    transformer = model.transformer
+    if _plain_trunk(transformer):
+        hidden = plain_trunk(transformer, batch["input_ids"])
+    else:
+        hidden = transformer(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
     return HiddenStates(hidden, model.get_output_embeddings().weight, valid_vocab_size(model), logit_softcap_of(model))
 
 
@@ -162,6 +202,10 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
 class FusedLinearCrossEntropyLoss:
     """`loss_fn(outputs: HiddenStates, batch) -> mean next-token loss`, chunked over tokens."""
+
+    # `compile` traces this loss and the forward as one function (one graph): its input, the hidden
+    # states, is small enough that the zero gradient autograd gives that unused output costs nothing.
+    compile_with_forward = True
 
     def __init__(self, chunk_elements: int | None = None, compile_chunk: bool = True, max_seq_len: int | None = None):
         """`max_seq_len` bounds the sequence length when torch.compile traces it as a dynamic size
