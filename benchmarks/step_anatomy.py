@@ -472,7 +472,8 @@ def run_bundle(args, runtime, compiled: bool) -> tuple[dict[str, Any], dict[str,
     run_dir = Path(tempfile.mkdtemp(prefix="composerlite-anatomy-"))
     try:
         with patch:
-            trainer = Trainer(model=model, train_data=RandomTokens(args.batch_size, args.seq_len, model.config.vocab_size, steps.total),
+            data = RandomTokens(args.batch_size, args.seq_len, model.config.vocab_size, steps.total)
+            trainer = Trainer(model=model, train_data=data,
                               max_duration=f"{steps.total}ba", logger=Logger([]), run_dir=run_dir,
                               algorithms=[build_algorithm(*split_spec(spec))], callbacks=[hook],
                               precision=precision, device=str(device))
@@ -490,7 +491,7 @@ def run_bundle(args, runtime, compiled: bool) -> tuple[dict[str, Any], dict[str,
         **device_summary(steps.profiler, device, args.steps, steps.result()["profiled_step_s"]),
         "model": describe_model(state.model, state.optimizer),
         "forward_returns": hook.forward_returns,
-        "batch_pinned": bool(state.batch["input_ids"].is_pinned()) if device.type == "cuda" else None,
+        "batch_pinned": data.batches[0].is_pinned(),  # the host tensors the Trainer copies from
     }
     if compiled:
         record["generated"] = analyze_code(sources, logits)
@@ -643,6 +644,13 @@ def rows(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         table.append({"difference": what, "bundle": bundle, "anchor": anchor, "verdict": verdict})
 
     if bc and ac:
+        if bc.get("step_s") and ac.get("step_s"):
+            row("step time, ms (timed steps, no profiler)", f"{bc['step_s'] * 1e3:.1f} (bare loop {bare.get('step_s', 0) * 1e3:.1f})",
+                f"{ac['step_s'] * 1e3:.1f}", f"bundle {ac['step_s'] / bc['step_s']:.2f}x the anchor's speed")
+        if bc.get("kernels_per_step") is not None and ac.get("kernels_per_step") is not None:
+            busy = lambda v: f"{v['device_busy_fraction']:.0%}" if v.get("device_busy_fraction") else "?"
+            row("device kernels a step / device busy (profiled steps)", f"{bc['kernels_per_step']:g} / {busy(bc)}",
+                f"{ac['kernels_per_step']:g} / {busy(ac)}", "the top kernels by time are in the record")
         gb, ga = bc["dynamo"], ac["dynamo"]
         row("compiled graphs (forward + loss) / regions entered a step",
             f"{gb['graphs']} / {bc['compiled_regions_per_step']:g}", f"{ga['graphs']} / {ac['compiled_regions_per_step']:g}",
@@ -655,7 +663,8 @@ def rows(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             row("generated kernels a step (fused + library + fallback), forward and backward",
                 f"{gen_b['kernels_per_step']} ({gen_b['fused_kernels']} + {gen_b['library_calls']} + {gen_b['fallback_ops']})",
                 f"{gen_a['kernels_per_step']} ({gen_a['fused_kernels']} + {gen_a['library_calls']} + {gen_a['fallback_ops']})",
-                "see the rows below for what the extra ones are")
+                "matches" if gen_b["kernels_per_step"] <= gen_a["kernels_per_step"] else
+                f"{gen_b['kernels_per_step'] - gen_a['kernels_per_step']:+d}: per graph in the record (generated.per_module)")
             row("SDPA calls with a materialized mask (compiled)", gen_b["sdpa_with_mask"], gen_a["sdpa_with_mask"],
                 "matches" if gen_b["sdpa_with_mask"] <= gen_a["sdpa_with_mask"] else
                 "can go: a [batch, 1, seq, seq] mask rules out the flash kernel and computes the masked half")
@@ -748,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=2, help="steps before the timed ones (compilation); eager runs take 1")
     parser.add_argument("--timed-steps", type=int, default=1)
     parser.add_argument("--steps", type=int, default=1, help="profiled steps")
-    parser.add_argument("--variants", nargs="+", default=["bundle eager", "bundle compiled", "anchor eager", "anchor compiled"],
+    parser.add_argument("--variants", nargs="*", default=["bundle eager", "bundle compiled", "anchor eager", "anchor compiled"],
                         help="any of: 'bundle eager', 'bundle compiled' (adds its bare loop), 'anchor eager', 'anchor compiled'")
     parser.add_argument("--shape-model", default="gpt2-tiny", help="model of the shape-changing runs")
     parser.add_argument("--shape-batch-size", type=int, default=4)
@@ -766,6 +775,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.steps} profiled (CPU trace with stacks and shapes); counts are per step",
         "variants": {},
     }
+    out = args.out or f"benchmarks/results/step_anatomy_{runtime.device.type}_{args.model}_{datetime.date.today()}.json"
     for name in args.variants:
         started = time.perf_counter()
         if name.startswith("bundle"):
@@ -778,13 +788,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error(f"unknown variant {name!r}")
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
+        write_json(out, record)  # a job stopped by its time limit keeps the variants it finished
     if args.shape_steps:
         record["shape_changes"] = run_shapes(args, runtime)
     reset_dynamo()
     record["table"] = rows(record["variants"])
-    out = args.out or f"benchmarks/results/step_anatomy_{runtime.device.type}_{args.model}_{datetime.date.today()}.json"
     write_json(out, record)
-    print_table(record["table"])
+    if record["table"]:
+        print_table(record["table"])
     for name, shape in record.get("shape_changes", {}).items():
         print(f"{name} ({shape['model']}, {shape['steps']} steps + eval, {shape['distinct_shapes']} shapes): "
               f"{shape['graphs']} graphs, {shape['recompiles']} recompilations, {shape['graph_breaks']} breaks")

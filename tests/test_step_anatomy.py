@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from composerlite.algorithms.fused_kernels import MEMBERS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -16,21 +20,37 @@ finally:
     sys.path.remove(str(ROOT / "benchmarks"))
 
 
-def test_eager_variants_are_counted_and_tabled(tmp_path):
-    out = tmp_path / "anatomy.json"
-    assert step_anatomy.main(["--model", "gpt2-tiny", "--batch-size", "2", "--seq-len", "32", "--precision", "fp32",
-                              "--warmup-steps", "1", "--variants", "bundle eager", "anchor eager", "--shape-steps", "0",
-                              "--out", str(out)]) == 0
-    record = json.loads(out.read_text())
+def test_the_gpu_jobs_anatomy_runs_in_cpu_smoke_mode(tmp_path):
+    """The job's first part on CPU (gpt2-tiny, eager): the record, its counts and its table."""
+    env = {**os.environ, "OUT": str(tmp_path), "PARTS": "anatomy"}
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_benchmark.sh"), "--smoke"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    record = json.loads((tmp_path / "step_anatomy_gpu_52m.json").read_text())
     for field in ("torch", "transformers", "date", "git_commit", "device_name", "cpu", "anchor_copy", "table"):
         assert field in record
     bundle, anchor = record["variants"]["bundle eager"], record["variants"]["anchor eager"]
     assert anchor["syncs_per_step"] == 0  # the anchor's loop never reads the loss
-    assert any("trainer.py" in site for site in bundle["syncs"])  # the Trainer's one read, with its site
+    assert len(bundle["syncs"]) == 1 and "trainer.py" in next(iter(bundle["syncs"]))  # the Trainer's read, its site
+    assert bundle["dropout_calls_per_step"] == 0 == anchor["dropout_calls_per_step"]
     assert bundle["top_level_aten_ops_per_step"] > 0 and anchor["top_level_aten_ops_per_step"] > 0
     assert anchor["model"]["embedding_rows"] == 50304 == bundle["model"]["embedding_rows"]
     assert bundle["model"]["parameters"] == anchor["model"]["parameters"]  # the same model, two codes
     assert {row["difference"] for row in record["table"]} >= {"host-device syncs a step (eager)", "dropout calls a step (eager)"}
+
+
+def test_the_gpu_jobs_ablation_removes_each_member_once_with_specs_that_build():
+    """Checked from the script's text (running the part is throughput.py's, tested elsewhere)."""
+    import re
+    from composerlite.registry import build_from_spec
+
+    script = (ROOT / "benchmarks" / "gpu_benchmark.sh").read_text()
+    removed = [m for line in re.findall(r"^for member in ([\w ]+); do ABLATION\+=", script, re.M) for m in line.split()]
+    assert sorted(removed) == sorted(MEMBERS)
+    specs = [f"fused_kernels:exclude=[{m}]" for m in removed] + re.findall(r"^\s*COMPILE_ONLY=(\S+)", script, re.M)
+    for spec in specs:
+        for part in spec.split("+"):
+            build_from_spec(part)
 
 
 INDUCTOR_OUTPUT = """
