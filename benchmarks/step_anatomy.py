@@ -25,7 +25,7 @@ It writes one JSON record (machine, torch, transformers, date, git commit) and p
 difference, its count per step for the bundle and the anchor, and whether it must remain (why) or
 can go. On a CUDA device it also records the device's busy fraction, kernels per step and top kernels.
 
-    python benchmarks/step_anatomy.py                              # gpt2-52m, 4 x 1024 on CPU (~20 min)
+    python benchmarks/step_anatomy.py                              # gpt2-52m, 4 x 1024 on CPU (~12 min on 2 cores)
     python benchmarks/step_anatomy.py --device cuda --batch-size 32 --out $OUT/step_anatomy_gpu.json
     python benchmarks/step_anatomy.py --model gpt2-tiny --batch-size 2 --seq-len 64 --shape-steps 0
 
@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from unittest import mock
 
 import torch
