@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from composerlite.config import RunConfig, algorithm_specs, validated
+from composerlite.config import SETTING_KEYS, RunConfig, algorithm_specs, validated
 from composerlite.errors import ConfigError
 from composerlite.plugins import run_algorithms
 from composerlite.storage import Location, location
@@ -53,8 +53,8 @@ def load_run_config(run_dir: Location) -> RunConfig:
         raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of options")
-    # config.yaml also records facts about the run that are not options (e.g. world_size).
-    options = {key: value for key, value in values.items() if key in RunConfig.model_fields}
+    # config.yaml also records facts about the run that are not settings (e.g. world_size).
+    options = {key: value for key, value in values.items() if key in SETTING_KEYS}
     try:
         return validated(options)
     except ConfigError as error:
@@ -84,7 +84,7 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
 
     run_dir, checkpoint = find_run(str(run_dir))
     config = load_run_config(run_dir)
-    seq_len = seq_len if seq_len is not None else config.seq_len
+    seq_len = seq_len if seq_len is not None else config.data.seq_len
     if seq_len is None or seq_len < 2:
         raise ConfigError(f"`seq_len` must be at least 2 (a token and the one it predicts), got {seq_len}")
     if batch_size < 1:
@@ -92,27 +92,28 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     if max_batches is not None and max_batches < 1:
         raise ConfigError(f"`max_batches` must be positive, got {max_batches}")
     torch_device = resolve_device(device)
-    precision = config.precision if config.precision in native_precisions(torch_device) else "fp32"
+    training = config.training
+    precision = training.precision if training.precision in native_precisions(torch_device) else "fp32"
     algorithms = compose((build_algorithm(target, options) for target, options in algorithm_specs(run_algorithms(config, run_dir))),
                          torch_device, precision)
-    data = data if data is not None else config.data
+    data = data if data is not None else config.data.source
     try:
         corpus = prepare_corpus(data)
         stream = BatchStream(corpus.eval, seq_len=seq_len, batch_size=batch_size, shuffle=False)
     except DataError as error:
         raise ConfigError(f"held-out split of {data or 'the default corpus'}: {error}") from None
-    seed_everything(config.seed)
+    seed_everything(training.seed)
     # The state the run's algorithms saw, less what only training needs: INIT-time conversions and
     # eval-time algorithms read it. Dropout is off in eval mode; the state_dict does not depend on it.
     state = State(
-        model=build_model(config.model, dropout=0.0),
-        max_duration=Time.parse(config.max_duration),
+        model=build_model(config.model.name, dropout=0.0),
+        max_duration=Time.parse(training.max_duration),
         device=torch_device,
         precision=precision,
-        seed=config.seed,
+        seed=training.seed,
         run_dir=Path(run_dir.path),  # never written
         algorithms=algorithms,
-        schedulers=[WarmupDecaySchedule(warmup=Time.parse(config.warmup), decay=config.decay)],
+        schedulers=[WarmupDecaySchedule(warmup=Time.parse(config.schedule.warmup), decay=config.schedule.decay)],
         batch_size=batch_size,
         microbatch_size=batch_size,
         seq_len=seq_len,
@@ -120,13 +121,13 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     )
     engine = Engine(state, Logger([]))
     # The run's thread count: its recorded eval losses are then reproduced bit for bit.
-    with pinned_runtime(config.threads or default_threads(), torch_device):
+    with pinned_runtime(training.threads or default_threads(), torch_device):
         engine.run_event(Event.INIT)
         state.model.to(torch_device)
         limit = position_limit(state.model)
         if limit is not None and seq_len > limit:
             raise ConfigError(
-                f"cannot evaluate {config.model} at {seq_len} tokens: its learned position embeddings cover "
+                f"cannot evaluate {config.model.name} at {seq_len} tokens: its learned position embeddings cover "
                 f"{limit} positions (n_positions); a model trained with `algorithms=alibi` has no such limit"
             )
         load_checkpoint(state, checkpoint)  # weights, algorithm state, time; no optimizer to restore
@@ -136,7 +137,7 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
         "run_dir": run_dir.url,
         "checkpoint": checkpoint.url,
         "step": state.timestamp.batch.value,
-        "model": config.model,
+        "model": config.model.name,
         "algorithms": [target for target, _ in algorithm_specs(config)],
         "data": corpus.name,
         "seq_len": seq_len,

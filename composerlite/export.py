@@ -41,12 +41,12 @@ def export_hf(run_dir: str, output: Path) -> Path:
     tensors, _ = read_checkpoint(checkpoint)  # verified and decoded: a damaged file is named, not a traceback
     # A tied head is stored once (an alias of the embedding); a head stored separately was untied in training.
     tied = tensors.get("lm_head.weight") is tensors.get("transformer.wte.weight")
-    model = build_model(config.model, dropout=config.dropout or 0.0, tie_word_embeddings=tied,
+    model = build_model(config.model.name, dropout=config.model.dropout or 0.0, tie_word_embeddings=tied,
                         config_overrides=config_overrides)
     expected = set(model.state_dict())
     if set(tensors) != expected:
         difference = sorted(set(tensors) ^ expected)[0]
-        raise ConfigError(f"cannot export {checkpoint}: its weights do not match a plain {config.model} (e.g. '{difference}')")
+        raise ConfigError(f"cannot export {checkpoint}: its weights do not match a plain {config.model.name} (e.g. '{difference}')")
     model.load_state_dict(tensors)
     tokenizer = hf_tokenizer()
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,7 @@ def run_algorithms(config: RunConfig, run_dir: Location) -> RunConfig:
             path, class_name = target.rsplit(":", 1)
             target = f"{_local_copy(run_dir.child(*path.split('/')))}:{class_name}"
         entries.append({target: options})
-    return config.model_copy(update={"algorithms": entries})
+    return config.updated({"algorithms": entries})
 
 
 def _local_copy(file: Location) -> Path:

@@ -20,6 +20,7 @@ from composerlite.algorithm import Algorithm, Callback
 from composerlite import distributed
 from composerlite.checkpoint import load_checkpoint, prune_checkpoints, restore_rng_state, rng_state, save_checkpoint
 from composerlite.composition import compose
+from composerlite.config import DEFAULT_LR
 from composerlite.engine import Engine
 from composerlite.errors import RunHalted
 from composerlite.event import Event
@@ -39,7 +40,7 @@ def seed_everything(seed: int) -> None:
 
 @dataclasses.dataclass
 class OptimizerConfig:
-    lr: float = 6e-4
+    lr: float = DEFAULT_LR
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -40,22 +39,18 @@ from composerlite.checkpoint import (
     resolve_resume,
 )
 from composerlite.composition import compose
-from composerlite.config import RunConfig, algorithm_specs, plugin_specs, validated
+from composerlite.config import RunConfig, algorithm_specs, plugin_specs, resolve, validated
 from composerlite.distributed import unwrap_model
 from composerlite.errors import ConfigError
 from composerlite.loggers import Logger, LoggerDestination, RecordList, RunInfo
 from composerlite.plugins import store_plugins, stored_algorithms
 from composerlite.registry import build_algorithm, build_logger
-from composerlite.runtime import default_threads, resolve_runtime
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.speed_monitor import SpeedMonitor, speed_line
 from composerlite.storage import Location, StorageError, location, remove_temporaries
 from composerlite.time import Time, TimeUnit
 from composerlite.trainer import OptimizerConfig, Trainer, seed_everything
 
-# With no `max_duration`, a CPU run is a demo that finishes in a few minutes on 2 cores.
-CPU_DEMO = {"max_duration": "20ba", "batch_size": 8, "seq_len": 128}
-GPU_DEFAULT = {"max_duration": "1000ba", "batch_size": 32, "seq_len": 1024}
 # Every run shows its progress bar and writes metrics.jsonl (what resume, benchmarks and reports
 # read); `loggers` naming one of these sets its options instead of adding a second.
 BUILT_IN_LOGGERS = ("console", "jsonl")
@@ -86,67 +81,6 @@ class RunResult:
     @property
     def evals(self) -> list[dict[str, Any]]:
         return [record for record in self.records if record["event"] == "eval"]
-
-
-@dataclasses.dataclass
-class RunPlan:
-    """The resolved run: every default filled in, plus the notes that explain the defaults."""
-
-    config: RunConfig
-    max_duration: str
-    batch_size: int
-    seq_len: int
-    lr: float
-    warmup: str
-    dropout: float
-    precision: str
-    device: torch.device
-    run_dir: str  # a local path or an fsspec URL
-    threads: int  # intra-op CPU threads: part of what makes CPU results reproducible, so recorded
-    notes: list[str]
-
-
-def plan_run(config: RunConfig) -> RunPlan:
-    from composerlite.models import get_spec
-
-    spec = get_spec(config.model)
-    runtime = resolve_runtime(config.device, config.precision)
-    device = runtime.device
-    notes = []
-    defaults: dict[str, Any] = {}
-    recipe = spec.recipe
-    if config.card_recipe:
-        if recipe is None:
-            raise ConfigError(f"{spec.name} has no card recipe; it is a test/demo configuration")
-        defaults = {"max_duration": f"{recipe.steps}ba", "batch_size": recipe.global_batch_size,
-                    "seq_len": recipe.seq_len}
-        notes.append(f"card recipe: {recipe.steps} steps of {recipe.global_batch_size}x{recipe.seq_len} tokens")
-    elif config.max_duration is None:
-        defaults = CPU_DEMO if device.type == "cpu" else GPU_DEFAULT
-        notes.append(
-            f"no `max_duration`: a short {'CPU demo' if device.type == 'cpu' else 'GPU run'} of "
-            f"{defaults['max_duration']} at batch {config.batch_size or defaults['batch_size']} x "
-            f"{config.seq_len or defaults['seq_len']} tokens. The card's full recipe is `card_recipe=True`."
-        )
-    pick = lambda name, fallback: getattr(config, name) if getattr(config, name) is not None else defaults.get(name, fallback)
-    warmup = config.warmup
-    if warmup is None:
-        warmup = f"{recipe.warmup_batches}ba" if config.card_recipe and recipe and recipe.warmup_batches else "0.05dur"
-    run_dir = config.run_dir or f"runs/{config.model}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    return RunPlan(
-        config=config,
-        max_duration=pick("max_duration", None),
-        batch_size=pick("batch_size", 8),
-        seq_len=pick("seq_len", 128),
-        lr=config.lr or (recipe.lr if recipe else 1e-3),
-        warmup=warmup,
-        dropout=config.dropout if config.dropout is not None else (recipe.dropout if recipe else 0.0),
-        precision=runtime.precision,
-        device=device,
-        run_dir=run_dir,
-        threads=config.threads or default_threads(),
-        notes=notes,
-    )
 
 
 def logger_specs(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
@@ -183,14 +117,15 @@ def prepare_run_dir(run_dir: Location) -> None:
         raise ConfigError(f"cannot write to run directory {run_dir}: {error.strerror or error}") from None
 
 
-def check_budget(plan: RunPlan) -> None:
+def check_budget(config: RunConfig) -> None:
     """A budget in samples or tokens smaller than one batch would train zero steps."""
-    budget = Time.parse(plan.max_duration)
-    per_batch = {TimeUnit.SAMPLE: plan.batch_size, TimeUnit.TOKEN: plan.batch_size * plan.seq_len}.get(budget.unit)
+    training, seq_len = config.training, config.data.seq_len
+    budget = Time.parse(training.max_duration)
+    per_batch = {TimeUnit.SAMPLE: training.batch_size, TimeUnit.TOKEN: training.batch_size * seq_len}.get(budget.unit)
     if per_batch is not None and budget.value < per_batch:
         raise ConfigError(
-            f"`max_duration={plan.max_duration}` is shorter than one step ({per_batch} {budget.unit.value} per batch of "
-            f"{plan.batch_size}x{plan.seq_len})"
+            f"`max_duration={training.max_duration}` is shorter than one step ({per_batch} {budget.unit.value} per batch "
+            f"of {training.batch_size}x{seq_len})"
         )
 
 
@@ -202,21 +137,22 @@ def checkpoint_to_resume(config: RunConfig, run_dir: Location) -> Location | Non
     if run_dir.is_file():
         raise ConfigError(f"`run_dir={run_dir}` is a file, not a folder")
     problems: list[str] = []
-    checkpoint = newest_valid_checkpoint(run_dir, problems) if config.autoresume else None
+    resume, autoresume = config.checkpointing.resume, config.checkpointing.autoresume
+    checkpoint = newest_valid_checkpoint(run_dir, problems) if autoresume else None
     if checkpoint is None and problems and complete_checkpoints(run_dir):
         raise ConfigError(f"`autoresume`: every checkpoint in {run_dir} is damaged (newest: {problems[0]}); nothing was "
                           "written. Continue from one with `resume=CHECKPOINT`, or start over in a new `run_dir`")
     for problem in problems:
         print(f"composerlite: skipping {problem}", file=sys.stderr)
-    if checkpoint is None and config.resume:
-        checkpoint = resolve_resume(config.resume)
-    continuing = config.autoresume or (checkpoint is not None and checkpoint.parent.parent.same_place(run_dir))
+    if checkpoint is None and resume:
+        checkpoint = resolve_resume(resume)
+    continuing = autoresume or (checkpoint is not None and checkpoint.parent.parent.same_place(run_dir))
     if not continuing and (run_dir.child("metrics.jsonl").exists() or run_dir.child("config.yaml").exists()):
-        branch = " (to branch from `resume`, give a new `run_dir`)" if config.resume else ""
+        branch = " (to branch from `resume`, give a new `run_dir`)" if resume else ""
         raise ConfigError(f"run directory {run_dir} already holds a run; choose another `run_dir`, "
                           f"or continue it with `autoresume`{branch}")
     if checkpoint is not None:
-        check_same_model(checkpoint, config.model)
+        check_same_model(checkpoint, config.model.name)
     return checkpoint
 
 
@@ -272,7 +208,8 @@ def _record_step(line: str) -> int:
 
 def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback] = (),
           loggers: Sequence[LoggerDestination] = (), console: Console | None = None) -> RunResult:
-    """Train one run as `config` (a `RunConfig`, or a mapping of its keys) says.
+    """Train one run as `config` (a `RunConfig`, or a mapping of its settings: flat keys, sections
+    or both) says.
 
     callbacks  observers of the run's events (`Callback` subclasses: `batch_end(state, logger)`...)
     loggers    destinations that receive each metrics record as it is written (`log(record)`), after
@@ -287,16 +224,18 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     from composerlite.data import BatchStream, prepare_corpus
     from composerlite.models import build_model
 
-    config = config if isinstance(config, RunConfig) else validated(dict(config))
-    plan = plan_run(config)
-    rank_device = distributed.init(plan.device.type)
+    config, notes = resolve(validated(config))
+    training, seq_len = config.training, config.data.seq_len
+    rank_device = distributed.init(torch.device(training.device).type)
     if rank_device is not None:
-        plan.device = rank_device
-    if config.microbatch_size == "auto" and distributed.world_size() > 1:
+        config = config.updated({"device": str(rank_device)})
+    if training.microbatch_size == "auto" and distributed.world_size() > 1:
         raise ConfigError("`microbatch_size=auto` works in a single process only; give a number under torchrun")
-    plan.run_dir = distributed.broadcast_object(plan.run_dir)  # the default name has a timestamp
+    # The default name has a timestamp: rank 0's is every rank's.
+    config = config.updated({"run_dir": distributed.broadcast_object(config.checkpointing.run_dir)})
+    device = torch.device(config.training.device)
     console = console or Console(stderr=True, quiet=not distributed.is_rank_zero())
-    check_budget(plan)
+    check_budget(config)
     # Every check that can refuse the run comes before its first write, so a refused run leaves the
     # run directory exactly as it was; those that need no data come before the data is read too
     # (tokenizing a new corpus takes minutes). The converted model's checks follow the data: the
@@ -305,12 +244,12 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     # Checked now, on the run's device and precision, so an impossible combination is refused before
     # anything is written; the Trainer expands and orders the list itself (expanding twice would
     # list a bundle's members twice).
-    compose(algorithms, plan.device, plan.precision)
+    compose(algorithms, device, training.precision)
     # The caller's destinations are checked and opened as the configured ones are (a failing one is
     # named in one line); every rank checks them, rank 0 opens them and writes.
     run_loggers = [*build_loggers(config), *loggers]
-    per_rank_batch = distributed.per_rank_batch_size(plan.batch_size)
-    run_dir = location(plan.run_dir)
+    per_rank_batch = distributed.per_rank_batch_size(training.batch_size)
+    run_dir = location(config.checkpointing.run_dir)
     Logger(run_loggers).check_run_dir(run_dir)
     def resume_url() -> str | None:  # a URL, not a Location: it travels to the other ranks
         checkpoint = checkpoint_to_resume(config, run_dir)
@@ -320,57 +259,55 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     resume_from = location(url) if url else None
     if not distributed.is_rank_zero():
         distributed.barrier()  # rank 0 tokenizes and caches the corpus first; the others then read the cache
-    corpus = prepare_corpus(config.data, console=console)
+    corpus = prepare_corpus(config.data.source, console=console)
     if distributed.is_rank_zero():
         distributed.barrier()
     # Each rank reads only the blocks it trains on, a batch or two ahead on a thread, into pinned
     # memory on a GPU (the Trainer's copies are non-blocking).
-    stream = {"rank": distributed.rank(), "world_size": distributed.world_size(), "seq_len": plan.seq_len,
-              "batch_size": per_rank_batch, "pin_memory": plan.device.type == "cuda"}
-    train_data = BatchStream(corpus.train, seed=config.seed, **stream)
+    stream = {"rank": distributed.rank(), "world_size": distributed.world_size(), "seq_len": seq_len,
+              "batch_size": per_rank_batch, "pin_memory": device.type == "cuda"}
+    train_data = BatchStream(corpus.train, seed=training.seed, **stream)
     eval_data = BatchStream(corpus.eval, seed=0, shuffle=False, **stream)
-    seed_everything(config.seed)
-    model = build_model(config.model, dropout=plan.dropout)
+    seed_everything(training.seed)
+    model = build_model(config.model.name, dropout=config.model.dropout)
     records = RecordList()
     logger = Logger([records])  # and, on rank 0, `run_loggers` once opened
     # Every run measures its speed (throughput/* and memory/peak_gib in metrics.jsonl).
     speed = SpeedMonitor(window=20, warmup_steps=1, console=False)
+    evaluation, checkpointing = config.evaluation, config.checkpointing
     trainer = Trainer(
         model=model,
         train_data=train_data,
         eval_data=eval_data,
-        max_duration=plan.max_duration,
+        max_duration=training.max_duration,
         logger=logger,
-        run_dir=plan.run_dir,
+        run_dir=checkpointing.run_dir,
         algorithms=algorithms,
         callbacks=[speed, *callbacks],
-        optimizer=OptimizerConfig(lr=plan.lr, weight_decay=config.weight_decay),
-        schedule=WarmupDecaySchedule(warmup=Time.parse(plan.warmup), decay=config.decay),
-        microbatch_size=config.microbatch_size,
-        precision=plan.precision,
-        device=str(plan.device),
-        seed=config.seed,
-        save_interval=config.save_interval,
-        eval_interval=config.eval_interval,
-        eval_batches=config.eval_batches,
-        target_loss=config.target_loss,
+        optimizer=OptimizerConfig(lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay),
+        schedule=WarmupDecaySchedule(warmup=Time.parse(config.schedule.warmup), decay=config.schedule.decay),
+        microbatch_size=training.microbatch_size,
+        precision=training.precision,
+        device=str(device),
+        seed=training.seed,
+        save_interval=checkpointing.save_interval,
+        eval_interval=evaluation.eval_interval,
+        eval_batches=evaluation.eval_batches,
+        target_loss=evaluation.target_loss,
         load_path=resume_from,
-        keep_checkpoints=config.keep_checkpoints,
-        on_nan=config.on_nan,
-        parallel=config.parallel,
-        threads=plan.threads,
+        keep_checkpoints=checkpointing.keep_checkpoints,
+        on_nan=training.on_nan,
+        parallel=config.parallelism.strategy,
+        threads=training.threads,
     )
     limit = position_limit(trainer.state.model)
-    if limit is not None and plan.seq_len > limit:
-        raise ConfigError(f"`seq_len={plan.seq_len}` is longer than {config.model}'s {limit} learned positions "
+    if limit is not None and seq_len > limit:
+        raise ConfigError(f"`seq_len={seq_len}` is longer than {config.model.name}'s {limit} learned positions "
                           "(n_positions); train at most that long, or with `algorithms=alibi`, which has no such limit")
     if resume_from is not None:
         check_resumable(trainer.state, resume_from)
 
-    resolved = {**config.model_dump(), "algorithms": stored_algorithms(config), "max_duration": plan.max_duration, "batch_size": plan.batch_size,
-                "seq_len": plan.seq_len, "lr": plan.lr, "warmup": plan.warmup, "dropout": plan.dropout,
-                "precision": plan.precision, "device": str(plan.device), "run_dir": plan.run_dir,
-                "threads": plan.threads, "world_size": distributed.world_size()}
+    resolved = {**config.flat(), "algorithms": stored_algorithms(config), "world_size": distributed.world_size()}
     earlier: list[dict[str, Any]] = []
     if distributed.is_rank_zero():  # the run's first writes
         continuing = run_dir.exists()  # and, having passed the checks above, it is this run's
@@ -392,14 +329,14 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
                 opened.close()
             raise
         logger.destinations.extend(run_loggers)
-    for note in plan.notes:
+    for note in notes:
         console.print(f"[yellow]{note}[/yellow]")
     if resume_from is not None:
         console.print(f"resuming from {resume_from}")
     console.print(
-        f"[bold]{config.model}[/bold] on {corpus.name} ({corpus.train.n_tokens:,} train tokens), "
-        f"{plan.device} {plan.precision}, algorithms: {', '.join(a.name or type(a).__name__ for a in algorithms) or 'none'}"
-        + (f", {distributed.world_size()} processes ({config.parallel})" if distributed.world_size() > 1 else "")
+        f"[bold]{config.model.name}[/bold] on {corpus.name} ({corpus.train.n_tokens:,} train tokens), "
+        f"{device} {training.precision}, algorithms: {', '.join(a.name or type(a).__name__ for a in algorithms) or 'none'}"
+        + (f", {distributed.world_size()} processes ({config.parallelism.strategy})" if distributed.world_size() > 1 else "")
     )
     try:
         summary = {**trainer.fit(), "speed": speed.summary}

@@ -128,7 +128,7 @@ def test_interrupted_benchmark_resumes_without_losing_anything(tmp_path, text_fi
     calls = []
 
     def interrupted(config, console, **hooks):
-        calls.append(Path(config.run_dir))
+        calls.append(Path(config.checkpointing.run_dir))
         if len(calls) == 2:  # the second run dies after writing its first metrics line
             calls[-1].mkdir(parents=True)
             (calls[-1] / "metrics.jsonl").write_text('{"event": "train", "step": 1}\n')
@@ -142,7 +142,7 @@ def test_interrupted_benchmark_resumes_without_losing_anything(tmp_path, text_fi
     resumed = []
 
     def counting(config, console, **hooks):
-        resumed.append(Path(config.run_dir))
+        resumed.append(Path(config.checkpointing.run_dir))
         return train_run(config, console, **hooks)
 
     results = run_bench(out, base, methods, [17], "second", run=counting, reference_repeats=0, interleave="runs")
@@ -177,11 +177,11 @@ def test_a_failing_method_costs_only_its_own_runs(tmp_path, text_file):
     retried = []
 
     def counting(config, console, **hooks):
-        retried.append(config.seed)
+        retried.append(config.training.seed)
         return train_run(config, console, **hooks)
 
     def terminated(config, console, **hooks):
-        retried.append(config.seed)
+        retried.append(config.training.seed)
         raise RunHalted("stopped by SIGTERM at step 1; checkpoint saved", exit_code=143)
 
     with pytest.raises(RunHalted, match="SIGTERM"):  # a signal stops the whole bench, not one run
@@ -250,10 +250,11 @@ def test_recipe_validates_and_its_algorithms_are_registered(path):
     for entry in config.algorithms:
         target = next(iter(entry)) if isinstance(entry, dict) else split_spec(entry)[0]
         assert target in registered_algorithms(), f"{path.name}: {target} is not registered"
-    recipe = get_spec(config.model).recipe
+    recipe = get_spec(config.model.name).recipe
     if recipe is not None:  # card models: the card's batch, sequence length, LR and step count
-        assert (config.batch_size, config.seq_len, config.lr) == (recipe.global_batch_size, recipe.seq_len, recipe.lr)
-        assert config.max_duration == f"{recipe.steps}ba" and config.dropout == recipe.dropout
+        assert (config.training.batch_size, config.data.seq_len, config.optimizer.lr) == (
+            recipe.global_batch_size, recipe.seq_len, recipe.lr)
+        assert config.training.max_duration == f"{recipe.steps}ba" and config.model.dropout == recipe.dropout
 
 
 LOCKSTEP_PLUGINS = Path(__file__).resolve().parent / "lockstep_plugins.py"
@@ -278,7 +279,7 @@ def test_lockstep_runs_take_turns_one_step_at_a_time_and_train_as_alone(tmp_path
     assert order == order[:3] * 4  # round robin: a step each in turn
 
     # Each run computed exactly what it computes alone in this process.
-    alone = train_run(base.model_copy(update={"seed": 17, "run_dir": str(tmp_path / "alone")}), Console(quiet=True))
+    alone = train_run(base.updated({"seed": 17, "run_dir": str(tmp_path / "alone")}), Console(quiet=True))
     by_method = {run.method: run for run in results.runs}
     assert [point.eval_loss for point in by_method["baseline"].evals] == [record["eval_loss"] for record in alone.evals]
     assert [p.eval_loss for p in by_method["baseline"].evals] == [p.eval_loss for p in by_method["baseline (repeat)"].evals]

@@ -15,7 +15,7 @@ from composerlite.bench.tuning import (TunedKey, at_point, check_tuning, join_sp
                                        tuning_method, tuning_outcome)
 from composerlite.cli import main as cli
 from composerlite.config import load_config
-from composerlite.errors import ConfigError
+from composerlite.errors import ConfigError, RunHalted
 from composerlite.registry import split_spec
 
 CALIBRATION = Path(__file__).resolve().parent.parent / "benchmarks" / "plugins" / "calibration.py"
@@ -121,8 +121,8 @@ def test_tuning_makes_a_method_that_only_rescales_the_lr_no_different(tmp_path, 
     trained = []
 
     def failing_at_the_top(config, console, **hooks):
-        trained.append(config.seed)
-        if config.lr == 2**-2 and not config.algorithms:
+        trained.append(config.training.seed)
+        if config.optimizer.lr == 2**-2 and not config.algorithms:
             raise RuntimeError("diverged")
         return train_run(config, console, **hooks)
 
@@ -158,3 +158,20 @@ def test_tuning_makes_a_method_that_only_rescales_the_lr_no_different(tmp_path, 
         run_bench(out, base, [methods[0], Method(label=scaled, algorithms=(f"{CALIBRATION}:LRScale:factor=2",))],
                   [17, 18], "changed", reference_repeats=0, interleave="runs", tuning=tune)
     assert len(load_results(out).commands) == 2  # before anything was written
+
+
+def test_a_bench_whose_every_tuning_run_fails_says_so(tmp_path, text_file):
+    """With no method left to run verdicts for, the bench still ends in its one-line failure (exit 1)
+    naming each method, the tuning failures kept in results.json."""
+    base = load_config(None, {"model": "gpt2-tiny", "max_duration": "2ba", "batch_size": 2, "seq_len": 16,
+                              "eval_batches": 1, "device": "cpu", "precision": "fp32", "data": str(text_file)})
+
+    def broken(config, console, **hooks):
+        raise ModuleNotFoundError("No module named 'somewhere'")
+
+    out = tmp_path / "broken"
+    with pytest.raises(RunHalted, match="baseline \\(every tuning run failed") as halted:
+        run_bench(out, base, parse_algos("baseline"), [17], "broken", run=broken, reference_repeats=0,
+                  interleave="runs", tuning=[parse_tune("lr=1e-3,1e-2")])
+    assert halted.value.exit_code == 1
+    assert len(load_results(out).tuning_failures) == 2

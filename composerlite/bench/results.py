@@ -33,7 +33,7 @@ class EvalPoint(pydantic.BaseModel):
 
 
 class Method(pydantic.BaseModel):
-    """One contender: a label, the algorithms it adds, and RunConfig keys it changes (sweeps,
+    """One contender: a label, the algorithms it adds, and the settings it changes, by flat key (sweeps,
     tuned settings)."""
 
     model_config = pydantic.ConfigDict(frozen=True)

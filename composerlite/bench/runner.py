@@ -44,7 +44,7 @@ from composerlite.bench.results import (BenchResults, EvalPoint, Method, RunReco
                                         save_results)
 from composerlite.bench.tuning import (TunedKey, at_point, check_tuning, edge_text, method_grid, point_text,
                                        tuning_method, tuning_outcome, tuning_seed)
-from composerlite.config import RunConfig, validated
+from composerlite.config import RunConfig
 from composerlite.errors import ConfigError, RunHalted
 from composerlite.registry import build_algorithm, split_spec
 from composerlite.runtime import resolve_device
@@ -198,8 +198,8 @@ def bench_settings(base: RunConfig) -> tuple[dict[str, Any], dict[str, float]]:
     from composerlite.data.references import reference_losses
     from composerlite.data.tokenizer import GPT2Tokenizer
 
-    corpus = prepare_corpus(base.data)
-    settings = {key: value for key, value in base.model_dump().items() if key not in PER_RUN_KEYS}
+    corpus = prepare_corpus(base.data.source)
+    settings = {key: value for key, value in base.flat().items() if key not in PER_RUN_KEYS}
     references = reference_losses(corpus, GPT2Tokenizer.vocab_size)
     return ({**settings, "data_name": corpus.name, "data_id": corpus.id,
              "train_tokens": corpus.train.n_tokens, "eval_tokens": corpus.eval.n_tokens},
@@ -219,7 +219,7 @@ def with_reference_repeats(methods: list[Method], reference: str, repeats: int) 
 def run_order(methods: list[Method], seeds: list[int]) -> list[tuple[Method, int]]:
     """Seeds outermost; the methods' order rotated by one per seed (so none is always first or last)."""
     order = []
-    for index, seed in enumerate(seeds):
+    for index, seed in enumerate(seeds if methods else ()):  # none when every tuned method's grid failed
         shift = index % len(methods)
         order += [(method, seed) for method in methods[shift:] + methods[:shift]]
     return order
@@ -261,7 +261,7 @@ def run_folder(out: Path, method: Method, seed: int) -> tuple[Path, bool]:
     while attempts[-1].exists():
         attempts.append(parent / f"seed{seed}-retry{len(attempts)}")
     interrupted = attempts[-2] if len(attempts) > 1 else None
-    if interrupted and "autoresume" in RunConfig.model_fields and any((interrupted / "checkpoints").glob("ba*")):
+    if interrupted and any((interrupted / "checkpoints").glob("ba*")):
         return interrupted, True
     return attempts[-1], False
 
@@ -325,7 +325,7 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
     check_bench(base, methods, tuning)
     if reference not in {method.label for method in methods}:
         console.print(f"[yellow]no '{reference}' method: the report will have no speedups[/yellow]")
-    device = resolve_device(base.device)
+    device = resolve_device(base.training.device)
     # Step interleaving forks its workers from a fork server, which Windows lacks.
     can_step = "forkserver" in multiprocessing.get_all_start_methods()
     interleave = interleave or ("steps" if device.type != "cuda" and can_step else "runs")
@@ -526,10 +526,10 @@ def train_run(config: RunConfig, console: Console, callbacks: Sequence[Callback]
 
 def make_job(out: Path, base: RunConfig, method: Method, seed: int, device: torch.device, run: Callable) -> RunJob:
     run_dir, resume = run_folder(out, method, seed)
-    values = {**base.model_dump(), "algorithms": [*base.algorithms, *method.algorithms], **method.overrides,
+    values = {"algorithms": [*base.algorithms, *method.algorithms], **method.overrides,
               "seed": seed, "run_dir": str(run_dir), **({"autoresume": True} if resume else {})}
     logs = out / "logs" / ("tuning" if method.tuning_of else "")
-    return RunJob(method=method, seed=seed, config=validated(values), device=str(device), run=run,
+    return RunJob(method=method, seed=seed, config=base.updated(values), device=str(device), run=run,
                   log_path=logs / f"{run_dir.parent.name}-{run_dir.name}.log")
 
 
@@ -543,7 +543,7 @@ def run_record(out: Path, job: RunJob, outcome: dict[str, Any]) -> RunRecord:
     return RunRecord(
         method=job.method.label,
         seed=job.seed,
-        run_dir=os.path.relpath(job.config.run_dir, out),
+        run_dir=os.path.relpath(job.config.checkpointing.run_dir, out),
         config=outcome["config"],
         evals=evals,
         train={"steps": summary["steps"], "tokens": summary["tokens"], "wall_s": summary["wall_s"],

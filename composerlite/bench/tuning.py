@@ -166,7 +166,7 @@ def join_spec(target: str, options: dict[str, Any]) -> str:
 def check_tuning(keys: list[TunedKey], base, methods: list[Method]) -> None:
     """Refuse, in one line and before any run, a key given twice, a key that is no tunable run
     setting or no option of an algorithm some method has, and a value its option refuses."""
-    from composerlite.config import RunConfig, algorithm_specs, validated
+    from composerlite.config import FLAT_KEYS, algorithm_specs
     from composerlite.registry import build_algorithm, split_spec
 
     names = [key.key for key in keys]
@@ -176,13 +176,13 @@ def check_tuning(keys: list[TunedKey], base, methods: list[Method]) -> None:
     for key in keys:
         if key.algorithm is None:
             if key.key not in TUNABLE_SETTINGS:
-                what = ("defines the comparison, not a hyperparameter to tune" if key.key in RunConfig.model_fields
+                what = ("defines the comparison, not a hyperparameter to tune" if key.key in FLAT_KEYS
                         else "is not a run setting")
                 raise ConfigError(f"--tune {key.key}: '{key.key}' {what}; tune one of {', '.join(TUNABLE_SETTINGS)} "
                                   "or ALGO.OPTION")
             for value in key.values:
                 try:
-                    validated({**base.model_dump(), key.key: value})
+                    base.updated({key.key: value})
                 except ConfigError as error:
                     raise ConfigError(f"--tune {key.key}={format_value(value)}: {error}") from None
             continue

@@ -13,7 +13,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from composerlite.config import RunConfig, load_config, validated
+from composerlite.config import RunConfig, load_config
 from composerlite.errors import ConfigError, RunHalted
 from composerlite.runtime import AUTO_PRECISION
 
@@ -42,10 +42,11 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
                         "parquet file or folder, fsspec URL, or hf:NAME (default: embedded corpus)")
     parser.add_argument("--out", help="benchmark folder; rerun with the same --out to resume (default: bench-MODEL-BUDGET)")
     parser.add_argument("--batch-size", type=int, help="global batch size in sequences")
-    parser.add_argument("--microbatch-size", type=int, help="sequences per forward/backward (gradient accumulation)")
+    parser.add_argument("--microbatch-size", help="sequences per forward/backward (gradient accumulation), or 'auto': "
+                        "start at the whole batch and halve on GPU out-of-memory")
     parser.add_argument("--seq-len", type=int, help="tokens per sequence")
     parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--warmup", help="LR warmup length: 90ba, 0.05dur, ...")
+    parser.add_argument("--warmup", help="LR warmup length: 90ba, 0.01dur, ...")
     parser.add_argument("--dropout", type=float)
     parser.add_argument("--precision", help=f"auto, fp32, bf16 or fp16 (auto: {AUTO_PRECISION})")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -91,10 +92,10 @@ def base_config(args: argparse.Namespace) -> RunConfig:
     if args.config is None and args.model is None and args.budget is None and not _has_gpu(args.device):
         overrides = {**CPU_PRESET, **{key: value for key, value in overrides.items() if value is not None}}
     config = load_config(args.config, overrides)
-    if config.max_duration is None:
+    if config.training.max_duration is None:
         raise ConfigError("give every run the same budget with --budget (e.g. 60ba, 2e6tok, 10min)")
-    if "eval_interval" not in config.model_fields_set:
-        config = config.model_copy(update={"eval_interval": BENCH_EVAL_INTERVAL})
+    if not config.is_set("eval_interval"):
+        config = config.updated({"eval_interval": BENCH_EVAL_INTERVAL})
     return config
 
 
@@ -109,11 +110,11 @@ def _has_gpu(device: str | None) -> bool:
 def seeds_of(args: argparse.Namespace, config: RunConfig) -> list[int]:
     if args.seeds < 1:
         raise ConfigError("--seeds must be at least 1")
-    return [config.seed + i for i in range(args.seeds)]
+    return [config.training.seed + i for i in range(args.seeds)]
 
 
 def out_dir(args: argparse.Namespace, config: RunConfig, kind: str, model: str | None = None) -> Path:
-    return Path(args.out or f"{kind}-{model or config.model}-{config.max_duration}")
+    return Path(args.out or f"{kind}-{model or config.model.name}-{config.training.max_duration}")
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -167,7 +168,7 @@ def main(args: argparse.Namespace) -> int:
     if args.model is not None:
         raise ConfigError("--model and --models: give one")
     models = parse_models(args.models)
-    configs = {model: validated({**config.model_dump(), "model": model}) for model in models}
+    configs = {model: config.updated({"model": model}) for model in models}
     for model_config in configs.values():
         check_bench(model_config, methods, tuning)
     out = out_dir(args, config, "bench", "+".join(models))
