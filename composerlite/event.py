@@ -58,19 +58,3 @@ class Event(str, enum.Enum):
     EVAL_BATCH_END = "eval_batch_end"
     EVAL_END = "eval_end"
     FIT_END = "fit_end"
-
-    @property
-    def is_microbatch(self) -> bool:
-        return self in _MICROBATCH_EVENTS
-
-
-_MICROBATCH_EVENTS = frozenset(
-    {
-        Event.BEFORE_FORWARD,
-        Event.AFTER_FORWARD,
-        Event.BEFORE_LOSS,
-        Event.AFTER_LOSS,
-        Event.BEFORE_BACKWARD,
-        Event.AFTER_BACKWARD,
-    }
-)

@@ -15,10 +15,6 @@ from typing import Callable, Iterator
 class StopRequest:
     signum: int | None = None  # the first signal received, until someone acts on it
 
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else ""
-
 
 @contextlib.contextmanager
 def stop_on_signals(request: StopRequest, announce: Callable[[str], None]) -> Iterator[StopRequest]:

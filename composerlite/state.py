@@ -82,10 +82,6 @@ class State:
     stop_requested: bool = False  # set by `stop_training()`: the trainer ends after the current batch
 
     @property
-    def tokens_in_batch(self) -> int:
-        return int(self.batch["input_ids"].numel()) if self.batch is not None else 0
-
-    @property
     def fraction_done(self) -> float:
         """Fraction of the training budget used: what 'dur' times are measured against."""
         return self.timestamp.fraction_of(self.max_duration)

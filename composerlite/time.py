@@ -73,10 +73,6 @@ class Time:
 
     from_timestring = parse  # Composer's name
 
-    @property
-    def is_wall_clock(self) -> bool:
-        return self.unit in _WALL_CLOCK
-
     def seconds(self) -> float:
         return self.value * _SECONDS_PER[self.unit]
 
