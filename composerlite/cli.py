@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
 import traceback
 
 import pydantic
-from rich.console import Console
 
+from composerlite.commands.flags import as_flags
 from composerlite.config import describe_validation_error
 from composerlite.data.errors import DataError
 from composerlite.errors import ConfigError, PluginError, RunHalted
@@ -33,32 +32,6 @@ COMMANDS = {
     "data": ("data", "prepare a corpus into token shards once (resumable), or show a prepared corpus"),
     "throughput": ("throughput", "measure tokens/s, MFU and peak memory of a model + algorithms (random tokens)"),
 }
-
-
-# Options whose flag is not the key with dashes.
-_FLAGS = {"algorithms": "--algo"}
-_OPTION = re.compile(r"`([a-z][a-z0-9_]*)(?:=([^`]*))?`")
-
-
-def as_flags(message: str) -> str:
-    """The library's `key` and `key=value` as the flags that set them: `--key`, `--key value`."""
-
-    def flag(match: re.Match) -> str:
-        key, value = match.groups()
-        name = _FLAGS.get(key, "--" + key.replace("_", "-"))
-        return name if value is None or value == "True" else f"{name} {value}"
-
-    return _OPTION.sub(flag, message)
-
-
-class _FlagConsole(Console):
-    def print(self, *objects, **kwargs) -> None:
-        super().print(*(as_flags(o) if isinstance(o, str) else o for o in objects), **kwargs)
-
-
-def flag_console(quiet: bool = False) -> Console:
-    """The CLI's console (stderr): the library's notes on it name options as flags."""
-    return _FlagConsole(stderr=True, quiet=quiet)
 
 
 def print_error(message: str) -> None:

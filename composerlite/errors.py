@@ -1,7 +1,7 @@
 """The core's errors. None of them knows about a command line or exit codes: messages name
 configuration options in backquotes, as `key` or `key=value` (the names `RunConfig` and
 `composerlite.train` take, e.g. `max_duration`), and a front end shows them its own way (the CLI
-as `--max-duration`, see `composerlite.cli.as_flags`)."""
+as `--max-duration`, see `composerlite.commands.flags.as_flags`)."""
 
 
 class ConfigError(ValueError):

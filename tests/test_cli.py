@@ -13,7 +13,10 @@ from composerlite.cli import main
 
 
 def run_cli(*args: str) -> int:
-    return main(list(args))
+    try:
+        return main(list(args))
+    except SystemExit as exit:  # argparse's own refusals (a value outside a flag's choices) exit 2 too
+        return exit.code
 
 
 @pytest.fixture
@@ -66,7 +69,7 @@ def test_yaml_recipe_with_flags_on_top(tmp_path, text_file):
         (["--batch-size", "0"], "invalid batch_size"),
         (["--seq-len", "1"], "invalid seq_len"),  # no next token to predict: the loss would be NaN
         (["--lr", "-1"], "invalid lr"),
-        (["--precision", "fp8"], "invalid precision"),
+        (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--config", "/nonexistent/recipe.yaml"], "config file not found"),
         (["--data", "/nonexistent/corpus.txt"], "not found"),

@@ -13,9 +13,9 @@ import argparse
 import shlex
 from pathlib import Path
 
+from composerlite.commands.flags import FLAGS, add_setting_flags, given_settings
 from composerlite.config import RunConfig, load_config
 from composerlite.errors import ConfigError, RunHalted
-from composerlite.runtime import AUTO_PRECISION
 
 # Twenty evaluations per run: enough points to read the cost of the baseline's loss off the curve.
 BENCH_EVAL_INTERVAL = "0.05dur"
@@ -26,37 +26,26 @@ CPU_PRESET = {"model": "gpt2-cpu", "max_duration": "400000tok", "batch_size": 8,
               "warmup": "20ba", "dropout": 0.0, "precision": "fp32", "eval_batches": 8}
 
 
+# What a benchmark decides for each of its runs, or for all of them with a flag of its own.
+DECIDED_PER_RUN = ("run_dir", "resume", "autoresume", "algorithms", "max_duration", "parallel")
+
+
 def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
-    """The settings every run of a benchmark or sweep shares."""
+    """The settings every run of a benchmark or sweep shares: `run`'s flags but those a benchmark
+    decides itself (each run's directory, resumption, the methods' algorithms, one process), the
+    budget as `--budget`, and the benchmark's own."""
     parser.add_argument("--config", help="YAML recipe for the shared settings; flags override it. Its algorithms "
                         "are part of every method, the baseline included")
-    parser.add_argument("--model", help="family member (see `composerlite models`)")
     parser.add_argument("--budget", help="each run's budget: 60ba, 2e6tok, 10min, ... (same for every method); "
                         "with --target-loss, the cap")
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
                         help=f"seeds per method: --seed, --seed+1, ... (default {DEFAULT_SEEDS}; verdicts need 2+)")
-    parser.add_argument("--target-loss", type=float, help="race: each run trains until its held-out loss reaches this "
-                        "(evaluating densely near it) or the budget runs out")
-    parser.add_argument("--seed", type=int, help="first seed (default: the run default)")
-    parser.add_argument("--data", help="a prepared corpus (`composerlite data prepare`; a folder or URL), a text/jsonl/"
-                        "parquet file or folder, fsspec URL, or hf:NAME (default: embedded corpus)")
     parser.add_argument("--out", help="benchmark folder; rerun with the same --out to resume (default: bench-MODEL-BUDGET)")
-    parser.add_argument("--batch-size", type=int, help="global batch size in sequences")
-    parser.add_argument("--microbatch-size", help="sequences per forward/backward (gradient accumulation), or 'auto': "
-                        "start at the whole batch and halve on GPU out-of-memory")
-    parser.add_argument("--seq-len", type=int, help="tokens per sequence")
-    parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--warmup", help="LR warmup length: 90ba, 0.01dur, ...")
-    parser.add_argument("--dropout", type=float)
-    parser.add_argument("--precision", help=f"auto, fp32, bf16 or fp16 (auto: {AUTO_PRECISION})")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--eval-interval", help=f"evaluate every ... (default {BENCH_EVAL_INTERVAL}, unless the recipe sets one)")
-    parser.add_argument("--eval-batches", type=int, help="held-out batches per evaluation")
-    parser.add_argument("--save-interval", help="also checkpoint every 0.1dur, 100ba, ... (quality after N steps, later)")
     parser.add_argument("--interleave", choices=["steps", "runs"],
                         help="steps: a seed's runs train side by side, a step each in turn, so a loaded machine slows "
                              "every method alike (all of them in memory at once); runs: one after another "
                              "(default: steps on CPU, runs on a GPU)")
+    add_setting_flags(parser, leave_out=DECIDED_PER_RUN)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,19 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the same comparison on several family members (a size ladder: each in OUT/<model>/, "
                              "the report in OUT says how each speedup moves with size); instead of --model")
     add_shared_arguments(parser)
-
-
-SHARED_KEYS = {"model": "model", "budget": "max_duration", "seed": "seed", "data": "data", "batch_size": "batch_size",
-               "microbatch_size": "microbatch_size", "seq_len": "seq_len", "lr": "lr", "warmup": "warmup",
-               "dropout": "dropout", "precision": "precision", "device": "device", "eval_interval": "eval_interval",
-               "eval_batches": "eval_batches", "save_interval": "save_interval", "target_loss": "target_loss",
-               "logger": "loggers"}  # sweep's --logger
+    parser.epilog = (f"Without --config, --model and --budget, a machine without a GPU runs the CPU preset "
+                     f"({', '.join(f'{key}={value}' for key, value in CPU_PRESET.items())}) under the flags given. "
+                     f"Every run evaluates every {BENCH_EVAL_INTERVAL} unless --eval-interval or the recipe says otherwise.")
 
 
 def base_config(args: argparse.Namespace) -> RunConfig:
     """The recipe (if any) with the flags over it; the settings all runs share. Without a recipe,
     model and budget, a machine without a GPU gets `CPU_PRESET` under the flags given."""
-    overrides = {key: getattr(args, flag, None) for flag, key in SHARED_KEYS.items()}
+    overrides = {**given_settings(args), "max_duration": args.budget}
     if args.config is None and args.model is None and args.budget is None and not _has_gpu(args.device):
         overrides = {**CPU_PRESET, **{key: value for key, value in overrides.items() if value is not None}}
     config = load_config(args.config, overrides)
@@ -123,9 +108,7 @@ def command_line(args: argparse.Namespace) -> str:
     for key, value in vars(args).items():
         if key in ("command", "handler") or value is None or value is False or value == []:
             continue
-        flag = "--" + key.replace("_", "-")
-        if key == "recipes":
-            flag = "--recipe"
+        flag = {**FLAGS, "recipes": "--recipe"}.get(key, "--" + key.replace("_", "-"))
         for item in value if isinstance(value, list) else [value]:
             words += [flag] if item is True else [flag, str(item)]
     return shlex.join(words)

@@ -9,7 +9,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from composerlite.cli import flag_console
+from composerlite.commands.flags import flag_console
 from composerlite.storage import StorageError
 
 

@@ -19,8 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ratios", help="scale_schedule ratios, comma-separated (e.g. 0.25,0.5,0.75)")
     parser.add_argument("--lrs", help="peak learning rates for the grid, comma-separated")
     parser.add_argument("--batch-sizes", help="global batch sizes for the grid, comma-separated")
-    parser.add_argument("--logger", action="append", default=[], metavar="NAME[:k=v,...]",
-                        help="every run also logs to tensorboard, mlflow, wandb, or path/to/file.py:Class; repeat for several")
     add_shared_arguments(parser)
 
 
