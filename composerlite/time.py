@@ -160,6 +160,17 @@ class Time:
         return f"{value}{self.unit.value}"
 
 
+def parse_budget(text: str | Time) -> Time:
+    """A training budget (`max_duration`) as given: a `Time` that 'dur' fractions are taken of, so
+    not itself in 'dur', and more than zero. The messages name no setting: the caller says which."""
+    budget = Time.parse(text)
+    if budget.unit is _DURATION:
+        raise ValueError("cannot be in 'dur' (it is what 'dur' is a fraction of)")
+    if budget.value == 0:
+        raise ValueError("must be greater than zero")
+    return budget
+
+
 def _count(value: int, unit: TimeUnit) -> Time:
     """`Time(value, unit)` for an int and a `TimeUnit`, built without `__init__` and its coercion
     (a third of the cost: the trainer makes four a step)."""
@@ -228,9 +239,9 @@ class Timestamp:
         raise ValueError("the timestamp does not know the budget: use State.get_elapsed_duration() for 'dur'")
 
     def fraction_of(self, max_duration: Time) -> float:
-        """Fraction of `max_duration` elapsed, in [0, 1]. This is what 'dur' means."""
-        if max_duration.unit is _DURATION:
-            raise ValueError("max_duration cannot itself be in 'dur'")
+        """Fraction of `max_duration` elapsed, in [0, 1]. This is what 'dur' means. A 'dur' budget has
+        no such fraction; `parse_budget` refuses one where budgets come in (the Trainer, the settings),
+        so it is not checked again here, on every step."""
         if max_duration.value == 0:
             return 1.0
         return min(1.0, self.get(max_duration.unit).value / max_duration.value)

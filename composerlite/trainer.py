@@ -30,7 +30,7 @@ from composerlite.schedule import WarmupDecaySchedule
 from composerlite.signals import StopRequest, stop_on_signals
 from composerlite.state import State
 from composerlite.storage import Location, location
-from composerlite.time import Time, TimeUnit
+from composerlite.time import Time, TimeUnit, parse_budget
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -151,6 +151,10 @@ class Trainer:
         self.train_data = train_data
         self.eval_data = eval_data
         self.logger = logger
+        try:
+            budget = parse_budget(max_duration)
+        except ValueError as error:  # worded as the settings' check words it, so train() and a Trainer read alike
+            raise ValueError(f"invalid max_duration: {error}") from None
         self.save_interval = Time.parse(save_interval) if save_interval else None
         self.eval_interval = Time.parse(eval_interval) if eval_interval else None
         self.eval_batches = eval_batches
@@ -169,7 +173,7 @@ class Trainer:
         device = resolve_device(device)
         self.state = State(
             model=model,
-            max_duration=Time.parse(max_duration),
+            max_duration=budget,
             device=device,
             precision=precision,
             seed=seed,
@@ -183,8 +187,6 @@ class Trainer:
             seq_len=train_data.seq_len,
             batches_per_epoch=len(train_data),
         )
-        if self.state.max_duration.unit is TimeUnit.DURATION:
-            raise ValueError("max_duration cannot be given in 'dur' (it is what 'dur' is a fraction of)")
         self.state.optimizer_factory = functools.partial(adamw, config=optimizer)
         self.engine = Engine(self.state, logger)
         with pinned_runtime(self.threads, self.state.device):

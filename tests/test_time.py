@@ -5,7 +5,7 @@ import math
 import pytest
 
 from composerlite.schedule import WarmupDecaySchedule
-from composerlite.time import Time, Timestamp, TimeUnit
+from composerlite.time import Time, Timestamp, TimeUnit, parse_budget
 
 
 @pytest.mark.parametrize(
@@ -52,8 +52,23 @@ def test_timestamp_fraction_in_each_unit():
     assert timestamp.fraction_of(Time.parse("10ba")) == 1.0  # clipped
     assert timestamp.reached(Time.parse("0.5dur"), Time.parse("60ba"))
     assert not timestamp.reached(Time.parse("0.6dur"), Time.parse("60ba"))
-    with pytest.raises(ValueError):
-        timestamp.fraction_of(Time.parse("0.5dur"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0.5dur", "cannot be in 'dur' (it is what 'dur' is a fraction of)"),
+    ("0ba", "must be greater than zero"),
+    ("0min", "must be greater than zero"),
+    ("2dur", "a 'dur' time is a fraction of training"),  # what Time.parse refuses, a budget refuses too
+])
+def test_a_budget_is_a_positive_time_not_in_dur(text, message):
+    with pytest.raises(ValueError) as error:
+        parse_budget(text)
+    assert str(error.value).startswith(message)
+
+
+def test_a_budget_parses_as_a_time():
+    assert parse_budget("10min") == Time(10, TimeUnit.MINUTE)
+    assert parse_budget(Time(3, TimeUnit.BATCH)) == Time(3, TimeUnit.BATCH)
 
 
 def test_timestamp_state_roundtrip():

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from composerlite import Algorithm, Callback, Event, Time
+from composerlite.config import validated
 from composerlite.data import BatchStream, prepare_corpus
+from composerlite.errors import ConfigError
 from composerlite.loggers import JSONLinesLogger, Logger
 from composerlite.models import build_model
 from composerlite.schedule import WarmupDecaySchedule
@@ -122,6 +124,16 @@ def test_duration_is_counted_in_every_unit(tmp_path, text_file, max_duration, ex
     train = records(trainer, "train")
     assert [r["tokens"] for r in train] == [128 * (i + 1) for i in range(expected_batches)]
     assert train[-1]["fraction"] == 1.0
+
+
+@pytest.mark.parametrize("max_duration", ["0.5dur", "0ba", "10 parsecs"])
+def test_a_bad_budget_reads_the_same_from_a_trainer_as_from_the_settings(tmp_path, max_duration):
+    with pytest.raises(ConfigError) as from_settings:
+        validated({"max_duration": max_duration})
+    with pytest.raises(ValueError) as from_trainer:  # refused before the model or the data are looked at
+        Trainer(model=torch.nn.Linear(1, 1), train_data=None, max_duration=max_duration, logger=Logger([]),
+                run_dir=tmp_path)
+    assert str(from_trainer.value) == str(from_settings.value)
 
 
 def test_wall_clock_budget_drives_the_schedule(tmp_path, text_file, monkeypatch):
