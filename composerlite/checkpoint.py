@@ -1,4 +1,6 @@
 """Checkpoints: everything needed to continue a run exactly, written so that none is ever half there.
+This module saves, verifies and loads one checkpoint folder; where a run's checkpoints live, which
+one a run continues from and which are kept is `composerlite.run_directory`'s.
 
 Layout of one checkpoint folder (`RUN_DIR/checkpoints/ba00000010/`, local or any fsspec URL):
     model.safetensors   the model's full state_dict (HF key names; tied weights stored once)
@@ -35,7 +37,6 @@ import json
 import pickle
 import random
 import re
-import sys
 import uuid
 import warnings
 from typing import Any
@@ -60,7 +61,6 @@ from composerlite.state import State
 from composerlite.storage import Location, location
 from composerlite.time import Timestamp
 
-CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
@@ -68,17 +68,12 @@ FORMAT_VERSION = 1  # full: model.safetensors and state.pt
 SHARDED_FORMAT_VERSION = 2  # FSDP2: DCP shards, one file per rank, and state.pt
 SHARDS_DIR = "shards"
 SHARDS_INDEX = f"{SHARDS_DIR}/.metadata"
-_NAME_RE = re.compile(r"^ba(\d{8,})$")
 _SHARD_NAME = r"__\d+_\d+\.distcp"  # DCP's file of rank R: __R_0.distcp
 _SHARD_FILE_RE = re.compile(rf"^{SHARDS_DIR}/(\.metadata|{_SHARD_NAME})$")
 
 
 class CorruptCheckpoint(ConfigError):
     """A checkpoint folder whose files do not match its manifest (or that has no manifest)."""
-
-
-def checkpoint_name(state: State) -> str:
-    return f"ba{state.timestamp.batch.value:08d}"
 
 
 # -- RNG -----------------------------------------------------------------------------------------
@@ -171,20 +166,17 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def save_checkpoint(state: State, run_dir: Location | str) -> Location | None:
-    """Write `RUN_DIR/checkpoints/baNNNNNNNN/` (the files, then the manifest). Called on every rank;
-    returns the folder. A failure (a full disk, a lost connection) on any rank raises `OSError` on every
-    rank, and leaves older checkpoints untouched and this one without a manifest, i.e. recognisably
-    unfinished."""
-    run_dir = location(run_dir) if isinstance(run_dir, str) else run_dir
-    folder = run_dir.child(CHECKPOINTS_DIR, checkpoint_name(state))
+def save_checkpoint(state: State, folder: Location) -> None:
+    """Write the checkpoint folder (the files, then the manifest; where a run's go is
+    `run_directory.checkpoint_folder`'s). Called on every rank. A failure (a full disk, a lost
+    connection) on any rank raises `OSError` on every rank, and leaves older checkpoints untouched and
+    this one without a manifest, i.e. recognisably unfinished."""
     if is_sharded(state.model):
         _save_sharded(state, folder)
     else:
         weights = model_bytes(state.model)
         rest = training_state(state)
         _on_rank_zero_then_agree(lambda: _publish(folder, state, {MODEL_FILE: weights, STATE_FILE: _torch_bytes(rest)}))
-    return folder  # on every rank after the manifest is written: agreeing on the outcome waited for it
 
 
 def _torch_bytes(value: Any) -> bytes:
@@ -285,38 +277,7 @@ def _shard_writer(url: str) -> FsspecWriter:
     return FsspecWriter(url, sync_files=False)  # memory: nothing to sync; write_atomic fsyncs the real files
 
 
-def prune_checkpoints(run_dir: Location, keep: int) -> list[Location]:
-    """Delete all but the newest `keep` complete checkpoints (rank 0 only); returns what was deleted.
-    Unfinished folders are left for `find_checkpoints` to report; only complete ones count toward `keep`."""
-    complete = complete_checkpoints(run_dir)
-    doomed = complete[:-keep] if keep > 0 else []
-    for folder in doomed:
-        folder.remove()
-    return doomed
-
-
-def remove_unfinished(run_dir: Location) -> list[Location]:
-    """Delete checkpoint folders without a manifest (saves a kill interrupted; the resumed run
-    writes them again when it gets there), for a run directory being continued (rank 0 only)."""
-    unfinished = [folder for folder in find_checkpoints(run_dir) if not folder.child(MANIFEST_FILE).exists()]
-    for folder in unfinished:
-        folder.remove()
-    return unfinished
-
-
-# -- finding and verifying ------------------------------------------------------------------------
-
-
-def find_checkpoints(run_dir: Location) -> list[Location]:
-    """Checkpoint folders under `run_dir/checkpoints`, oldest first (by step, not by name)."""
-    root = run_dir.child(CHECKPOINTS_DIR)
-    names = [name for name in root.listdir() if _NAME_RE.match(name)]
-    return [root.child(name) for name in sorted(names, key=lambda name: int(_NAME_RE.match(name)[1]))]
-
-
-def complete_checkpoints(run_dir: Location) -> list[Location]:
-    """Checkpoint folders that have a manifest (finished saves, damaged or not), oldest first."""
-    return [folder for folder in find_checkpoints(run_dir) if folder.child(MANIFEST_FILE).exists()]
+# -- verifying -----------------------------------------------------------------------------------
 
 
 def read_manifest(folder: Location) -> dict[str, Any]:
@@ -402,36 +363,6 @@ def read_step(folder: Location) -> int:
 
 def is_checkpoint(folder: Location) -> bool:
     return any(folder.child(name).exists() for name in (MANIFEST_FILE, MODEL_FILE, SHARDS_DIR))
-
-
-def newest_valid_checkpoint(run_dir: Location, problems: list[str] | None = None) -> Location | None:
-    """The newest checkpoint that verifies; each newer broken one is skipped, and reported on stderr
-    or, when the caller passes a `problems` list, added to it (newest first)."""
-    for folder in reversed(find_checkpoints(run_dir)):
-        try:
-            read_checkpoint(folder)
-        except CorruptCheckpoint as problem:
-            if problems is None:
-                print(f"composerlite: skipping {problem}", file=sys.stderr)
-            else:
-                problems.append(str(problem))
-            continue
-        return folder
-    return None
-
-
-def resolve_resume(target: str) -> Location:
-    """`resume` takes a checkpoint folder or a run directory (its newest valid checkpoint)."""
-    where = location(target)
-    if is_checkpoint(where):
-        read_checkpoint(where)
-        return where
-    if not where.exists():
-        raise ConfigError(f"`resume={target}`: no such checkpoint or run directory")
-    newest = newest_valid_checkpoint(where)
-    if newest is None:
-        raise ConfigError(f"`resume={target}`: no valid checkpoint in it")
-    return newest
 
 
 # -- loading -------------------------------------------------------------------------------------

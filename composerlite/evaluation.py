@@ -13,52 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from composerlite.config import SETTING_KEYS, RunConfig, algorithm_specs, validated
+from composerlite.config import algorithm_specs
 from composerlite.errors import ConfigError
-from composerlite.plugins import run_algorithms
-from composerlite.storage import Location, location
 
 DEFAULT_BATCH_SIZE = 8
-
-
-def find_run(target: str) -> tuple[Location, Location]:
-    """(run directory, checkpoint): a run directory's newest valid checkpoint, or one checkpoint
-    folder inside a run directory. Local paths or fsspec URLs."""
-    from composerlite.checkpoint import is_checkpoint, newest_valid_checkpoint  # torch: not for `eval --help`
-
-    where = location(target)
-    if is_checkpoint(where):
-        return where.parent.parent, where  # RUN_DIR/checkpoints/baNNNNNNNN
-    if not where.exists():
-        raise ConfigError(f"run directory not found: {target}")
-    if not where.child("config.yaml").exists():
-        raise ConfigError(f"{target} is not a composerlite run directory (no config.yaml)")
-    checkpoint = newest_valid_checkpoint(where)
-    if checkpoint is None:
-        raise ConfigError(f"{target} has no valid checkpoint to evaluate")
-    return where, checkpoint
-
-
-def load_run_config(run_dir: Location) -> RunConfig:
-    """The resolved configuration `train` wrote (model, algorithms and their options), as written:
-    `plugins.run_algorithms` makes its plugin files importable."""
-    path = run_dir.child("config.yaml")
-    if not path.exists():
-        raise ConfigError(f"{run_dir} has no config.yaml to say which model and algorithms it used")
-    try:
-        values = yaml.safe_load(path.read_bytes())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping of options")
-    # config.yaml also records facts about the run that are not settings (e.g. world_size).
-    options = {key: value for key, value in values.items() if key in SETTING_KEYS}
-    try:
-        return validated(options)
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
 
 
 def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None = None,
@@ -75,6 +33,7 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     from composerlite.loggers import Logger
     from composerlite.models import build_model
     from composerlite.registry import build_algorithm
+    from composerlite.run_directory import find_run, load_run_config, run_algorithm_specs  # torch: not for `eval --help`
     from composerlite.runtime import default_threads, native_precisions, pinned_runtime, resolve_device
     from composerlite.schedule import WarmupDecaySchedule
     from composerlite.state import State
@@ -94,7 +53,7 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     torch_device = resolve_device(device)
     training = config.training
     precision = training.precision if training.precision in native_precisions(torch_device) else "fp32"
-    algorithms = compose((build_algorithm(target, options) for target, options in algorithm_specs(run_algorithms(config, run_dir))),
+    algorithms = compose((build_algorithm(target, options) for target, options in run_algorithm_specs(config, run_dir)),
                          torch_device, precision)
     data = data if data is not None else config.data.source
     try:

@@ -14,23 +14,21 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from composerlite.config import algorithm_specs
 from composerlite.errors import ConfigError
-from composerlite.plugins import run_algorithms
 
 
 def export_hf(run_dir: str, output: Path) -> Path:
     from composerlite.checkpoint import read_checkpoint  # torch: imported on use, not by `export --help`
-    from composerlite.evaluation import find_run, load_run_config
     from composerlite.models import build_model
     from composerlite.registry import algorithm_class
+    from composerlite.run_directory import find_run, load_run_config, run_algorithm_specs
 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ConfigError(f"export target {output} already exists and is not empty; choose a new folder")
     run, checkpoint = find_run(run_dir)
     config = load_run_config(run)
     config_overrides: dict = {}
-    for target, _ in algorithm_specs(run_algorithms(config, run)):
+    for target, _ in run_algorithm_specs(config, run):
         cls = algorithm_class(target)
         config_overrides.update(cls.hf_config_overrides)
         if not cls.exportable_to_hf:

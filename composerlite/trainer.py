@@ -18,13 +18,14 @@ import torch
 
 from composerlite.algorithm import Algorithm, Callback
 from composerlite import distributed
-from composerlite.checkpoint import load_checkpoint, prune_checkpoints, restore_rng_state, rng_state, save_checkpoint
+from composerlite.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from composerlite.composition import compose
 from composerlite.config import DEFAULT_LR
 from composerlite.engine import Engine
 from composerlite.errors import RunHalted
 from composerlite.event import Event
 from composerlite.loggers import Logger
+from composerlite.run_directory import checkpoint_folder, prune_checkpoints
 from composerlite.runtime import PRECISIONS, default_threads, pinned_runtime, resolve_device
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.signals import StopRequest, stop_on_signals
@@ -392,7 +393,8 @@ class Trainer:
         connection) halts the run: the previous checkpoint is untouched and named in the message."""
         try:
             self.logger.sync()  # records first: a checkpoint is never ahead of the metrics it continues
-            folder = save_checkpoint(self.state, self.state.run_dir)
+            folder = checkpoint_folder(self.state.run_dir, self.state.timestamp.batch.value)
+            save_checkpoint(self.state, folder)
         except OSError as error:
             kept = f"the previous checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else "no earlier checkpoint exists"
             reason = error.strerror or str(error)

@@ -18,36 +18,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, TypeVar
 
 import torch
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from composerlite import distributed
 from composerlite.algorithm import Callback
-from composerlite.checkpoint import (
-    check_resumable,
-    complete_checkpoints,
-    newest_valid_checkpoint,
-    read_step,
-    remove_unfinished,
-    resolve_resume,
-)
+from composerlite.checkpoint import check_resumable, read_step
 from composerlite.composition import compose
 from composerlite.config import RunConfig, algorithm_specs, plugin_specs, resolve, validated
 from composerlite.distributed import unwrap_model
 from composerlite.errors import ConfigError
 from composerlite.loggers import Logger, LoggerDestination, RecordList, RunInfo
-from composerlite.plugins import store_plugins, stored_algorithms
 from composerlite.registry import build_algorithm, build_logger
+from composerlite.run_directory import checkpoint_to_resume, config_record, prepare_run_dir
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.speed_monitor import SpeedMonitor, speed_line
-from composerlite.storage import Location, StorageError, location, remove_temporaries
+from composerlite.storage import location
 from composerlite.time import Time, TimeUnit
 from composerlite.trainer import OptimizerConfig, Trainer, seed_everything
 
@@ -103,20 +93,6 @@ def build_loggers(config: RunConfig) -> list[LoggerDestination]:
     return [build_logger(target, options) for target, options in logger_specs(config)]
 
 
-def prepare_run_dir(run_dir: Location) -> None:
-    """Create the run directory, failing now (not at the first checkpoint) if it is unwritable.
-    The first write of a run: every check that can refuse the run has passed before it."""
-    try:
-        run_dir.makedirs()
-        probe = run_dir.child(".write-test")
-        probe.write_bytes(b"")
-        probe.remove()
-    except StorageError:
-        raise  # the store is down, not the path wrong: a runtime failure
-    except OSError as error:
-        raise ConfigError(f"cannot write to run directory {run_dir}: {error.strerror or error}") from None
-
-
 def check_budget(config: RunConfig) -> None:
     """A budget in samples or tokens smaller than one batch would train zero steps."""
     training, seq_len = config.training, config.data.seq_len
@@ -127,43 +103,6 @@ def check_budget(config: RunConfig) -> None:
             f"`max_duration={training.max_duration}` is shorter than one step ({per_batch} {budget.unit.value} per batch "
             f"of {training.batch_size}x{seq_len})"
         )
-
-
-def checkpoint_to_resume(config: RunConfig, run_dir: Location) -> Location | None:
-    """The checkpoint this run continues from (None: a fresh start): with `autoresume` the run
-    directory's newest valid one, else `resume`'s. Refuses, reading only, a run directory that is a
-    file, one that holds another run, and one whose every checkpoint is damaged (starting over there
-    would rewrite the metrics the checkpoints belong to)."""
-    if run_dir.is_file():
-        raise ConfigError(f"`run_dir={run_dir}` is a file, not a folder")
-    problems: list[str] = []
-    resume, autoresume = config.checkpointing.resume, config.checkpointing.autoresume
-    checkpoint = newest_valid_checkpoint(run_dir, problems) if autoresume else None
-    if checkpoint is None and problems and complete_checkpoints(run_dir):
-        raise ConfigError(f"`autoresume`: every checkpoint in {run_dir} is damaged (newest: {problems[0]}); nothing was "
-                          "written. Continue from one with `resume=CHECKPOINT`, or start over in a new `run_dir`")
-    for problem in problems:
-        print(f"composerlite: skipping {problem}", file=sys.stderr)
-    if checkpoint is None and resume:
-        checkpoint = resolve_resume(resume)
-    continuing = autoresume or (checkpoint is not None and checkpoint.parent.parent.same_place(run_dir))
-    if not continuing and (run_dir.child("metrics.jsonl").exists() or run_dir.child("config.yaml").exists()):
-        branch = " (to branch from `resume`, give a new `run_dir`)" if resume else ""
-        raise ConfigError(f"run directory {run_dir} already holds a run; choose another `run_dir`, "
-                          f"or continue it with `autoresume`{branch}")
-    if checkpoint is not None:
-        check_same_model(checkpoint, config.model.name)
-    return checkpoint
-
-
-def check_same_model(checkpoint: Location, model: str) -> None:
-    """Compare the checkpoint's run config with this one (weights are checked by shape, and the
-    algorithms by name, once the model is built)."""
-    saved_config = checkpoint.parent.parent.child("config.yaml")
-    if saved_config.exists():
-        saved_model = (yaml.safe_load(saved_config.read_bytes()) or {}).get("model")
-        if saved_model and saved_model != model:
-            raise ConfigError(f"checkpoint {checkpoint} is a {saved_model} run; this run is {model}: pass `model={saved_model}`")
 
 
 def position_limit(model: torch.nn.Module) -> int | None:
@@ -186,24 +125,6 @@ def on_rank_zero(check: Callable[[], T]) -> T:
     if problem is not None:
         raise ConfigError(problem)
     return value
-
-
-def truncate_metrics(metrics: Location, step: int) -> list[dict[str, Any]]:
-    """Drop records past `step`, so a resumed run's metrics.jsonl reads as one uninterrupted run;
-    returns the records kept."""
-    if not metrics.exists():
-        return []
-    kept = [line for line in metrics.read_bytes().decode().splitlines(keepends=True)
-            if line.strip() and _record_step(line) <= step]
-    metrics.write_bytes("".join(kept).encode())
-    return [json.loads(line) for line in kept]
-
-
-def _record_step(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except ValueError:
-        return 1 << 62  # a line torn by a crash mid-write: past any checkpoint
 
 
 def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback] = (),
@@ -307,20 +228,13 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     if resume_from is not None:
         check_resumable(trainer.state, resume_from)
 
-    resolved = {**config.flat(), "algorithms": stored_algorithms(config), "world_size": distributed.world_size()}
+    resolved = config_record(config, distributed.world_size())
     earlier: list[dict[str, Any]] = []
     if distributed.is_rank_zero():  # the run's first writes
-        continuing = run_dir.exists()  # and, having passed the checks above, it is this run's
-        prepare_run_dir(run_dir)
-        if continuing:
-            leftovers = [*remove_temporaries(run_dir), *(folder.url for folder in remove_unfinished(run_dir))]
-            if leftovers:
-                console.print(f"removed what interrupted writes left: {', '.join(leftovers)}")
-        # Records past the checkpoint are replayed by the resumed run; without one, none survive.
         start_step = read_step(resume_from) if resume_from else 0
-        earlier = truncate_metrics(run_dir.child("metrics.jsonl"), start_step)
-        store_plugins(config, run_dir)  # before config.yaml, which names the copies
-        run_dir.child("config.yaml").write_bytes(yaml.safe_dump(resolved, sort_keys=False).encode())
+        earlier, leftovers = prepare_run_dir(run_dir, config, resolved, start_step)
+        if leftovers:
+            console.print(f"removed what interrupted writes left: {', '.join(leftovers)}")
         opened = Logger(run_loggers)
         try:
             opened.open(RunInfo(run_dir=run_dir, config=resolved, console=console, start_step=start_step))

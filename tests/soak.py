@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from composerlite.checkpoint import MANIFEST_FILE, find_checkpoints, read_checkpoint
+from composerlite.checkpoint import MANIFEST_FILE, read_checkpoint
+from composerlite.run_directory import find_checkpoints
 from composerlite.storage import TEMPORARY_RE, location
 
 RUN = ["--model", "gpt2-tiny", "--max-duration", "8ba", "--batch-size", "4", "--seq-len", "32", "--device", "cpu",

@@ -11,7 +11,7 @@ import yaml
 
 from composerlite.config import (FLAT_KEYS, PLUGIN_LISTS, SECTIONS, ConfigError, RunConfig, load_config, resolve,
                                  validated)
-from composerlite.evaluation import load_run_config
+from composerlite.run_directory import load_run_config
 from composerlite.storage import location
 
 README = Path(__file__).resolve().parents[1] / "README.md"

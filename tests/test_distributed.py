@@ -21,7 +21,8 @@ import torch
 import torch.multiprocessing as mp
 
 from composerlite import cli
-from composerlite.checkpoint import MANIFEST_FILE, MODEL_FILE, SHARDED_FORMAT_VERSION, find_checkpoints, read_checkpoint
+from composerlite.checkpoint import MANIFEST_FILE, MODEL_FILE, SHARDED_FORMAT_VERSION, read_checkpoint
+from composerlite.run_directory import find_checkpoints
 from composerlite.storage import location
 
 WORLD = 2

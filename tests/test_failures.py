@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from composerlite import cli, storage
-from composerlite.checkpoint import find_checkpoints, newest_valid_checkpoint, read_verified
+from composerlite.checkpoint import read_verified
+from composerlite.run_directory import find_checkpoints, newest_valid_checkpoint
 from composerlite.storage import location
 
 FAULTS = '''

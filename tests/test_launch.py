@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 
-from composerlite.checkpoint import find_checkpoints, read_checkpoint
+from composerlite.checkpoint import read_checkpoint
+from composerlite.run_directory import find_checkpoints
 from composerlite.storage import location
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from composerlite import cli
-from composerlite.checkpoint import find_checkpoints
 from composerlite.loggers import JSONLinesLogger
+from composerlite.run_directory import find_checkpoints
 from composerlite.storage import location
 
 # Loaded as `--algo FILE.py:Class`: the kill comes from inside the loop, at an exact event and step.

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from composerlite import cli, storage
-from composerlite.checkpoint import find_checkpoints, read_verified
+from composerlite.checkpoint import read_verified
+from composerlite.run_directory import find_checkpoints
 from composerlite.storage import location
 
 RUN = ["run", "--model", "gpt2-tiny", "--batch-size", "4", "--seq-len", "32", "--device", "cpu",

@@ -47,10 +47,12 @@ from composerlite.bench.tuning import (TunedKey, at_point, check_tuning, edge_te
 from composerlite.config import RunConfig
 from composerlite.errors import ConfigError, RunHalted
 from composerlite.registry import build_algorithm, split_spec
+from composerlite.run_directory import find_checkpoints
 from composerlite.runtime import resolve_device
 from composerlite.signals import StopRequest, stop_on_signals
 from composerlite.loggers import LoggerDestination, RecordList
 from composerlite.speed_monitor import peak_memory_gib, reset_peak_memory
+from composerlite.storage import location
 from composerlite.training import RunResult, algorithm_specs, print_summary, train
 
 BASELINE = "baseline"
@@ -261,7 +263,7 @@ def run_folder(out: Path, method: Method, seed: int) -> tuple[Path, bool]:
     while attempts[-1].exists():
         attempts.append(parent / f"seed{seed}-retry{len(attempts)}")
     interrupted = attempts[-2] if len(attempts) > 1 else None
-    if interrupted and any((interrupted / "checkpoints").glob("ba*")):
+    if interrupted and find_checkpoints(location(str(interrupted))):
         return interrupted, True
     return attempts[-1], False
 
