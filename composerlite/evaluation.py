@@ -10,7 +10,6 @@ averaged weights) act here too. Nothing is written to the run directory.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from composerlite.config import algorithm_specs
@@ -28,18 +27,14 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     from composerlite.checkpoint import load_checkpoint
     from composerlite.composition import compose
     from composerlite.data import BatchStream, DataError, prepare_corpus
-    from composerlite.engine import Engine
-    from composerlite.event import Event
     from composerlite.loggers import Logger
     from composerlite.models import build_model
     from composerlite.registry import build_algorithm
     from composerlite.run_directory import find_run, load_run_config, run_algorithm_specs  # torch: not for `eval --help`
     from composerlite.runtime import default_threads, native_precisions, pinned_runtime, resolve_device
     from composerlite.schedule import WarmupDecaySchedule
-    from composerlite.state import State
     from composerlite.time import Time
-    from composerlite.trainer import held_out_loss, seed_everything
-    from composerlite.training import position_limit
+    from composerlite.trainer import held_out_loss, init_state, position_limit, seed_everything
 
     run_dir, checkpoint = find_run(str(run_dir))
     config = load_run_config(run_dir)
@@ -53,8 +48,8 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     torch_device = resolve_device(device)
     training = config.training
     precision = training.precision if training.precision in native_precisions(torch_device) else "fp32"
-    algorithms = compose((build_algorithm(target, options) for target, options in run_algorithm_specs(config, run_dir)),
-                         torch_device, precision)
+    algorithms = [build_algorithm(target, options) for target, options in run_algorithm_specs(config, run_dir)]
+    compose(algorithms, torch_device, precision)  # refused before the data is read; init_state composes them again
     data = data if data is not None else config.data.source
     try:
         corpus = prepare_corpus(data)
@@ -62,27 +57,17 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     except DataError as error:
         raise ConfigError(f"held-out split of {data or 'the default corpus'}: {error}") from None
     seed_everything(training.seed)
-    # The state the run's algorithms saw, less what only training needs: INIT-time conversions and
-    # eval-time algorithms read it. Dropout is off in eval mode; the state_dict does not depend on it.
-    state = State(
-        model=build_model(config.model.name, dropout=0.0),
-        max_duration=Time.parse(training.max_duration),
-        device=torch_device,
-        precision=precision,
-        seed=training.seed,
-        run_dir=Path(run_dir.path),  # never written
-        algorithms=algorithms,
-        schedulers=[WarmupDecaySchedule(warmup=Time.parse(config.schedule.warmup), decay=config.schedule.decay)],
-        batch_size=batch_size,
-        microbatch_size=batch_size,
-        seq_len=seq_len,
-        batches_per_epoch=len(stream),
-    )
-    engine = Engine(state, Logger([]))
+    # Dropout is off in eval mode; the state_dict does not depend on it.
+    model = build_model(config.model.name, dropout=0.0)
     # The run's thread count: its recorded eval losses are then reproduced bit for bit.
     with pinned_runtime(training.threads or default_threads(), torch_device):
-        engine.run_event(Event.INIT)
-        state.model.to(torch_device)
+        # The state the run's algorithms saw, less what only training needs (no optimizer, no
+        # callbacks), shaped by the held-out stream: INIT-time conversions and eval-time algorithms read it.
+        state, engine = init_state(
+            model, stream, algorithms=algorithms, max_duration=Time.parse(training.max_duration), device=torch_device,
+            precision=precision, seed=training.seed, run_dir=run_dir, logger=Logger([]),
+            schedule=WarmupDecaySchedule(warmup=Time.parse(config.schedule.warmup), decay=config.schedule.decay),
+        )
         limit = position_limit(state.model)
         if limit is not None and seq_len > limit:
             raise ConfigError(

@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from composerlite.event import Event
 from composerlite.loggers import Logger
 from composerlite.run_directory import checkpoint_folder, prune_checkpoints
 from composerlite.runtime import PRECISIONS, default_threads, pinned_runtime, resolve_device
-from composerlite.schedule import WarmupDecaySchedule
+from composerlite.schedule import Scheduler, WarmupDecaySchedule
 from composerlite.signals import StopRequest, stop_on_signals
 from composerlite.state import State
 from composerlite.storage import Location, location
@@ -105,6 +105,47 @@ def held_out_loss(state: State, engine: Engine, eval_data, max_batches: int | No
     return state.eval_metrics
 
 
+def init_state(model: torch.nn.Module, data, *, algorithms: Iterable[Algorithm], max_duration: Time,
+               device: torch.device, precision: str, seed: int, run_dir: Location, logger: Logger,
+               schedule: Scheduler, microbatch_size: int | None = None, callbacks: Iterable[Callback] = (),
+               optimizer_factory: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None,
+               ) -> tuple[State, Engine]:
+    """The run's State around `model` and its Engine, after Event.INIT: the one model-conversion
+    phase, where the algorithms (bundles expanded for this device and precision, impossible
+    combinations refused, in their deterministic order) convert the model (surgery, a new forward
+    or loss, an optimizer factory), which then moves to the device. `data` (a BatchStream) gives the
+    batch size, sequence length and epoch length INIT-time algorithms read. Call it inside
+    `pinned_runtime`. The Trainer's start, and `evaluate_run`'s without a Trainer, so a checkpoint
+    is evaluated on the model converted exactly as it was trained."""
+    state = State(
+        model=model,
+        max_duration=max_duration,
+        device=device,
+        precision=precision,
+        seed=seed,
+        run_dir=run_dir,
+        algorithms=compose(algorithms, device, precision),
+        callbacks=list(callbacks),
+        schedulers=[schedule],
+        batch_size=data.batch_size,
+        microbatch_size=microbatch_size or data.batch_size,
+        seq_len=data.seq_len,
+        batches_per_epoch=len(data),
+        optimizer_factory=optimizer_factory,
+    )
+    engine = Engine(state, logger)
+    engine.run_event(Event.INIT)
+    state.model.to(device)
+    return state, engine
+
+
+def position_limit(model: torch.nn.Module) -> int | None:
+    """How many positions a learned position-embedding table covers; None when positions are not
+    looked up in a table (e.g. after ALiBi removed it)."""
+    wpe = getattr(getattr(distributed.unwrap_model(model), "transformer", None), "wpe", None)
+    return wpe.num_embeddings if isinstance(wpe, torch.nn.Embedding) else None
+
+
 class Trainer:
     """Trains `model` on `train_data` until `max_duration`, firing events for algorithms and callbacks.
 
@@ -172,27 +213,14 @@ class Trainer:
         self._next_save = self.save_interval
         self._next_eval = self.eval_interval
         device = resolve_device(device)
-        self.state = State(
-            model=model,
-            max_duration=budget,
-            device=device,
-            precision=precision,
-            seed=seed,
-            run_dir=run_dir if isinstance(run_dir, Location) else location(run_dir),
-            # bundles expanded for this device; impossible combinations rejected; deterministic order
-            algorithms=compose(algorithms, device, precision),
-            callbacks=list(callbacks),
-            schedulers=[schedule or WarmupDecaySchedule(warmup=Time(0, TimeUnit.BATCH))],
-            batch_size=train_data.batch_size,
-            microbatch_size=(None if self.auto_microbatch else microbatch_size) or train_data.batch_size,
-            seq_len=train_data.seq_len,
-            batches_per_epoch=len(train_data),
-        )
-        self.state.optimizer_factory = functools.partial(adamw, config=optimizer)
-        self.engine = Engine(self.state, logger)
-        with pinned_runtime(self.threads, self.state.device):
-            self.engine.run_event(Event.INIT)  # the one model-conversion phase: surgery happens here
-            self.state.model.to(self.state.device)
+        with pinned_runtime(self.threads, device):
+            self.state, self.engine = init_state(
+                model, train_data, algorithms=algorithms, max_duration=budget, device=device, precision=precision,
+                seed=seed, run_dir=run_dir if isinstance(run_dir, Location) else location(run_dir), logger=logger,
+                schedule=schedule or WarmupDecaySchedule(warmup=Time(0, TimeUnit.BATCH)),
+                microbatch_size=None if self.auto_microbatch else microbatch_size, callbacks=callbacks,
+                optimizer_factory=functools.partial(adamw, config=optimizer),
+            )
             # Wrapped after INIT, so algorithms converted a plain module; before the optimizer, which
             # must see FSDP's sharded parameters.
             self.state.model = distributed.wrap(self.state.model, parallel, self.state.device)

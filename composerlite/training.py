@@ -30,7 +30,6 @@ from composerlite.algorithm import Callback
 from composerlite.checkpoint import check_resumable, read_step
 from composerlite.composition import compose
 from composerlite.config import RunConfig, algorithm_specs, plugin_specs, resolve, validated
-from composerlite.distributed import unwrap_model
 from composerlite.errors import ConfigError
 from composerlite.loggers import Logger, LoggerDestination, RecordList, RunInfo
 from composerlite.registry import build_algorithm, build_logger
@@ -39,7 +38,7 @@ from composerlite.schedule import WarmupDecaySchedule
 from composerlite.speed_monitor import SpeedMonitor, speed_line
 from composerlite.storage import location
 from composerlite.time import Time, TimeUnit
-from composerlite.trainer import OptimizerConfig, Trainer, seed_everything
+from composerlite.trainer import OptimizerConfig, Trainer, position_limit, seed_everything
 
 # Every run shows its progress bar and writes metrics.jsonl (what resume, benchmarks and reports
 # read); `loggers` naming one of these sets its options instead of adding a second.
@@ -103,13 +102,6 @@ def check_budget(config: RunConfig) -> None:
             f"`max_duration={training.max_duration}` is shorter than one step ({per_batch} {budget.unit.value} per batch "
             f"of {training.batch_size}x{seq_len})"
         )
-
-
-def position_limit(model: torch.nn.Module) -> int | None:
-    """How many positions a learned position-embedding table covers; None when positions are not
-    looked up in a table (e.g. after ALiBi removed it)."""
-    wpe = getattr(getattr(unwrap_model(model), "transformer", None), "wpe", None)
-    return wpe.num_embeddings if isinstance(wpe, torch.nn.Embedding) else None
 
 
 def on_rank_zero(check: Callable[[], T]) -> T:
