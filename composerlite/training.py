@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import torch
 from rich.console import Console
@@ -36,9 +36,13 @@ from composerlite.registry import build_algorithm, build_logger
 from composerlite.run_directory import checkpoint_to_resume, config_record, prepare_run_dir
 from composerlite.schedule import WarmupDecaySchedule
 from composerlite.speed_monitor import SpeedMonitor, speed_line
-from composerlite.storage import location
+from composerlite.storage import Location, location
 from composerlite.time import Time, TimeUnit
 from composerlite.trainer import OptimizerConfig, Trainer, position_limit, seed_everything
+
+if TYPE_CHECKING:
+    from composerlite.algorithm import Algorithm
+    from composerlite.data import BatchStream, Corpus
 
 # Every run shows its progress bar and writes metrics.jsonl (what resume, benchmarks and reports
 # read); `loggers` naming one of these sets its options instead of adding a second.
@@ -134,11 +138,8 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     unusable data, `PluginError` for an algorithm that fails while building or converting the
     model, `RunHalted` when training stops on purpose (a signal, a non-finite loss, a failed save:
     the message says what was kept and how to continue)."""
-    from composerlite.data import BatchStream, prepare_corpus
-    from composerlite.models import build_model
-
     config, notes = resolve(validated(config))
-    training, seq_len = config.training, config.data.seq_len
+    training = config.training
     rank_device = distributed.init(torch.device(training.device).type)
     if rank_device is not None:
         config = config.updated({"device": str(rank_device)})
@@ -170,55 +171,12 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
 
     url = on_rank_zero(resume_url)
     resume_from = location(url) if url else None
-    if not distributed.is_rank_zero():
-        distributed.barrier()  # rank 0 tokenizes and caches the corpus first; the others then read the cache
-    corpus = prepare_corpus(config.data.source, console=console)
-    if distributed.is_rank_zero():
-        distributed.barrier()
-    # Each rank reads only the blocks it trains on, a batch or two ahead on a thread, into pinned
-    # memory on a GPU (the Trainer's copies are non-blocking).
-    stream = {"rank": distributed.rank(), "world_size": distributed.world_size(), "seq_len": seq_len,
-              "batch_size": per_rank_batch, "pin_memory": device.type == "cuda"}
-    train_data = BatchStream(corpus.train, seed=training.seed, **stream)
-    eval_data = BatchStream(corpus.eval, seed=0, shuffle=False, **stream)
-    seed_everything(training.seed)
-    model = build_model(config.model.name, dropout=config.model.dropout)
+    corpus, train_data, eval_data = data_streams(config, per_rank_batch, console)
     records = RecordList()
     logger = Logger([records])  # and, on rank 0, `run_loggers` once opened
     # Every run measures its speed (throughput/* and memory/peak_gib in metrics.jsonl).
     speed = SpeedMonitor(window=20, warmup_steps=1, console=False)
-    evaluation, checkpointing = config.evaluation, config.checkpointing
-    trainer = Trainer(
-        model=model,
-        train_data=train_data,
-        eval_data=eval_data,
-        max_duration=training.max_duration,
-        logger=logger,
-        run_dir=checkpointing.run_dir,
-        algorithms=algorithms,
-        callbacks=[speed, *callbacks],
-        optimizer=OptimizerConfig(lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay),
-        schedule=WarmupDecaySchedule(warmup=Time.parse(config.schedule.warmup), decay=config.schedule.decay),
-        microbatch_size=training.microbatch_size,
-        precision=training.precision,
-        device=str(device),
-        seed=training.seed,
-        save_interval=checkpointing.save_interval,
-        eval_interval=evaluation.eval_interval,
-        eval_batches=evaluation.eval_batches,
-        target_loss=evaluation.target_loss,
-        load_path=resume_from,
-        keep_checkpoints=checkpointing.keep_checkpoints,
-        on_nan=training.on_nan,
-        parallel=config.parallelism.strategy,
-        threads=training.threads,
-    )
-    limit = position_limit(trainer.state.model)
-    if limit is not None and seq_len > limit:
-        raise ConfigError(f"`seq_len={seq_len}` is longer than {config.model.name}'s {limit} learned positions "
-                          "(n_positions); train at most that long, or with `algorithms=alibi`, which has no such limit")
-    if resume_from is not None:
-        check_resumable(trainer.state, resume_from)
+    trainer = build_trainer(config, train_data, eval_data, algorithms, [speed, *callbacks], logger, resume_from)
 
     resolved = config_record(config, distributed.world_size())
     earlier: list[dict[str, Any]] = []
@@ -244,6 +202,78 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
         f"{device} {training.precision}, algorithms: {', '.join(a.name or type(a).__name__ for a in algorithms) or 'none'}"
         + (f", {distributed.world_size()} processes ({config.parallelism.strategy})" if distributed.world_size() > 1 else "")
     )
+    summary = fit(trainer, logger, speed)
+    checkpoint = trainer.last_checkpoint.url if trainer.last_checkpoint else None
+    return RunResult(run_dir=run_dir.url, summary=summary, records=[*earlier, *records.records], config=resolved,
+                     checkpoint=checkpoint)
+
+
+def data_streams(config: RunConfig, per_rank_batch: int, console: Console) -> tuple[Corpus, BatchStream, BatchStream]:
+    """(corpus, train stream, held-out stream) of this rank. Rank 0 tokenizes and caches the corpus
+    first; the others then read the cache. Each rank reads only the blocks it trains on, a batch or
+    two ahead on a thread, into pinned memory on a GPU (the Trainer's copies are non-blocking)."""
+    from composerlite.data import BatchStream, prepare_corpus
+
+    if not distributed.is_rank_zero():
+        distributed.barrier()
+    corpus = prepare_corpus(config.data.source, console=console)
+    if distributed.is_rank_zero():
+        distributed.barrier()
+    stream = {"rank": distributed.rank(), "world_size": distributed.world_size(), "seq_len": config.data.seq_len,
+              "batch_size": per_rank_batch, "pin_memory": torch.device(config.training.device).type == "cuda"}
+    train_data = BatchStream(corpus.train, seed=config.training.seed, **stream)
+    eval_data = BatchStream(corpus.eval, seed=0, shuffle=False, **stream)
+    return corpus, train_data, eval_data
+
+
+def build_trainer(config: RunConfig, train_data: BatchStream, eval_data: BatchStream, algorithms: list[Algorithm],
+                  callbacks: list[Callback], logger: Logger, resume_from: Location | None) -> Trainer:
+    """The run's Trainer, its model built after seeding (the same settings give the same initial
+    weights anywhere) and converted by the Trainer (`init_state`); then the converted model's
+    checks, still before anything is written: the sequence length within its learned positions,
+    and the checkpoint to resume from made for it."""
+    from composerlite.models import build_model
+
+    training, evaluation, checkpointing, seq_len = config.training, config.evaluation, config.checkpointing, config.data.seq_len
+    seed_everything(training.seed)
+    model = build_model(config.model.name, dropout=config.model.dropout)
+    trainer = Trainer(
+        model=model,
+        train_data=train_data,
+        eval_data=eval_data,
+        max_duration=training.max_duration,
+        logger=logger,
+        run_dir=checkpointing.run_dir,
+        algorithms=algorithms,
+        callbacks=callbacks,
+        optimizer=OptimizerConfig(lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay),
+        schedule=WarmupDecaySchedule(warmup=Time.parse(config.schedule.warmup), decay=config.schedule.decay),
+        microbatch_size=training.microbatch_size,
+        precision=training.precision,
+        device=str(torch.device(training.device)),
+        seed=training.seed,
+        save_interval=checkpointing.save_interval,
+        eval_interval=evaluation.eval_interval,
+        eval_batches=evaluation.eval_batches,
+        target_loss=evaluation.target_loss,
+        load_path=resume_from,
+        keep_checkpoints=checkpointing.keep_checkpoints,
+        on_nan=training.on_nan,
+        parallel=config.parallelism.strategy,
+        threads=training.threads,
+    )
+    limit = position_limit(trainer.state.model)
+    if limit is not None and seq_len > limit:
+        raise ConfigError(f"`seq_len={seq_len}` is longer than {config.model.name}'s {limit} learned positions "
+                          "(n_positions); train at most that long, or with `algorithms=alibi`, which has no such limit")
+    if resume_from is not None:
+        check_resumable(trainer.state, resume_from)
+    return trainer
+
+
+def fit(trainer: Trainer, logger: Logger, speed: SpeedMonitor) -> dict[str, Any]:
+    """Train to the end, then flush and close the loggers (also when training fails); the summary
+    with the speed monitor's."""
     try:
         summary = {**trainer.fit(), "speed": speed.summary}
         if speed.summary:  # one definition of tokens/s for the summary, the speed line and the progress bar
@@ -260,9 +290,7 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
         logger.sync()
     finally:
         logger.close()
-    checkpoint = trainer.last_checkpoint.url if trainer.last_checkpoint else None
-    return RunResult(run_dir=run_dir.url, summary=summary, records=[*earlier, *records.records], config=resolved,
-                     checkpoint=checkpoint)
+    return summary
 
 
 def print_summary(summary: dict[str, Any], console: Console) -> None:
