@@ -4,7 +4,8 @@ The library: `train(config) -> RunResult` (what `composerlite run` does), `evalu
 `measure_throughput`, `export_hf`; the plugin API: `Algorithm`, `Callback`, `Event`, `State`, ...
 """
 
-from composerlite.algorithm import Algorithm, Callback, ModelConverter, Order
+from composerlite.algorithm import Algorithm, ModelConverter, Order
+from composerlite.callback import Callback
 from composerlite.event import Event
 from composerlite.lazy import lazy_attributes
 from composerlite.time import Time, TimeUnit, Timestamp

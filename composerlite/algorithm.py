@@ -1,7 +1,6 @@
-"""`Algorithm` and `Callback`: the two ways to attach code to the training loop's events.
-
-An algorithm changes training (the model, the batch, the loss, the optimizer); a callback only
-observes it (logging, monitoring). The API is Composer's: a Composer algorithm that uses the part of
+"""`Algorithm`: code attached to the training loop's events that changes training (the model, the
+batch, the loss, the optimizer); a `Callback` (composerlite.callback) only observes it (logging,
+monitoring). The API is Composer's: a Composer algorithm that uses the part of
 Composer's `State` and `Time` that composerlite has ports by changing its imports (the README's
 "Composer algorithms port" paragraph lists that part and what does not port).
 """
@@ -13,6 +12,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pydantic
 
+# Re-exported for composerlite/training.py alone, which still imports Callback from here and was
+# another change's to edit when Callback moved to composerlite.callback; it goes once training.py
+# imports it from there (tests/test_layering.py fails then, to say so).
+from composerlite.callback import Callback  # noqa: F401
 from composerlite.event import Event
 
 if TYPE_CHECKING:
@@ -121,20 +124,3 @@ class ModelConverter(Algorithm):
 
     def state_dict(self) -> dict[str, Any]:
         return {"options": self.options.model_dump(), **self.report}
-
-
-class Callback:
-    """Base class for observers: define a method named after an event (`batch_end`, `fit_end`, ...),
-    or override `run_event` to see every event. The trainer looks the methods up once, at
-    FIT_START: add callbacks and logger destinations before training starts."""
-
-    def run_event(self, event: Event, state: State, logger: Logger) -> None:
-        handler = getattr(self, event.value, None)
-        if handler is not None:
-            handler(state, logger)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass

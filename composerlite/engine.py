@@ -7,7 +7,8 @@ import functools
 import time
 from typing import Callable
 
-from composerlite.algorithm import Algorithm, Callback
+from composerlite.algorithm import Algorithm
+from composerlite.callback import Callback
 from composerlite.errors import ConfigError, PluginError
 from composerlite.event import Event
 from composerlite.loggers import Logger, LoggerDestination, destination_failed

@@ -30,7 +30,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from composerlite.algorithm import Callback, NoOptions
+from composerlite.algorithm import NoOptions
+from composerlite.callback import Callback
 from composerlite.errors import ConfigError, PluginError
 from composerlite.storage import Location
 

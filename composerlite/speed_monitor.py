@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from composerlite import distributed
-from composerlite.algorithm import Callback
+from composerlite.callback import Callback
 from composerlite.runtime import PRECISIONS
 
 # Vendor dense peaks, FLOP/s, by a substring of torch.cuda.get_device_name() (first match wins:

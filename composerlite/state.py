@@ -14,7 +14,8 @@ from composerlite.storage import Location
 from composerlite.time import Time, Timestamp, TimeUnit
 
 if TYPE_CHECKING:
-    from composerlite.algorithm import Algorithm, Callback
+    from composerlite.algorithm import Algorithm
+    from composerlite.callback import Callback
 
 
 def logits_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from composerlite.algorithm import Algorithm, Callback
+from composerlite.algorithm import Algorithm
+from composerlite.callback import Callback
 from composerlite import distributed
 from composerlite.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from composerlite.composition import compose

@@ -37,7 +37,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from composerlite.algorithm import Callback
+from composerlite.callback import Callback
 from composerlite.bench.lockstep import Stop, run_to_end, take_turns
 from composerlite.bench.report import build_report, print_verdicts
 from composerlite.bench.results import (BenchResults, EvalPoint, Method, RunRecord, TuningFailure, load_results,
