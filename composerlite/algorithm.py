@@ -12,10 +12,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pydantic
 
-# Re-exported for composerlite/training.py alone, which still imports Callback from here and was
-# another change's to edit when Callback moved to composerlite.callback; it goes once training.py
-# imports it from there (tests/test_layering.py fails then, to say so).
-from composerlite.callback import Callback  # noqa: F401
 from composerlite.event import Event
 
 if TYPE_CHECKING:

@@ -39,7 +39,7 @@ import yaml
 
 from composerlite.errors import ConfigError
 from composerlite.registry import split_spec
-from composerlite.runtime import check_device
+from composerlite.runtime import AUTO_PRECISION, check_device
 from composerlite.time import Time, parse_budget
 
 # Runs that give a budget but no batch shape train 8 x 128; so does the CPU demo, a run with no
@@ -161,8 +161,7 @@ class TrainingConfig(Section):
         None, "sequences per forward/backward (gradient accumulation), or 'auto': start at the whole batch and halve "
         "on GPU out-of-memory (default: the whole batch)", metavar="N|auto")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = setting(
-        "auto", "auto: bf16 where the device computes it natively (GPUs that support it, CPUs with avx512_bf16 or "
-        "AMX), else fp32")
+        "auto", f"auto: {AUTO_PRECISION}")
     device: Annotated[str, pydantic.AfterValidator(check_device)] = setting("auto", "auto, cpu, cuda or cuda:N")
     seed: int = setting(17, "seed of the weights, the data order and dropout", ge=0)
     threads: int | None = setting(

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from composerlite import distributed
-from composerlite.algorithm import Callback
+from composerlite.callback import Callback
 from composerlite.checkpoint import check_resumable, read_step
 from composerlite.composition import compose
 from composerlite.config import RunConfig, algorithm_specs, plugin_specs, resolve, validated

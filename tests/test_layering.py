@@ -163,13 +163,3 @@ def test_no_import_cycle_among_composerlite_modules():
                                                       for imported in sorted(graph[module] & set(component)))
              for component in cycles(graph)]
     assert not found, "import cycles:\n" + "\n".join(found)
-
-
-def test_callback_is_imported_from_its_own_module():
-    """composerlite.algorithm re-exports Callback for composerlite/training.py alone, which was
-    another change's to edit when Callback moved to composerlite.callback: once training.py imports
-    it from there, this fails to say that the re-export (and this test) can go."""
-    importers = {name for name, path in python_files("composerlite", "algorithms", "models", "benchmarks", "examples",
-                                                     "tests")
-                 if "composerlite.algorithm.Callback" in imports(path)}
-    assert importers == {"composerlite/training.py"}
