@@ -43,13 +43,11 @@ from composerlite.config import RunConfig
 from composerlite.loggers import Logger, RecordList, RunInfo
 from composerlite.models import ModelSpec, build_model
 from composerlite.runtime import pinned_runtime
-from composerlite.schedule import WarmupDecaySchedule
 from composerlite.speed_monitor import SpeedMonitor, device_name
 from composerlite.state import shifted_cross_entropy
 from composerlite.storage import location
 from composerlite.throughput import RandomTokens, write_json
-from composerlite.time import Time
-from composerlite.trainer import OptimizerConfig, Trainer, adamw, seed_everything
+from composerlite.trainer import Trainer, adamw, seed_everything
 from composerlite.training import build_loggers
 
 LR = 1e-3
@@ -76,7 +74,7 @@ def new_model(name: str) -> torch.nn.Module:
 
 
 def hand_loop(model: torch.nn.Module, data: TimedTokens, steps: int) -> None:
-    optimizer = adamw(model, OptimizerConfig(lr=LR))
+    optimizer = adamw(model, lr=LR, weight_decay=0.0)
     model.train()
     # The runtime the Trainer's fit() runs in. Without it glibc returns each step's freed tensors to
     # the kernel and the hand loop pays their page faults again (6.5-6.9 ms a step on the micro model
@@ -97,11 +95,10 @@ def trainer_loop(model: torch.nn.Module, data: TimedTokens, steps: int) -> None:
         console = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)
         logger = Logger([RecordList(), *build_loggers(RunConfig())])
         logger.open(RunInfo(run_dir=location(run_dir), config={}, console=console))
-        trainer = Trainer(model=model, train_data=data,
-                          max_duration=f"{steps}ba", logger=logger, run_dir=run_dir,
-                          callbacks=[SpeedMonitor(window=20, warmup_steps=1, console=False)],
-                          optimizer=OptimizerConfig(lr=LR), schedule=WarmupDecaySchedule(warmup=Time.parse("0.05dur")),
-                          device="cpu", precision="fp32", threads=torch.get_num_threads())  # the hand loop's
+        settings = {"max_duration": f"{steps}ba", "run_dir": run_dir, "lr": LR, "warmup": "0.05dur", "device": "cpu",
+                    "precision": "fp32", "threads": torch.get_num_threads()}  # the hand loop's threads
+        trainer = Trainer(settings, model=model, train_data=data, logger=logger,
+                          callbacks=[SpeedMonitor(window=20, warmup_steps=1, console=False)])
         try:
             trainer.fit()
         finally:

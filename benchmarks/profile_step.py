@@ -106,10 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     recorder = StepProfiler(profiler, args.warmup_steps)
     run_dir = Path(tempfile.mkdtemp(prefix="composerlite-profile-"))
     try:
-        trainer = Trainer(model=model, train_data=RandomTokens(batch_size, seq_len, model.config.vocab_size, total),
-                          max_duration=f"{total}ba", logger=Logger([]), run_dir=run_dir,
-                          algorithms=[build_algorithm(*split_spec(spec)) for spec in args.algorithms],
-                          callbacks=[recorder], precision=precision, device=str(device))
+        settings = {"max_duration": f"{total}ba", "run_dir": str(run_dir), "warmup": "0ba", "precision": precision,
+                    "device": str(device), "seed": 0}
+        trainer = Trainer(settings, model=model, train_data=RandomTokens(batch_size, seq_len, model.config.vocab_size, total),
+                          logger=Logger([]), algorithms=[build_algorithm(*split_spec(spec)) for spec in args.algorithms],
+                          callbacks=[recorder])
         with profiler:
             trainer.fit()
     finally:

@@ -473,10 +473,10 @@ def run_bundle(args, runtime, compiled: bool) -> tuple[dict[str, Any], dict[str,
     try:
         with patch:
             data = RandomTokens(args.batch_size, args.seq_len, model.config.vocab_size, steps.total)
-            trainer = Trainer(model=model, train_data=data,
-                              max_duration=f"{steps.total}ba", logger=Logger([]), run_dir=run_dir,
-                              algorithms=[build_algorithm(*split_spec(spec))], callbacks=[hook],
-                              precision=precision, device=str(device))
+            settings = {"max_duration": f"{steps.total}ba", "run_dir": str(run_dir), "warmup": "0ba",
+                        "precision": precision, "device": str(device), "seed": 0}
+            trainer = Trainer(settings, model=model, train_data=data, logger=Logger([]),
+                              algorithms=[build_algorithm(*split_spec(spec))], callbacks=[hook])
             trainer.fit()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -613,12 +613,14 @@ def run_shapes(args, runtime) -> dict[str, Any]:
         run_dir = Path(tempfile.mkdtemp(prefix="composerlite-anatomy-"))
         started = time.perf_counter()
         try:
-            trainer = Trainer(model=model, train_data=data, eval_data=RandomTokens(args.shape_batch_size, args.shape_seq_len,
-                                                                                  model.config.vocab_size, 2, seed=1),
-                              max_duration=f"{args.shape_steps}ba", logger=Logger([]), run_dir=run_dir, eval_batches=2,
-                              algorithms=[build_algorithm(*split_spec("fused_kernels:compile=true")),
+            settings = {"max_duration": f"{args.shape_steps}ba", "run_dir": str(run_dir), "warmup": "0ba",
+                        "eval_interval": None, "eval_batches": 2, "precision": runtime.precision,
+                        "device": str(runtime.device), "seed": 0}
+            trainer = Trainer(settings, model=model, train_data=data, eval_data=RandomTokens(args.shape_batch_size, args.shape_seq_len,
+                                                                                            model.config.vocab_size, 2, seed=1),
+                              logger=Logger([]), algorithms=[build_algorithm(*split_spec("fused_kernels:compile=true")),
                                           build_algorithm(*split_spec(template.format(a=step)))],
-                              callbacks=[log], precision=runtime.precision, device=str(runtime.device))
+                              callbacks=[log])
             trainer.fit()
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
 import random
 import signal
 import sys
 import time
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -21,18 +20,18 @@ from composerlite.callback import Callback
 from composerlite import distributed
 from composerlite.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from composerlite.composition import compose
-from composerlite.config import DEFAULT_LR
+from composerlite.config import DEFAULT_LR, DEFAULT_WARMUP, RunConfig, validated
 from composerlite.engine import Engine
-from composerlite.errors import RunHalted
+from composerlite.errors import ConfigError, RunHalted
 from composerlite.event import Event
 from composerlite.loggers import Logger
 from composerlite.run_directory import checkpoint_folder, prune_checkpoints
-from composerlite.runtime import PRECISIONS, default_threads, pinned_runtime, resolve_device
+from composerlite.runtime import PRECISIONS, default_threads, pinned_runtime, resolve_runtime
 from composerlite.schedule import Scheduler, WarmupDecaySchedule
 from composerlite.signals import StopRequest, stop_on_signals
 from composerlite.state import State
 from composerlite.storage import Location, location
-from composerlite.time import Time, TimeUnit, parse_budget
+from composerlite.time import Time, TimeUnit
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -40,26 +39,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@dataclasses.dataclass
-class OptimizerConfig:
-    lr: float = DEFAULT_LR
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
+# AdamW's betas and epsilon: GPT-2-family training's usual choice (nanoGPT, Composer's recipes).
+ADAMW_BETAS = (0.9, 0.95)
+ADAMW_EPS = 1e-8
 
 
-def adamw(model: torch.nn.Module, config: OptimizerConfig) -> torch.optim.AdamW:
+def adamw(model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW with decoupled weight decay on matrices only (biases, norms and gains stay undecayed).
     PyTorch's default (foreach) implementation: the fused kernel is the `fused_adamw` algorithm's
     to switch on, so the baseline stays the plain one users start from."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=ADAMW_BETAS, eps=ADAMW_EPS)
     for group in optimizer.param_groups:
-        group["initial_lr"] = config.lr
+        group["initial_lr"] = lr
     return optimizer
 
 
@@ -148,87 +144,74 @@ def position_limit(model: torch.nn.Module) -> int | None:
 
 
 class Trainer:
-    """Trains `model` on `train_data` until `max_duration`, firing events for algorithms and callbacks.
+    """Trains `model` on `train_data` as `settings` say, firing events for algorithms and callbacks.
+
+    `settings` is the run's configuration: a `RunConfig`, or a mapping of its settings (flat keys,
+    sections or both; `composerlite.config`). The Trainer reads the loop's sections: `training` (the
+    budget, microbatch size, precision, device, seed, threads, the NaN policy), `optimizer`,
+    `schedule`, `evaluation`, `checkpointing` (the run directory, required; the checkpoint interval
+    and retention) and `parallelism`. A setting left at its default gets the declaration's default,
+    as in `train()`, but for what needs a model card (`lr` is `DEFAULT_LR` here). What the caller
+    builds is theirs: the model, the data (its batch size and sequence length are the run's) and
+    the checkpoint to continue from (`load_path`; `train()` finds it from `resume`/`autoresume`).
 
     `train_data` and `eval_data` are `composerlite.data.BatchStream`s (anything with `len()`,
-    `epoch(epoch, start_batch)` and `batch_size`). The model is converted by algorithms at INIT,
-    then moved to the device, then the optimizer is built over the converted parameters.
+    `epoch(epoch, start_batch)`, `batch_size` and `seq_len`). The model is converted by algorithms
+    at INIT, then moved to the device, wrapped in DDP or FSDP2 under torchrun, then the optimizer
+    is built over the converted parameters. `microbatch_size="auto"` starts at the whole batch and
+    halves it on CUDA out-of-memory. With `target_loss`, training stops at the first evaluation at
+    or below it, and evaluations grow dense as the loss nears it (see `_near_target`), so the step
+    that reaches it is known to within 1%. `threads` holds while the trainer works (default:
+    `default_threads()`, whatever the caller set), so the same run gives the same numbers from any
+    process.
     """
 
-    def __init__(
-        self,
-        *,
-        model: torch.nn.Module,
-        train_data,
-        max_duration: Time | str,
-        logger: Logger,
-        run_dir: Location | str | Path,
-        eval_data=None,
-        algorithms: Iterable[Algorithm] = (),
-        callbacks: Iterable[Callback] = (),
-        optimizer: OptimizerConfig = OptimizerConfig(),
-        schedule: WarmupDecaySchedule | None = None,
-        microbatch_size: int | str | None = None,
-        precision: str = "fp32",
-        device: str = "cpu",
-        seed: int = 0,
-        save_interval: Time | str | None = None,
-        eval_interval: Time | str | None = None,
-        eval_batches: int | None = None,
-        load_path: Location | str | None = None,
-        keep_checkpoints: int | None = None,
-        on_nan: str = "stop",
-        parallel: str = "ddp",
-        target_loss: float | None = None,
-        threads: int | None = None,
-    ):
-        """`run_dir` may be a local path or an fsspec URL. `microbatch_size="auto"` starts at the whole
-        batch and halves it on CUDA out-of-memory. `on_nan` is "stop" (halt, keep the last good
-        checkpoint) or "skip" (drop that step). `keep_checkpoints` keeps only the newest K.
-        Under torchrun the converted model is wrapped in DDP or FSDP2 (`parallel`). With `target_loss`,
-        training stops at the first evaluation at or below it, and evaluations grow dense as the loss
-        nears it (see `_near_target`), so the step that reaches it is known to within 1%.
-        `threads` is the intra-op CPU thread count while the trainer works (default: `default_threads()`,
-        whatever the caller set), so the same run gives the same numbers from any process."""
-        self.threads = threads or default_threads()
+    def __init__(self, settings: RunConfig | Mapping[str, Any], *, model: torch.nn.Module, train_data,
+                 logger: Logger, eval_data=None, algorithms: Iterable[Algorithm] = (),
+                 callbacks: Iterable[Callback] = (), load_path: Location | str | None = None):
+        settings = validated(settings)
+        training, evaluation, checkpointing = settings.training, settings.evaluation, settings.checkpointing
+        for key, value in (("max_duration", training.max_duration), ("run_dir", checkpointing.run_dir)):
+            if value is None:
+                raise ConfigError(f"a Trainer needs `{key}`")
+        runtime = resolve_runtime(training.device, training.precision)
+        self.threads = training.threads or default_threads()
         self.train_data = train_data
         self.eval_data = eval_data
         self.logger = logger
-        try:
-            budget = parse_budget(max_duration)
-        except ValueError as error:  # worded as the settings' check words it, so train() and a Trainer read alike
-            raise ValueError(f"invalid max_duration: {error}") from None
-        self.save_interval = Time.parse(save_interval) if save_interval else None
-        self.eval_interval = Time.parse(eval_interval) if eval_interval else None
-        self.eval_batches = eval_batches
+        self.save_interval = Time.parse(checkpointing.save_interval) if checkpointing.save_interval else None
+        self.eval_interval = Time.parse(evaluation.eval_interval) if evaluation.eval_interval else None
+        self.eval_batches = evaluation.eval_batches
         self.load_path = load_path
-        self.keep_checkpoints = keep_checkpoints
-        self.on_nan = on_nan
-        self.target_loss = target_loss
+        self.keep_checkpoints = checkpointing.keep_checkpoints
+        self.on_nan = training.on_nan
+        self.target_loss = evaluation.target_loss
         self._recent_evals: list[tuple[int, float]] = []  # (step, eval loss) of the last two evaluations
         self._regular_eval_gap = 0  # most steps seen between two evaluations: the regular schedule's spacing
-        self.auto_microbatch = microbatch_size == "auto"
+        self.auto_microbatch = training.microbatch_size == "auto"
         self.last_checkpoint: Location | None = None
         self._stop = StopRequest()  # SIGTERM/SIGINT: save after the current batch, then RunHalted
         self._last_saved_batch = -1
         self._next_save = self.save_interval
         self._next_eval = self.eval_interval
-        device = resolve_device(device)
-        with pinned_runtime(self.threads, device):
+        schedule = settings.schedule
+        with pinned_runtime(self.threads, runtime.device):
             self.state, self.engine = init_state(
-                model, train_data, algorithms=algorithms, max_duration=budget, device=device, precision=precision,
-                seed=seed, run_dir=run_dir if isinstance(run_dir, Location) else location(run_dir), logger=logger,
-                schedule=schedule or WarmupDecaySchedule(warmup=Time(0, TimeUnit.BATCH)),
-                microbatch_size=None if self.auto_microbatch else microbatch_size, callbacks=callbacks,
-                optimizer_factory=functools.partial(adamw, config=optimizer),
+                model, train_data, algorithms=algorithms, max_duration=Time.parse(training.max_duration),
+                device=runtime.device, precision=runtime.precision, seed=training.seed,
+                run_dir=location(checkpointing.run_dir), logger=logger,
+                schedule=WarmupDecaySchedule(warmup=Time.parse(schedule.warmup or DEFAULT_WARMUP), decay=schedule.decay),
+                microbatch_size=None if self.auto_microbatch else training.microbatch_size, callbacks=callbacks,
+                optimizer_factory=functools.partial(adamw, lr=settings.optimizer.lr or DEFAULT_LR,
+                                                    weight_decay=settings.optimizer.weight_decay),
             )
             # Wrapped after INIT, so algorithms converted a plain module; before the optimizer, which
             # must see FSDP's sharded parameters.
-            self.state.model = distributed.wrap(self.state.model, parallel, self.state.device)
+            self.state.model = distributed.wrap(self.state.model, settings.parallelism.strategy, self.state.device)
             # Fixed once the model is wrapped: asked here, not three times a step (~3 us each).
             self.world_size = distributed.world_size()
             self.state.optimizer = self.state.optimizer_factory(self.state.model)
-        self.scaler = torch.amp.GradScaler(self.state.device.type, enabled=precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.state.device.type, enabled=runtime.precision == "fp16")
 
     # -- the loop ------------------------------------------------------------------------------
 

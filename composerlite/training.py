@@ -34,11 +34,10 @@ from composerlite.errors import ConfigError
 from composerlite.loggers import Logger, LoggerDestination, RecordList, RunInfo
 from composerlite.registry import build_algorithm, build_logger
 from composerlite.run_directory import checkpoint_to_resume, config_record, prepare_run_dir
-from composerlite.schedule import WarmupDecaySchedule
 from composerlite.speed_monitor import SpeedMonitor, speed_line
 from composerlite.storage import Location, location
 from composerlite.time import Time, TimeUnit
-from composerlite.trainer import OptimizerConfig, Trainer, position_limit, seed_everything
+from composerlite.trainer import Trainer, position_limit, seed_everything
 
 if TYPE_CHECKING:
     from composerlite.algorithm import Algorithm
@@ -139,81 +138,101 @@ def train(config: RunConfig | Mapping[str, Any], *, callbacks: Sequence[Callback
     model, `RunHalted` when training stops on purpose (a signal, a non-finite loss, a failed save:
     the message says what was kept and how to continue)."""
     config, notes = resolve(validated(config))
-    training = config.training
-    rank_device = distributed.init(torch.device(training.device).type)
-    if rank_device is not None:
-        config = config.updated({"device": str(rank_device)})
-    if training.microbatch_size == "auto" and distributed.world_size() > 1:
-        raise ConfigError("`microbatch_size=auto` works in a single process only; give a number under torchrun")
-    # The default name has a timestamp: rank 0's is every rank's.
-    config = config.updated({"run_dir": distributed.broadcast_object(config.checkpointing.run_dir)})
-    device = torch.device(config.training.device)
+    config = joined(config)
     console = console or Console(stderr=True, quiet=not distributed.is_rank_zero())
-    check_budget(config)
     # Every check that can refuse the run comes before its first write, so a refused run leaves the
     # run directory exactly as it was; those that need no data come before the data is read too
     # (tokenizing a new corpus takes minutes). The converted model's checks follow the data: the
     # Trainer converts it.
-    algorithms = [build_algorithm(target, options) for target, options in algorithm_specs(config)]
-    # Checked now, on the run's device and precision, so an impossible combination is refused before
-    # anything is written; the Trainer expands and orders the list itself (expanding twice would
-    # list a bundle's members twice).
-    compose(algorithms, device, training.precision)
+    check_budget(config)
+    algorithms = checked_algorithms(config)
     # The caller's destinations are checked and opened as the configured ones are (a failing one is
     # named in one line); every rank checks them, rank 0 opens them and writes.
     run_loggers = [*build_loggers(config), *loggers]
-    per_rank_batch = distributed.per_rank_batch_size(training.batch_size)
     run_dir = location(config.checkpointing.run_dir)
     Logger(run_loggers).check_run_dir(run_dir)
-    def resume_url() -> str | None:  # a URL, not a Location: it travels to the other ranks
-        checkpoint = checkpoint_to_resume(config, run_dir)
-        return checkpoint.url if checkpoint else None
-
-    url = on_rank_zero(resume_url)
-    resume_from = location(url) if url else None
-    corpus, train_data, eval_data = data_streams(config, per_rank_batch, console)
+    # As a URL, not a Location: it travels to the other ranks.
+    resume_url = on_rank_zero(lambda: getattr(checkpoint_to_resume(config, run_dir), "url", None))
+    resume_from = location(resume_url) if resume_url else None
+    corpus, train_data, eval_data = data_streams(config, console)
     records = RecordList()
     logger = Logger([records])  # and, on rank 0, `run_loggers` once opened
     # Every run measures its speed (throughput/* and memory/peak_gib in metrics.jsonl).
     speed = SpeedMonitor(window=20, warmup_steps=1, console=False)
     trainer = build_trainer(config, train_data, eval_data, algorithms, [speed, *callbacks], logger, resume_from)
-
     resolved = config_record(config, distributed.world_size())
     earlier: list[dict[str, Any]] = []
     if distributed.is_rank_zero():  # the run's first writes
-        start_step = read_step(resume_from) if resume_from else 0
-        earlier, leftovers = prepare_run_dir(run_dir, config, resolved, start_step)
-        if leftovers:
-            console.print(f"removed what interrupted writes left: {', '.join(leftovers)}")
-        opened = Logger(run_loggers)
-        try:
-            opened.open(RunInfo(run_dir=run_dir, config=resolved, console=console, start_step=start_step))
-        except BaseException:
-            with contextlib.suppress(Exception):  # the failure to open is the one to report
-                opened.close()
-            raise
+        earlier = open_run(run_dir, config, resolved, resume_from, run_loggers, console)
         logger.destinations.extend(run_loggers)
-    for note in notes:
-        console.print(f"[yellow]{note}[/yellow]")
-    if resume_from is not None:
-        console.print(f"resuming from {resume_from}")
-    console.print(
-        f"[bold]{config.model.name}[/bold] on {corpus.name} ({corpus.train.n_tokens:,} train tokens), "
-        f"{device} {training.precision}, algorithms: {', '.join(a.name or type(a).__name__ for a in algorithms) or 'none'}"
-        + (f", {distributed.world_size()} processes ({config.parallelism.strategy})" if distributed.world_size() > 1 else "")
-    )
+    announce(config, notes, resume_from, corpus, algorithms, console)
     summary = fit(trainer, logger, speed)
     checkpoint = trainer.last_checkpoint.url if trainer.last_checkpoint else None
     return RunResult(run_dir=run_dir.url, summary=summary, records=[*earlier, *records.records], config=resolved,
                      checkpoint=checkpoint)
 
 
-def data_streams(config: RunConfig, per_rank_batch: int, console: Console) -> tuple[Corpus, BatchStream, BatchStream]:
+def joined(config: RunConfig) -> RunConfig:
+    """`config` for this process of a torchrun launch (or a lone process): its rank's device, and
+    rank 0's run directory (the default name has a timestamp)."""
+    rank_device = distributed.init(torch.device(config.training.device).type)
+    if rank_device is not None:
+        config = config.updated({"device": str(rank_device)})
+    if config.training.microbatch_size == "auto" and distributed.world_size() > 1:
+        raise ConfigError("`microbatch_size=auto` works in a single process only; give a number under torchrun")
+    return config.updated({"run_dir": distributed.broadcast_object(config.checkpointing.run_dir)})
+
+
+def checked_algorithms(config: RunConfig) -> list[Algorithm]:
+    """The run's algorithms, built, and checked on the run's device and precision, so an impossible
+    combination is refused before anything is written; the Trainer expands and orders the list
+    itself (expanding twice would list a bundle's members twice)."""
+    algorithms = [build_algorithm(target, options) for target, options in algorithm_specs(config)]
+    compose(algorithms, torch.device(config.training.device), config.training.precision)
+    return algorithms
+
+
+def open_run(run_dir: Location, config: RunConfig, resolved: dict[str, Any], resume_from: Location | None,
+             run_loggers: list[LoggerDestination], console: Console) -> list[dict[str, Any]]:
+    """Rank 0's first writes: the run directory prepared (`prepare_run_dir`), then the loggers
+    opened; the records kept from before a resume."""
+    start_step = read_step(resume_from) if resume_from else 0
+    earlier, leftovers = prepare_run_dir(run_dir, config, resolved, start_step)
+    if leftovers:
+        console.print(f"removed what interrupted writes left: {', '.join(leftovers)}")
+    opened = Logger(run_loggers)
+    try:
+        opened.open(RunInfo(run_dir=run_dir, config=resolved, console=console, start_step=start_step))
+    except BaseException:
+        with contextlib.suppress(Exception):  # the failure to open is the one to report
+            opened.close()
+        raise
+    return earlier
+
+
+def announce(config: RunConfig, notes: list[str], resume_from: Location | None, corpus: Corpus,
+             algorithms: list[Algorithm], console: Console) -> None:
+    """The notes on defaults a user may not expect, and the run in one line."""
+    for note in notes:
+        console.print(f"[yellow]{note}[/yellow]")
+    if resume_from is not None:
+        console.print(f"resuming from {resume_from}")
+    world_size = distributed.world_size()
+    console.print(
+        f"[bold]{config.model.name}[/bold] on {corpus.name} ({corpus.train.n_tokens:,} train tokens), "
+        f"{config.training.device} {config.training.precision}, "
+        f"algorithms: {', '.join(a.name or type(a).__name__ for a in algorithms) or 'none'}"
+        + (f", {world_size} processes ({config.parallelism.strategy})" if world_size > 1 else "")
+    )
+
+
+def data_streams(config: RunConfig, console: Console) -> tuple[Corpus, BatchStream, BatchStream]:
     """(corpus, train stream, held-out stream) of this rank. Rank 0 tokenizes and caches the corpus
     first; the others then read the cache. Each rank reads only the blocks it trains on, a batch or
     two ahead on a thread, into pinned memory on a GPU (the Trainer's copies are non-blocking)."""
     from composerlite.data import BatchStream, prepare_corpus
 
+    per_rank_batch = distributed.per_rank_batch_size(config.training.batch_size)  # refuses an uneven split first
     if not distributed.is_rank_zero():
         distributed.barrier()
     corpus = prepare_corpus(config.data.source, console=console)
@@ -234,34 +253,11 @@ def build_trainer(config: RunConfig, train_data: BatchStream, eval_data: BatchSt
     and the checkpoint to resume from made for it."""
     from composerlite.models import build_model
 
-    training, evaluation, checkpointing, seq_len = config.training, config.evaluation, config.checkpointing, config.data.seq_len
-    seed_everything(training.seed)
+    seed_everything(config.training.seed)
     model = build_model(config.model.name, dropout=config.model.dropout)
-    trainer = Trainer(
-        model=model,
-        train_data=train_data,
-        eval_data=eval_data,
-        max_duration=training.max_duration,
-        logger=logger,
-        run_dir=checkpointing.run_dir,
-        algorithms=algorithms,
-        callbacks=callbacks,
-        optimizer=OptimizerConfig(lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay),
-        schedule=WarmupDecaySchedule(warmup=Time.parse(config.schedule.warmup), decay=config.schedule.decay),
-        microbatch_size=training.microbatch_size,
-        precision=training.precision,
-        device=str(torch.device(training.device)),
-        seed=training.seed,
-        save_interval=checkpointing.save_interval,
-        eval_interval=evaluation.eval_interval,
-        eval_batches=evaluation.eval_batches,
-        target_loss=evaluation.target_loss,
-        load_path=resume_from,
-        keep_checkpoints=checkpointing.keep_checkpoints,
-        on_nan=training.on_nan,
-        parallel=config.parallelism.strategy,
-        threads=training.threads,
-    )
+    trainer = Trainer(config, model=model, train_data=train_data, eval_data=eval_data, logger=logger,
+                      algorithms=algorithms, callbacks=callbacks, load_path=resume_from)
+    seq_len = config.data.seq_len
     limit = position_limit(trainer.state.model)
     if limit is not None and seq_len > limit:
         raise ConfigError(f"`seq_len={seq_len}` is longer than {config.model.name}'s {limit} learned positions "

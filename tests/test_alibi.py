@@ -26,9 +26,7 @@ from composerlite.errors import ConfigError
 from composerlite.loggers import Logger
 from composerlite.models import ModelSpec, build_model, count_parameters
 from composerlite.registry import build_algorithm
-from composerlite.schedule import WarmupDecaySchedule
-from composerlite.time import Time
-from composerlite.trainer import OptimizerConfig, Trainer, seed_everything
+from composerlite.trainer import Trainer, seed_everything
 
 # An ALiBi model trained at length L must evaluate at 2L within this many nats/token of its loss at
 # L. Measured on the grammar below (see the report in docs/attention.md): the 2x loss came out
@@ -218,15 +216,12 @@ def grammar_tokens(n_sentences: int, seed: int) -> np.ndarray:
 def trained(tmp_path: Path, algorithms, n_positions: int, steps: int = 60) -> Trainer:
     seed_everything(0)
     trainer = Trainer(
+        {"max_duration": f"{steps}ba", "run_dir": str(tmp_path / "run"), "lr": 3e-3, "warmup": "6ba", "device": "cpu",
+         "precision": "fp32", "seed": 0},
         model=build_model("gpt2-tiny", vocab_size=GRAMMAR_VOCAB, n_positions=n_positions, dropout=0.0),
         train_data=BatchStream(grammar_tokens(3000, seed=0), seq_len=32, batch_size=16, seed=0),
-        max_duration=f"{steps}ba",
         logger=Logger([]),
-        run_dir=tmp_path / "run",
         algorithms=algorithms,
-        optimizer=OptimizerConfig(lr=3e-3),
-        schedule=WarmupDecaySchedule(warmup=Time.parse("6ba")),
-        device="cpu",
     )
     trainer.fit()
     return trainer

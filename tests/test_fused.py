@@ -43,8 +43,10 @@ def train(tmp_path, algorithms, steps=STEPS):
     seed_everything(0)
     model = build_model("gpt2-tiny", dropout=0.0)
     logger = Recorder()
-    trainer = Trainer(model=model, train_data=RandomTokens(2, 32, 50257, steps, seed=1), max_duration=f"{steps}ba",
-                      logger=logger, run_dir=tmp_path / "run", algorithms=[build_from_spec(a) for a in algorithms])
+    settings = {"max_duration": f"{steps}ba", "run_dir": str(tmp_path / "run"), "warmup": "0ba", "device": "cpu",
+                "precision": "fp32", "seed": 0}
+    trainer = Trainer(settings, model=model, train_data=RandomTokens(2, 32, 50257, steps, seed=1), logger=logger,
+                      algorithms=[build_from_spec(a) for a in algorithms])
     trainer.fit()
     return trainer, [r["loss"] for r in logger.records if r["event"] == "train"], logger.records
 

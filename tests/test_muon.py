@@ -19,7 +19,7 @@ from composerlite.algorithms.muon import (Muon, MuonOptions, build_muon, momentu
 from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm
-from composerlite.trainer import OptimizerConfig, adamw, seed_everything
+from composerlite.trainer import adamw, seed_everything
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -95,7 +95,7 @@ def model():
 
 
 def make_optimizer(model, **options):
-    return build_muon(functools.partial(adamw, config=OptimizerConfig(lr=1e-3, weight_decay=0.1)),
+    return build_muon(functools.partial(adamw, lr=1e-3, weight_decay=0.1),
                       MuonOptions(**options), model)
 
 
@@ -135,7 +135,7 @@ def test_two_steps_match_the_reference_update_and_adamw_groups_match_torch_adamw
     twin = build_model("gpt2-tiny", vocab_size=512, dropout=0.0)
     twin.load_state_dict(model.state_dict())
     optimizer = make_optimizer(model, weight_decay=0.1, ns_dtype="float32")  # float32: a tight comparison
-    baseline = adamw(twin, OptimizerConfig(lr=1e-3, weight_decay=0.1))
+    baseline = adamw(twin, lr=1e-3, weight_decay=0.1)
     c_fc = model.transformer.h[1].mlp.c_fc.weight
     expected, buffer = c_fc.detach().double().clone(), torch.zeros_like(c_fc, dtype=torch.float64)
     for step in range(2):

@@ -160,8 +160,8 @@ def test_the_compiled_bundle_is_one_graph_with_unmasked_causal_attention(tmp_pat
     graphs.clear()
     torch._dynamo.reset()
     model = build_model("gpt2-tiny", dropout=0.0)
-    trainer = Trainer(model=model, train_data=RandomTokens(2, 32, 50257, 2), max_duration="2ba", logger=Logger([]),
-                      run_dir=tmp_path / "run", algorithms=[build_from_spec("fused_kernels:compile=true,compile_backend=anatomy_capture")])
+    trainer = Trainer({"max_duration": "2ba", "run_dir": str(tmp_path / "run"), "device": "cpu", "precision": "fp32"},
+                      model=model, train_data=RandomTokens(2, 32, 50257, 2), logger=Logger([]), algorithms=[build_from_spec("fused_kernels:compile=true,compile_backend=anatomy_capture")])
     trainer.fit()
     torch._dynamo.reset()
     assert len(graphs) == 1  # forward and loss traced together, compiled once for both steps

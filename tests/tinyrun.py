@@ -14,9 +14,7 @@ import torch
 from composerlite.data import BatchStream
 from composerlite.loggers import JSONLinesLogger, Logger
 from composerlite.models import build_model
-from composerlite.schedule import WarmupDecaySchedule
-from composerlite.time import Time
-from composerlite.trainer import OptimizerConfig, Trainer, seed_everything
+from composerlite.trainer import Trainer, seed_everything
 
 VOCAB = 50257
 
@@ -31,30 +29,25 @@ def tokens(n: int = 4096, seed: int = 0, vocab_size: int = VOCAB) -> np.ndarray:
 
 
 def tiny_trainer(run_dir: Path, algorithms=(), *, max_duration="2ba", seq_len=16, batch_size=2, seed=0,
-                 warmup="1ba", eval_interval=None, save_interval=None, load_path=None, dropout=0.0,
-                 vocab_size=VOCAB, evaluate=True, **kwargs) -> Trainer:
+                 warmup="1ba", eval_interval=None, save_interval=None, load_path=None, callbacks=(), dropout=0.0,
+                 vocab_size=VOCAB, evaluate=True, **settings) -> Trainer:
     """gpt2-tiny on random tokens. A small `vocab_size` makes a step several times cheaper (the
-    50257-row embedding dominates gpt2-tiny), for tests that run many short trainings."""
+    50257-row embedding dominates gpt2-tiny), for tests that run many short trainings. `settings`
+    are the Trainer's, by flat key."""
     seed_everything(seed)
     model = build_model("gpt2-tiny", dropout=dropout, vocab_size=vocab_size)
     return Trainer(
+        {"max_duration": max_duration, "run_dir": str(run_dir), "lr": 1e-3, "weight_decay": 0.1, "warmup": warmup,
+         "eval_interval": eval_interval, "eval_batches": 2, "save_interval": save_interval, "seed": seed, "device": "cpu",
+         "precision": "fp32", **settings},
         model=model,
         train_data=BatchStream(tokens(vocab_size=vocab_size), seq_len=seq_len, batch_size=batch_size, seed=seed),
         eval_data=BatchStream(tokens(1024, 1, vocab_size), seq_len=seq_len, batch_size=batch_size, shuffle=False)
         if evaluate else None,
-        max_duration=max_duration,
         logger=Logger([JSONLinesLogger(Path(run_dir) / "metrics.jsonl")]),
-        run_dir=run_dir,
         algorithms=algorithms,
-        optimizer=OptimizerConfig(lr=1e-3, weight_decay=0.1),
-        schedule=WarmupDecaySchedule(warmup=Time.parse(warmup)),
-        eval_interval=eval_interval,
-        eval_batches=2,
-        save_interval=save_interval,
+        callbacks=callbacks,
         load_path=load_path,
-        seed=seed,
-        device="cpu",
-        **kwargs,
     )
 
 
