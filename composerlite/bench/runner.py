@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from composerlite.callback import Callback
 from composerlite.bench.lockstep import Stop, run_to_end, take_turns
@@ -328,13 +328,7 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
     if reference not in {method.label for method in methods}:
         console.print(f"[yellow]no '{reference}' method: the report will have no speedups[/yellow]")
     device = resolve_device(base.training.device)
-    # Step interleaving forks its workers from a fork server, which Windows lacks.
-    can_step = "forkserver" in multiprocessing.get_all_start_methods()
-    interleave = interleave or ("steps" if device.type != "cuda" and can_step else "runs")
-    if interleave not in INTERLEAVE:
-        raise ConfigError(f"interleave must be one of {', '.join(INTERLEAVE)}, not '{interleave}'")
-    if interleave == "steps" and not can_step:
-        raise ConfigError("--interleave steps needs the 'forkserver' start method, which this platform lacks; use runs")
+    interleave = interleaving(interleave, device)
     out.mkdir(parents=True, exist_ok=True)
     tune_seed = tuning_seed(seeds)
     results = open_results(out, base, reference, kind, {"tune": {key.key: list(key.values) for key in tuning},
@@ -356,10 +350,7 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
     skipped = len(labels) * len(seeds) + sum(map(len, grids.values())) - total
     if skipped:
         console.print(f"{skipped} run(s) already finished in {out}; running the other {total}")
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), console=console)
-    overall = progress.add_task(f"benchmark: {total} runs", total=max(total, 1), status="")
+    progress, overall = bench_progress(console, total)
     tracking = BenchProgress(out, results, progress, overall)
     announce = lambda name: progress.console.print(
         f"composerlite bench: got {name}; stopping every run after its current step, checkpoints saved (send "
@@ -369,20 +360,8 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
         stopped = lambda: stop.signum is not None or tracking.halted
 
         def run_batch(batch: list[tuple[Method, int]]) -> None:
-            """Train a batch of runs: side by side a step each in turn, or one after another."""
             jobs = [make_job(out, base, method, seed, device, run) for method, seed in batch]
-            for job in jobs:
-                tracking.add(job)
-            if interleave == "steps":
-                try:
-                    take_turns(jobs, execute_run, tracking.on_message, stopped)
-                except Stop:
-                    pass
-            else:
-                for job in jobs:
-                    if stopped():
-                        break
-                    run_to_end(execute_run, job, [], lambda *message, job=job: tracking.on_message(job, message))
+            train_batch(jobs, interleave, tracking, stopped)
 
         for batch in filter(None, tuning_todo):
             run_batch(batch)
@@ -408,13 +387,55 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
                         f"checkpoint; rerun the same command to finish ({len(tracking.finished)} of {total} "
                         f"runs finished in {out})", exit_code=128 + signum)
     print_verdicts(groups, console)
-    failures = tracking.failures + [f"{label} (every tuning run failed, so it has no verdict runs; failed tuning runs "
-                                    "are results, not retried)" for label in every_point_failed]
+    raise_for_failures(out, tracking.failures, every_point_failed, total)
+    return results
+
+
+def train_batch(jobs: list[RunJob], interleave: str, tracking: BenchProgress, stopped: Callable[[], bool]) -> None:
+    """Train a batch of runs: side by side a step each in turn, or one after another."""
+    for job in jobs:
+        tracking.add(job)
+    if interleave == "steps":
+        try:
+            take_turns(jobs, execute_run, tracking.on_message, stopped)
+        except Stop:
+            pass
+    else:
+        for job in jobs:
+            if stopped():
+                break
+            run_to_end(execute_run, job, [], lambda *message, job=job: tracking.on_message(job, message))
+
+
+def bench_progress(console: Console, total: int) -> tuple[Progress, TaskID]:
+    """The benchmark's progress bar, and its task for the `total` runs to go."""
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                        TimeRemainingColumn(), console=console)
+    return progress, progress.add_task(f"benchmark: {total} runs", total=max(total, 1), status="")
+
+
+def interleaving(interleave: str | None, device: torch.device) -> str:
+    """How a seed's runs share the machine: "steps" (side by side, a step each in turn) or "runs"
+    (one after another); by default steps on a CPU, runs on a GPU."""
+    # Step interleaving forks its workers from a fork server, which Windows lacks.
+    can_step = "forkserver" in multiprocessing.get_all_start_methods()
+    interleave = interleave or ("steps" if device.type != "cuda" and can_step else "runs")
+    if interleave not in INTERLEAVE:
+        raise ConfigError(f"interleave must be one of {', '.join(INTERLEAVE)}, not '{interleave}'")
+    if interleave == "steps" and not can_step:
+        raise ConfigError("--interleave steps needs the 'forkserver' start method, which this platform lacks; use runs")
+    return interleave
+
+
+def raise_for_failures(out: Path, failures: list[str], every_point_failed: list[str], total: int) -> None:
+    """The bench's one-line failure (exit 1) when runs failed, or a tuned method has no best point."""
+    failures = failures + [f"{label} (every tuning run failed, so it has no verdict runs; failed tuning runs are "
+                           "results, not retried)" for label in every_point_failed]
     if failures:
         raise RunHalted(f"{len(failures)} of {total} runs failed: {'; '.join(failures)}. The "
                         f"finished runs are kept in {out} (each failure's traceback is in its log under "
                         f"{out / 'logs'}); rerun the same command to retry the failed runs only", exit_code=1)
-    return results
 
 
 def tuning_batches(grids: list[list[Method]]) -> list[list[Method]]:
