@@ -39,16 +39,16 @@ import transformers
 from rich.console import Console
 from scipy import stats
 
-from composerlite.config import RunConfig
-from composerlite.loggers import Logger, RecordList, RunInfo
+from composerlite.run.settings import RunConfig
+from composerlite.observe.loggers import Logger, RecordList, RunInfo
 from composerlite.models import ModelSpec, build_model
-from composerlite.runtime import pinned_runtime
-from composerlite.speed_monitor import SpeedMonitor, device_name
-from composerlite.state import shifted_cross_entropy
-from composerlite.storage import location
-from composerlite.throughput import RandomTokens, write_json
-from composerlite.trainer import Trainer, adamw, seed_everything
-from composerlite.training import build_loggers
+from composerlite.system.runtime import pinned_runtime
+from composerlite.observe.speed_monitor import SpeedMonitor, device_name
+from composerlite.core.state import shifted_cross_entropy
+from composerlite.system.storage import location
+from composerlite.run.throughput import RandomTokens, write_json
+from composerlite.run.loop import Trainer, adamw, seed_everything
+from composerlite.run.train import build_loggers
 
 LR = 1e-3
 # name -> (architecture, vocabulary size)

@@ -25,13 +25,13 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from composerlite import Callback
-from composerlite.loggers import Logger
+from composerlite.observe.loggers import Logger
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm, split_spec
-from composerlite.runtime import resolve_runtime
-from composerlite.speed_monitor import device_name
-from composerlite.throughput import RandomTokens, batch_shape, write_json
-from composerlite.trainer import Trainer, seed_everything
+from composerlite.system.runtime import resolve_runtime
+from composerlite.observe.speed_monitor import device_name
+from composerlite.run.throughput import RandomTokens, batch_shape, write_json
+from composerlite.run.loop import Trainer, seed_everything
 
 # Runtime calls that make the host wait for the device (a D2H copy waits for the stream too).
 SYNCHRONIZING = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")

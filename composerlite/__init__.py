@@ -4,24 +4,24 @@ The library: `train(config) -> RunResult` (what `composerlite run` does), `evalu
 `measure_throughput`, `export_hf`; the plugin API: `Algorithm`, `Callback`, `Event`, `State`, ...
 """
 
-from composerlite.algorithm import Algorithm, ModelConverter, Order
-from composerlite.callback import Callback
-from composerlite.event import Event
+from composerlite.core.algorithm import Algorithm, ModelConverter, Order
+from composerlite.core.callback import Callback
+from composerlite.core.event import Event
 from composerlite.lazy import lazy_attributes
-from composerlite.time import Time, TimeUnit, Timestamp
+from composerlite.core.time import Time, TimeUnit, Timestamp
 
 # Imported on first use: a plugin's `from composerlite import Algorithm` should not pay for the
 # whole training stack, nor the command line for torch (`State`) before it has checked its flags.
 _LAZY = {
-    "Logger": "composerlite.loggers",
-    "State": "composerlite.state",
-    "train": "composerlite.training",
-    "RunResult": "composerlite.training",
-    "RunConfig": "composerlite.config",
+    "Logger": "composerlite.observe.loggers",
+    "State": "composerlite.core.state",
+    "train": "composerlite.run.train",
+    "RunResult": "composerlite.run.train",
+    "RunConfig": "composerlite.run.settings",
     "ConfigError": "composerlite.errors",
-    "evaluate_run": "composerlite.evaluation",
-    "measure_throughput": "composerlite.throughput",
-    "export_hf": "composerlite.export",
+    "evaluate_run": "composerlite.run.evaluate",
+    "measure_throughput": "composerlite.run.throughput",
+    "export_hf": "composerlite.run.export",
 }
 __getattr__ = lazy_attributes(__name__, _LAZY)
 

@@ -26,10 +26,10 @@ from typing import Any
 import pydantic
 import yaml
 
-from composerlite.algorithm import Algorithm, NoOptions
-from composerlite.composition import Declaration, check_composition
+from composerlite.core.algorithm import Algorithm, NoOptions
+from composerlite.core.composition import Declaration, check_composition
 from composerlite.errors import ConfigError, PluginError
-from composerlite.loggers import LoggerDestination
+from composerlite.observe.loggers import LoggerDestination
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,8 +12,8 @@ import torch
 from tinyrun import tiny_trainer, weights
 
 from composerlite import Callback, cli
-from composerlite.checkpoint import MODEL_FILE, model_tensors, read_verified
-from composerlite.storage import location
+from composerlite.run.checkpoint import MODEL_FILE, model_tensors, read_verified
+from composerlite.system.storage import location
 
 Algorithms = Callable[[], list]
 

@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from composerlite.checkpoint import MANIFEST_FILE, read_checkpoint
-from composerlite.run_directory import find_checkpoints
-from composerlite.storage import TEMPORARY_RE, location
+from composerlite.run.checkpoint import MANIFEST_FILE, read_checkpoint
+from composerlite.run.run_directory import find_checkpoints
+from composerlite.system.storage import TEMPORARY_RE, location
 
 RUN = ["--model", "gpt2-tiny", "--max-duration", "8ba", "--batch-size", "4", "--seq-len", "32", "--device", "cpu",
        "--precision", "fp32", "--dropout", "0.1", "--eval-interval", "3ba", "--eval-batches", "1", "--save-interval", "2ba"]

@@ -21,8 +21,8 @@ from composerlite.algorithms.low_precision_layernorm import LPLayerNorm, apply_l
 from composerlite.errors import ConfigError
 from composerlite.models import build_model, count_parameters
 from composerlite.registry import build_algorithm, registered_algorithms
-from composerlite.surgery import count_modules
-from composerlite.trainer import seed_everything
+from composerlite.core.surgery import count_modules
+from composerlite.run.loop import seed_everything
 
 
 @pytest.fixture

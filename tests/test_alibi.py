@@ -16,17 +16,17 @@ import torch
 from tinyrun import tiny_trainer
 
 from composerlite import Algorithm, Callback, Event
-from composerlite.attention import (NoPositionEmbedding, add_score_modifier, attention_layers, remove_score_modifier,
+from composerlite.core.attention import (NoPositionEmbedding, add_score_modifier, attention_layers, remove_score_modifier,
                                    score_modifiers)
 from composerlite.algorithms.alibi import Alibi, AlibiBias, alibi_slopes, apply_alibi, reshape_for_training, scaled_shape
 from composerlite.cli import main as cli
-from composerlite.composition import compose
+from composerlite.core.composition import compose
 from composerlite.data import BatchStream
 from composerlite.errors import ConfigError
-from composerlite.loggers import Logger
+from composerlite.observe.loggers import Logger
 from composerlite.models import ModelSpec, build_model, count_parameters
 from composerlite.registry import build_algorithm
-from composerlite.trainer import Trainer, seed_everything
+from composerlite.run.loop import Trainer, seed_everything
 
 # An ALiBi model trained at length L must evaluate at 2L within this many nats/token of its loss at
 # L. Measured on the grammar below (see the report in docs/attention.md): the 2x loss came out

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from composerlite.attention import (
+from composerlite.core.attention import (
     ATTENTION_NAME,
     ScoreModifier,
     add_score_modifier,

@@ -15,8 +15,8 @@ from tinyrun import tiny_trainer
 from composerlite.algorithms.alibi import alibi_slopes, apply_alibi
 from composerlite.algorithms.attention_window_warmup import (UNLIMITED, AttentionWindowWarmup, apply_sliding_window,
                                                              window_at)
-from composerlite.attention import attention_layers
-from composerlite.composition import compose
+from composerlite.core.attention import attention_layers
+from composerlite.core.composition import compose
 from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm

@@ -18,7 +18,7 @@ from composerlite.bench.results import load_results
 from composerlite.bench.runner import parse_algos, parse_recipe, run_bench, train_run
 from composerlite.cli import main as cli
 from composerlite.commands.sweep import sweep_methods
-from composerlite.config import load_config
+from composerlite.run.settings import load_config
 from composerlite.errors import ConfigError, RunHalted
 from composerlite.registry import registered_algorithms, split_spec
 

@@ -12,7 +12,7 @@ import torch
 from tinyrun import CHEAP_ON_CPU, tiny_trainer
 
 from composerlite import Algorithm, Event, Order
-from composerlite.composition import compose
+from composerlite.core.composition import compose
 from composerlite.errors import ConfigError
 from composerlite.registry import build_algorithm, registered_algorithms
 

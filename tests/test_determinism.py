@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from composerlite import cli
-from composerlite.runtime import default_threads
+from composerlite.system.runtime import default_threads
 from soak import records
 
 

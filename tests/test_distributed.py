@@ -21,14 +21,15 @@ import torch
 import torch.multiprocessing as mp
 
 from composerlite import cli
-from composerlite.checkpoint import MANIFEST_FILE, MODEL_FILE, SHARDED_FORMAT_VERSION, read_checkpoint
-from composerlite.run_directory import find_checkpoints
-from composerlite.storage import location
+from composerlite.run.checkpoint import MANIFEST_FILE, MODEL_FILE, SHARDED_FORMAT_VERSION, read_checkpoint
+from composerlite.run.run_directory import find_checkpoints
+from composerlite.system.storage import location
 
 WORLD = 2
 TERM_AT = '''
 import os, signal
-from composerlite import Algorithm, Event, distributed
+from composerlite import Algorithm, Event
+from composerlite.system import distributed
 
 class TermAt(Algorithm):
     """SIGTERMs rank 1 after the first batch (a preemption notice that reached one process)."""
@@ -52,7 +53,7 @@ def _worker(rank: int, port: int, argvs: list[list[str]], results: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from composerlite import distributed
+    from composerlite.system import distributed
 
     with open(Path(results, f"rank{rank}.err"), "w") as errors, contextlib.redirect_stderr(errors):
         codes = [cli.main(argv) for argv in argvs]

@@ -11,7 +11,7 @@ import torch
 from tinyrun import tiny_trainer
 
 from composerlite import cli
-from composerlite.state import shifted_cross_entropy
+from composerlite.core.state import shifted_cross_entropy
 
 LABEL_SMOOTHING = '''
 import torch.nn.functional as F

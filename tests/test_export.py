@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from composerlite import cli
-from composerlite.checkpoint import MODEL_FILE, model_tensors, read_verified
+from composerlite.run.checkpoint import MODEL_FILE, model_tensors, read_verified
 from composerlite.models import build_model
-from composerlite.storage import location
+from composerlite.system.storage import location
 
 NOT_HF = '''
 from composerlite import Algorithm

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from composerlite import cli, storage
-from composerlite.checkpoint import read_verified
-from composerlite.run_directory import find_checkpoints, newest_valid_checkpoint
-from composerlite.storage import location
+from composerlite import cli
+from composerlite.system import storage
+from composerlite.run.checkpoint import read_verified
+from composerlite.run.run_directory import find_checkpoints, newest_valid_checkpoint
+from composerlite.system.storage import location
 
 FAULTS = '''
 import pydantic, torch

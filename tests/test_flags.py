@@ -10,7 +10,7 @@ import pytest
 from composerlite.cli import build_parser
 from composerlite.commands.bench import DECIDED_PER_RUN, base_config
 from composerlite.commands.flags import FIELDS, FLAGS, as_flags, given_settings
-from composerlite.config import FLAT_KEYS, PLUGIN_LISTS, load_config
+from composerlite.run.settings import FLAT_KEYS, PLUGIN_LISTS, load_config
 
 
 def subcommand(name: str) -> argparse.ArgumentParser:

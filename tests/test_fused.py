@@ -15,12 +15,12 @@ from composerlite.algorithms.fused_cross_entropy import FusedLinearCrossEntropyL
 from composerlite.algorithms.fused_gpt2_blocks import apply_fused_gpt2_blocks
 from composerlite.algorithms.fused_kernels import FusedKernelsOptions, plan
 from composerlite.algorithms.pad_vocab import apply_pad_vocab
-from composerlite.throughput import RandomTokens
+from composerlite.run.throughput import RandomTokens
 from composerlite.errors import ConfigError
-from composerlite.loggers import Logger
+from composerlite.observe.loggers import Logger
 from composerlite.models import build_model
 from composerlite.registry import build_from_spec
-from composerlite.trainer import Trainer, seed_everything
+from composerlite.run.loop import Trainer, seed_everything
 
 STEPS = 20
 # fp32 on CPU: the fused paths reorder sums (chunked softmax, addmm bias, packed QKV), so losses
@@ -201,7 +201,7 @@ def test_bundle_trains_and_evaluates_through_the_library(tmp_path, text_file):
     """`composerlite run --algo fused_kernels`, then `eval` of that run: the bundle's members are
     applied once each (a second expansion would list them twice and the run would be refused)."""
     import composerlite
-    from composerlite.evaluation import evaluate_run
+    from composerlite.run.evaluate import evaluate_run
 
     run_dir = tmp_path / "run"
     result = composerlite.train({"model": "gpt2-tiny", "data": str(text_file), "max_duration": "2ba", "batch_size": 2,

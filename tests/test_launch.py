@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 
-from composerlite.checkpoint import read_checkpoint
-from composerlite.run_directory import find_checkpoints
-from composerlite.storage import location
+from composerlite.run.checkpoint import read_checkpoint
+from composerlite.run.run_directory import find_checkpoints
+from composerlite.system.storage import location
 
 
 def test_sigterm_to_the_launcher_saves_and_exits_143(tmp_path, text_file):

@@ -11,7 +11,7 @@ from rich.console import Console
 
 import composerlite
 from composerlite import Callback, ConfigError
-from composerlite.loggers import RecordList
+from composerlite.observe.loggers import RecordList
 
 QUIET = Console(quiet=True)
 
@@ -58,7 +58,7 @@ def test_bad_configurations_raise_config_error_before_writing(tmp_path, text_fil
 
 def test_loggers_passed_in_are_checked_and_opened_as_configured_ones_are(tmp_path, text_file):
     from composerlite.errors import PluginError
-    from composerlite.loggers import LoggerDestination
+    from composerlite.observe.loggers import LoggerDestination
 
     class Opened(RecordList):
         def check_run_dir(self, run_dir):

@@ -18,7 +18,7 @@ from composerlite.algorithms.logit_softcap import LogitSoftcap, apply_logit_soft
 from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm
-from composerlite.trainer import seed_everything
+from composerlite.run.loop import seed_everything
 
 
 def test_softcap_bounds_and_gradient_match_a_manual_reference():

@@ -19,7 +19,7 @@ from composerlite.algorithms.muon import (Muon, MuonOptions, build_muon, momentu
 from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm
-from composerlite.trainer import adamw, seed_everything
+from composerlite.run.loop import adamw, seed_everything
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 

@@ -413,7 +413,7 @@ def _rank_reading(rank: int, port: int, argv: list[str], folder: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import torch
 
-    from composerlite import distributed
+    from composerlite.system import distributed
     from composerlite.data.shards import ShardBlocks
 
     torch.set_num_threads(1)

@@ -13,8 +13,8 @@ from method_checks import assert_exact_resume_after_stop, assert_export_refused,
 from composerlite.algorithms.fused_gpt2_blocks import apply_fused_gpt2_blocks
 from composerlite.algorithms.qk_norm import QKNorm, apply_qk_norm
 from composerlite.algorithms.rotary import apply_rotary
-from composerlite.attention import ScoreModifier, add_score_modifier
-from composerlite.composition import compose
+from composerlite.core.attention import ScoreModifier, add_score_modifier
+from composerlite.core.composition import compose
 from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm

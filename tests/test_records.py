@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from composerlite import cli
-from composerlite.loggers import JSONLinesLogger
-from composerlite.run_directory import find_checkpoints
-from composerlite.storage import location
+from composerlite.observe.loggers import JSONLinesLogger
+from composerlite.run.run_directory import find_checkpoints
+from composerlite.system.storage import location
 
 # Loaded as `--algo FILE.py:Class`: the kill comes from inside the loop, at an exact event and step.
 FAULTS = '''

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from composerlite import cli
-from composerlite.checkpoint import MANIFEST_FILE, MODEL_FILE, STATE_FILE
+from composerlite.run.checkpoint import MANIFEST_FILE, MODEL_FILE, STATE_FILE
 
 PLUGINS = '''
 from composerlite import Algorithm, Event
@@ -209,7 +209,7 @@ def test_store_down_at_launch_is_one_line_exit_1(s3_bucket, text_file, monkeypat
 def test_store_down_mid_save_names_the_intact_checkpoint(s3_bucket, text_file, monkeypatch, capsys):
     from botocore.exceptions import EndpointConnectionError
 
-    from composerlite.storage import location
+    from composerlite.system.storage import location
 
     run_dir = f"{s3_bucket}/run"
     fs = location(run_dir).fs

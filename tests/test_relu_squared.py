@@ -9,7 +9,7 @@ from method_checks import assert_exact_resume_after_stop, assert_same_seed_runs_
 
 from composerlite.algorithms.fused_gpt2_blocks import apply_fused_gpt2_blocks
 from composerlite.algorithms.relu_squared import ReLUSquared, apply_relu_squared
-from composerlite.composition import compose
+from composerlite.core.composition import compose
 from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from composerlite import cli
-from composerlite.checkpoint import read_verified
-from composerlite.run_directory import find_checkpoints
-from composerlite.storage import location
+from composerlite.run.checkpoint import read_verified
+from composerlite.run.run_directory import find_checkpoints
+from composerlite.system.storage import location
 
 # Loaded as `--algo FILE.py:Class`: the kill and the signal come from inside the loop, at an exact step.
 FAULTS = '''

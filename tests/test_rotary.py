@@ -14,8 +14,8 @@ from method_checks import assert_exact_resume_after_stop, assert_export_refused,
 
 from composerlite import cli
 from composerlite.algorithms.rotary import Rotary, apply_rotary, rotate, rotated_dimensions
-from composerlite.attention import NoPositionEmbedding, query_key_transforms
-from composerlite.composition import compose
+from composerlite.core.attention import NoPositionEmbedding, query_key_transforms
+from composerlite.core.composition import compose
 from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm

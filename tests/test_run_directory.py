@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 
-from composerlite.config import validated
-from composerlite.run_directory import (checkpoint_folder, config_record, find_checkpoints, prepare_run_dir,
+from composerlite.run.settings import validated
+from composerlite.run.run_directory import (checkpoint_folder, config_record, find_checkpoints, prepare_run_dir,
                                         run_algorithm_specs, run_dir_of, truncate_metrics)
-from composerlite.storage import location
+from composerlite.system.storage import location
 
 
 def test_checkpoints_are_listed_by_step_not_by_name(tmp_path):

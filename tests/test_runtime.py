@@ -7,7 +7,7 @@ import resource
 import pytest
 import torch
 
-from composerlite.runtime import _glibc, kept_freed_memory, pinned_runtime
+from composerlite.system.runtime import _glibc, kept_freed_memory, pinned_runtime
 
 PAGES = 16384  # a 64 MiB buffer of floats: past glibc's largest mmap threshold (32 MiB), like a step's logits
 

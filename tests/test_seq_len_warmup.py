@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from composerlite.algorithms.seq_len_warmup import SeqLenWarmup, set_batch_seq_len, warmup_seq_len
-from composerlite.time import Time, Timestamp
+from composerlite.core.time import Time, Timestamp
 
 
 def composer_seq_len(batch: int, max_batches: int, duration: float, min_len: int, max_len: int, step: int) -> int:

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from composerlite import Callback, cli, speed_monitor
-from composerlite.checkpoint import MANIFEST_FILE, STATE_FILE, callback_keys
-from composerlite.distributed import unwrap_model
+from composerlite import Callback, cli
+from composerlite.observe import speed_monitor
+from composerlite.run.checkpoint import MANIFEST_FILE, STATE_FILE, callback_keys
+from composerlite.system.distributed import unwrap_model
 from composerlite.models import build_model
-from composerlite.speed_monitor import (SpeedMonitor, measured_matmul_peak, model_flops_per_token, peak_memory_gib,
+from composerlite.observe.speed_monitor import (SpeedMonitor, measured_matmul_peak, model_flops_per_token, peak_memory_gib,
                                        reset_peak_memory)
 from tinyrun import same, tiny_trainer
 

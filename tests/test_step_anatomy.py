@@ -31,7 +31,7 @@ def test_the_gpu_jobs_anatomy_runs_in_cpu_smoke_mode(tmp_path):
         assert field in record
     bundle, anchor = record["variants"]["bundle eager"], record["variants"]["anchor eager"]
     assert anchor["syncs_per_step"] == 0  # the anchor's loop never reads the loss
-    assert len(bundle["syncs"]) == 1 and "trainer.py" in next(iter(bundle["syncs"]))  # the Trainer's read, its site
+    assert len(bundle["syncs"]) == 1 and "composerlite/run/loop.py" in next(iter(bundle["syncs"]))  # the Trainer's read, its site
     assert bundle["dropout_calls_per_step"] == 0 == anchor["dropout_calls_per_step"]
     assert bundle["top_level_aten_ops_per_step"] > 0 and anchor["top_level_aten_ops_per_step"] > 0
     assert anchor["model"]["embedding_rows"] == 50304 == bundle["model"]["embedding_rows"]
@@ -94,7 +94,7 @@ import torch  # noqa: E402
 from composerlite.algorithms.compile import ForwardAndLoss  # noqa: E402
 from composerlite.algorithms.fused_cross_entropy import _plain_trunk, hidden_states_forward, plain_trunk  # noqa: E402
 from composerlite.algorithms.fused_gpt2_blocks import apply_fused_gpt2_blocks  # noqa: E402
-from composerlite.attention import route_attention  # noqa: E402
+from composerlite.core.attention import route_attention  # noqa: E402
 from composerlite.models import build_model  # noqa: E402
 
 
@@ -149,10 +149,10 @@ def _capture(graph_module, example_inputs):
 
 def test_the_compiled_bundle_is_one_graph_with_unmasked_causal_attention(tmp_path):
     from torch._dynamo import register_backend
-    from composerlite.loggers import Logger
+    from composerlite.observe.loggers import Logger
     from composerlite.registry import build_from_spec
-    from composerlite.throughput import RandomTokens
-    from composerlite.trainer import Trainer
+    from composerlite.run.throughput import RandomTokens
+    from composerlite.run.loop import Trainer
 
     if "anatomy_capture" not in torch._dynamo.list_backends(exclude_tags=()):
         register_backend(name="anatomy_capture")(_capture)

@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from composerlite import cli, storage
-from composerlite.checkpoint import read_verified
-from composerlite.run_directory import find_checkpoints
-from composerlite.storage import location
+from composerlite import cli
+from composerlite.system import storage
+from composerlite.run.checkpoint import read_verified
+from composerlite.run.run_directory import find_checkpoints
+from composerlite.system.storage import location
 
 RUN = ["run", "--model", "gpt2-tiny", "--batch-size", "4", "--seq-len", "32", "--device", "cpu",
        "--precision", "fp32", "--eval-interval", "2ba", "--eval-batches", "1", "--save-interval", "2ba"]

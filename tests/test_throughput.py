@@ -13,8 +13,8 @@ import torch
 
 from composerlite.cli import main
 from composerlite.models import flops_per_token
-from composerlite.runtime import resolve_runtime
-from composerlite.speed_monitor import PEAK_FLOPS, model_flops_per_token, peak_flops
+from composerlite.system.runtime import resolve_runtime
+from composerlite.observe.speed_monitor import PEAK_FLOPS, model_flops_per_token, peak_flops
 from composerlite.algorithms.pad_vocab import apply_pad_vocab
 from composerlite.models import build_model
 

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from composerlite.schedule import WarmupDecaySchedule
-from composerlite.time import Time, Timestamp, TimeUnit, parse_budget
+from composerlite.core.schedule import WarmupDecaySchedule
+from composerlite.core.time import Time, Timestamp, TimeUnit, parse_budget
 
 
 @pytest.mark.parametrize(

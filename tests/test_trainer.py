@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from composerlite import Algorithm, Callback, Event
-from composerlite.config import validated
+from composerlite.run.settings import validated
 from composerlite.data import BatchStream, prepare_corpus
 from composerlite.errors import ConfigError
-from composerlite.loggers import JSONLinesLogger, Logger
+from composerlite.observe.loggers import JSONLinesLogger, Logger
 from composerlite.models import build_model
-from composerlite.trainer import Trainer, seed_everything
+from composerlite.run.loop import Trainer, seed_everything
 
 
 def make_trainer(tmp_path, text_file, *, max_duration="6ba", batch_size=4, seq_len=32, seed=0,
@@ -132,7 +132,7 @@ def test_wall_clock_budget_drives_the_schedule(tmp_path, text_file, monkeypatch)
     # A fake clock that advances 0.05 s per reading: each batch then "takes" 0.05 s, so the test
     # does not depend on how busy the machine is.
     readings = iter(range(10**6))
-    monkeypatch.setattr("composerlite.trainer.time.perf_counter", lambda: next(readings) * 0.05)
+    monkeypatch.setattr("composerlite.run.loop.time.perf_counter", lambda: next(readings) * 0.05)
     trainer = make_trainer(tmp_path, text_file, max_duration="1s", warmup="0.1dur")
     trainer.fit()
     train = records(trainer, "train")

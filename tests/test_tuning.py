@@ -14,7 +14,7 @@ from composerlite.bench.runner import parse_algos, run_bench, train_run
 from composerlite.bench.tuning import (TunedKey, at_point, check_tuning, join_spec, method_grid, parse_tune,
                                        tuning_method, tuning_outcome)
 from composerlite.cli import main as cli
-from composerlite.config import load_config
+from composerlite.run.settings import load_config
 from composerlite.errors import ConfigError, RunHalted
 from composerlite.registry import split_spec
 

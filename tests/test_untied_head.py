@@ -13,7 +13,7 @@ from tinyrun import tiny_trainer
 from composerlite.algorithms.untied_head import UntiedHead, untie_head
 from composerlite.errors import ConfigError
 from composerlite.models import build_model, count_parameters
-from composerlite.trainer import seed_everything
+from composerlite.run.loop import seed_everything
 
 
 def test_untie_head_gives_a_zero_head_of_its_own_and_uniform_predictions():

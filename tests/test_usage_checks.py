@@ -15,7 +15,7 @@ import yaml
 import composerlite
 from composerlite.errors import ConfigError
 from composerlite.registry import _class_source, _literal_declaration, algorithm_class, registered_algorithms
-from composerlite.storage import location
+from composerlite.system.storage import location
 
 # Runs the CLI's `main` and reports its exit code and which heavy packages it imported on the way.
 PROBE = """
@@ -144,7 +144,7 @@ def test_a_run_with_a_plugin_file_evaluates_and_exports_from_another_directory(t
     def no_trainer(*args, **kwargs):
         raise AssertionError("eval built a Trainer")
 
-    monkeypatch.setattr("composerlite.trainer.Trainer.__init__", no_trainer)
+    monkeypatch.setattr("composerlite.run.loop.Trainer.__init__", no_trainer)
     result = composerlite.evaluate_run(run_dir, batch_size=2, max_batches=1)  # the run's own evaluation
     assert result["eval_loss"] == pytest.approx(trained.evals[-1]["eval_loss"], abs=1e-6)
     assert result["algorithms"] == ["plugins/plugin.py:CountEvals"]

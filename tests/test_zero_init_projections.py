@@ -12,7 +12,7 @@ from composerlite.algorithms.zero_init_projections import ZeroInitProjections, z
 from composerlite.errors import ConfigError
 from composerlite.models import build_model
 from composerlite.registry import build_algorithm
-from composerlite.trainer import seed_everything
+from composerlite.run.loop import seed_everything
 
 
 def test_zeroed_projections_make_every_block_the_identity():

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from composerlite.data import BatchStream
-from composerlite.loggers import JSONLinesLogger, Logger
+from composerlite.observe.loggers import JSONLinesLogger, Logger
 from composerlite.models import build_model
-from composerlite.trainer import Trainer, seed_everything
+from composerlite.run.loop import Trainer, seed_everything
 
 VOCAB = 50257
 

@@ -10,7 +10,7 @@ the paper's 1.3B model trained on 1024 tokens and evaluated on 2048 matched the 
 sinusoidal model trained on 2048, training 11% faster. It costs an additive attention mask,
 which keeps SDPA's math/memory-efficient kernels but not the flash kernel.
 
-Built on the core attention hook (`composerlite.attention`): the bias is a score modifier, so it
+Built on the core attention hook (`composerlite.core.attention`): the bias is a score modifier, so it
 stacks with other score modifications instead of replacing GPT2Attention's private methods.
 
 Composer's `Alibi` also trains on shorter sequences: with `train_sequence_length_scaling` s it
@@ -28,7 +28,7 @@ import pydantic
 import torch
 
 from composerlite import Event, Logger, ModelConverter, Order, State
-from composerlite.attention import ScoreModifier, add_score_modifier, drop_learned_positions, score_modifiers
+from composerlite.core.attention import ScoreModifier, add_score_modifier, drop_learned_positions, score_modifiers
 from composerlite.errors import ConfigError
 
 

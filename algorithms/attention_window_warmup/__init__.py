@@ -19,7 +19,7 @@ import pydantic
 import torch
 
 from composerlite import Algorithm, Event, Logger, Order, State
-from composerlite.attention import ScoreModifier, add_score_modifier
+from composerlite.core.attention import ScoreModifier, add_score_modifier
 
 # The window once it has reached the full length: no key is too far.
 UNLIMITED = torch.iinfo(torch.int64).max

@@ -3,7 +3,7 @@
 On CUDA, SDPA is restricted to the FlashAttention-2 and memory-efficient (xFormers) kernels, so
 attention never silently falls back to the math path that materializes the seq x seq scores (an
 unsupported case raises instead). The model is routed through composerlite's attention hook
-(`composerlite.attention.route_attention`), which is transformers' SDPA function with a mask builder
+(`composerlite.core.attention.route_attention`), which is transformers' SDPA function with a mask builder
 that never builds the causal mask for unpadded training batches: transformers releases before 5.2x
 build it whenever torch.compile traces the model, and an explicit mask rules out the flash kernel
 and its causal tile skipping. Attention routed through composerlite's score-modifier hook (e.g. ALiBi) keeps its route:
@@ -25,7 +25,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from composerlite import ModelConverter, State
-from composerlite.attention import route_attention
+from composerlite.core.attention import route_attention
 
 FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from transformers.models.gpt2.modeling_gpt2 import GPT2Model
 
 from composerlite import ModelConverter, State
-from composerlite.attention import ATTENTION_NAME
+from composerlite.core.attention import ATTENTION_NAME
 
 
 class FusedCrossEntropyOptions(pydantic.BaseModel):

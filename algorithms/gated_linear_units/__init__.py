@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
 from composerlite import ModelConverter, Order, State
-from composerlite.surgery import replace_modules_by_type
+from composerlite.core.surgery import replace_modules_by_type
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's own gelu_new: GEGLU

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from composerlite import Algorithm, Event, Logger, State
-from composerlite.distributed import unwrap_model
+from composerlite.system.distributed import unwrap_model
 
 
 class LogitSoftcapOptions(pydantic.BaseModel):

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from composerlite import ModelConverter, Order, State
-from composerlite.surgery import replace_modules_by_type
+from composerlite.core.surgery import replace_modules_by_type
 
 
 class LowPrecisionLayerNormOptions(pydantic.BaseModel):

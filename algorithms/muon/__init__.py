@@ -35,7 +35,7 @@ from torch.optim.adam import adam
 from transformers.pytorch_utils import Conv1D
 
 from composerlite import Algorithm, Event, Logger, State
-from composerlite.distributed import unwrap_model
+from composerlite.system.distributed import unwrap_model
 from composerlite.errors import ConfigError
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the reference's quintic: maximal slope at zero

@@ -10,7 +10,7 @@ learning rates. modded-nanogpt's form has no learned gain (`F.rms_norm(x, (head_
 ReLU², zero-initialised projections and a padded vocabulary it took the speedrun from 22.3 to 15.2
 minutes on 8xH100.
 
-Built on the core attention hook (`composerlite.attention`) as a query/key transform, so the model
+Built on the core attention hook (`composerlite.core.attention`) as a query/key transform, so the model
 stays on SDPA (its flash kernel included). A rotation preserves each vector's norm, so QK-norm and
 rotary embeddings commute: their order in a run does not change the result.
 """
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from composerlite import ModelConverter, Order, State
-from composerlite.attention import QueryKeyTransform, add_query_key_transform, query_key_transforms
+from composerlite.core.attention import QueryKeyTransform, add_query_key_transform, query_key_transforms
 
 
 class QKNormOptions(pydantic.BaseModel):

@@ -17,7 +17,7 @@ import torch
 from transformers.activations import ACT2FN
 
 from composerlite import ModelConverter, Order, State
-from composerlite.surgery import replace_modules
+from composerlite.core.surgery import replace_modules
 
 # transformers' own name for ReLU² (its ReLUSquaredActivation), so the config says what the MLP computes
 RELU_SQUARED = "relu2"

@@ -8,7 +8,7 @@ between them only, so attention sees relative positions and nothing is looked up
 model runs at any length. In the GPT-2 speedrun (modded-nanogpt), rotary embeddings with a tuned
 learning rate took the time to GPT-2-small quality from 45 to 31.4 minutes on 8xH100.
 
-Built on the core attention hook (`composerlite.attention`): the rotation is a query/key transform,
+Built on the core attention hook (`composerlite.core.attention`): the rotation is a query/key transform,
 so it runs on every attention path (transformers' SDPA with its flash kernel included) and stacks
 with QK-norm and with score modifiers such as a sliding window.
 """
@@ -21,7 +21,7 @@ import pydantic
 import torch
 
 from composerlite import ModelConverter, Order, State
-from composerlite.attention import QueryKeyTransform, add_query_key_transform, drop_learned_positions, query_key_transforms
+from composerlite.core.attention import QueryKeyTransform, add_query_key_transform, drop_learned_positions, query_key_transforms
 from composerlite.errors import ConfigError
 
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from composerlite.callback import Callback
+from composerlite.core.callback import Callback
 from composerlite.errors import RunHalted
 
 GO, STOP = "go", "stop"

@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 
 from composerlite.commands.flags import FLAGS, add_setting_flags, given_settings
-from composerlite.config import RunConfig, load_config
+from composerlite.run.settings import RunConfig, load_config
 from composerlite.errors import ConfigError, RunHalted
 
 # Twenty evaluations per run: enough points to read the cost of the baseline's loss off the curve.

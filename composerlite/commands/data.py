@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from composerlite.commands.flags import flag_console
-from composerlite.storage import StorageError
+from composerlite.system.storage import StorageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

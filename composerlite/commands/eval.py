@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from composerlite.evaluation import DEFAULT_BATCH_SIZE, evaluate_run
+from composerlite.run.evaluate import DEFAULT_BATCH_SIZE, evaluate_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from composerlite.export import export_hf
+from composerlite.run.export import export_hf
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
 """Settings as flags: every flag of `run`, `bench` and `sweep` that sets a run setting is generated
-from its field in `composerlite.config` (name, type, choices, help and default written there once),
+from its field in `composerlite.run.settings` (name, type, choices, help and default written there once),
 and the library's messages, which name settings by flat key (`lr`, `max_duration=10ba`), are shown
 here as the flags that set them (`--lr`, `--max-duration 10ba`)."""
 
@@ -14,7 +14,7 @@ from typing import Any, Literal
 import pydantic
 from rich.console import Console
 
-from composerlite.config import FLAT_KEYS, PLUGIN_LISTS, SECTIONS, RunConfig
+from composerlite.run.settings import FLAT_KEYS, PLUGIN_LISTS, SECTIONS, RunConfig
 
 
 def _fields() -> dict[str, pydantic.fields.FieldInfo]:

@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 
 from composerlite.registry import check_combination, split_spec
-from composerlite.runtime import AUTO_PRECISION
+from composerlite.system.runtime import AUTO_PRECISION
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     check_combination([split_spec(spec)[0] for spec in args.algorithms])  # before torch is imported: at once
-    from composerlite.throughput import measure_throughput, table, write_json
+    from composerlite.run.throughput import measure_throughput, table, write_json
 
     record = measure_throughput(args.model, args.algorithms, batch_size=args.batch_size, seq_len=args.seq_len,
                                 steps=args.steps, warmup_steps=args.warmup_steps, precision=args.precision,

@@ -1,4 +1,4 @@
-"""The training loop. `composerlite.event` draws it and marks where each event fires."""
+"""The training loop. `composerlite.core.event` draws it and marks where each event fires."""
 
 from __future__ import annotations
 
@@ -15,23 +15,23 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from composerlite.algorithm import Algorithm
-from composerlite.callback import Callback
-from composerlite import distributed
-from composerlite.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from composerlite.composition import compose
-from composerlite.config import DEFAULT_LR, DEFAULT_WARMUP, RunConfig, validated
-from composerlite.engine import Engine
+from composerlite.core.algorithm import Algorithm
+from composerlite.core.callback import Callback
+from composerlite.system import distributed
+from composerlite.run.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from composerlite.core.composition import compose
+from composerlite.run.settings import DEFAULT_LR, DEFAULT_WARMUP, RunConfig, validated
+from composerlite.core.engine import Engine
 from composerlite.errors import ConfigError, RunHalted
-from composerlite.event import Event
-from composerlite.loggers import Logger
-from composerlite.run_directory import checkpoint_folder, prune_checkpoints
-from composerlite.runtime import PRECISIONS, default_threads, pinned_runtime, resolve_runtime
-from composerlite.schedule import Scheduler, WarmupDecaySchedule
-from composerlite.signals import StopRequest, stop_on_signals
-from composerlite.state import State
-from composerlite.storage import Location, location
-from composerlite.time import Time, TimeUnit
+from composerlite.core.event import Event
+from composerlite.observe.loggers import Logger
+from composerlite.run.run_directory import checkpoint_folder, prune_checkpoints
+from composerlite.system.runtime import PRECISIONS, default_threads, pinned_runtime, resolve_runtime
+from composerlite.core.schedule import Scheduler, WarmupDecaySchedule
+from composerlite.system.signals import StopRequest, stop_on_signals
+from composerlite.core.state import State
+from composerlite.system.storage import Location, location
+from composerlite.core.time import Time, TimeUnit
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -147,7 +147,7 @@ class Trainer:
     """Trains `model` on `train_data` as `settings` say, firing events for algorithms and callbacks.
 
     `settings` is the run's configuration: a `RunConfig`, or a mapping of its settings (flat keys,
-    sections or both; `composerlite.config`). The Trainer reads the loop's sections: `training` (the
+    sections or both; `composerlite.run.settings`). The Trainer reads the loop's sections: `training` (the
     budget, microbatch size, precision, device, seed, threads, the NaN policy), `optimizer`,
     `schedule`, `evaluation`, `checkpointing` (the run directory, required; the checkpoint interval
     and retention) and `parallelism`. A setting left at its default gets the declaration's default,

@@ -1,5 +1,5 @@
 """`Callback`: code that observes the training loop's events without changing training (logging,
-monitoring), as Composer's does; an `Algorithm` (composerlite.algorithm) is the kind that changes it.
+monitoring), as Composer's does; an `Algorithm` (composerlite.core.algorithm) is the kind that changes it.
 A module of its own because the loggers, the speed monitor and the benchmark's observers are
 callbacks and need nothing of the algorithm API."""
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from composerlite.event import Event
+from composerlite.core.event import Event
 
 if TYPE_CHECKING:
-    from composerlite.loggers import Logger
-    from composerlite.state import State
+    from composerlite.observe.loggers import Logger
+    from composerlite.core.state import State
 
 
 class Callback:

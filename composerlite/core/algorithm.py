@@ -1,5 +1,5 @@
 """`Algorithm`: code attached to the training loop's events that changes training (the model, the
-batch, the loss, the optimizer); a `Callback` (composerlite.callback) only observes it (logging,
+batch, the loss, the optimizer); a `Callback` (composerlite.core.callback) only observes it (logging,
 monitoring). The API is Composer's: a Composer algorithm that uses the part of
 Composer's `State` and `Time` that composerlite has ports by changing its imports (the README's
 "Composer algorithms port" paragraph lists that part and what does not port).
@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pydantic
 
-from composerlite.event import Event
+from composerlite.core.event import Event
 
 if TYPE_CHECKING:
     import torch
 
-    from composerlite.loggers import Logger
-    from composerlite.state import State
+    from composerlite.observe.loggers import Logger
+    from composerlite.core.state import State
 
 
 class NoOptions(pydantic.BaseModel):
@@ -27,7 +27,7 @@ class NoOptions(pydantic.BaseModel):
 
 class Order(enum.IntEnum):
     """Priority classes for `Algorithm.order`. The engine runs algorithms sorted by `order`, and
-    in the user's order within a class (see `composerlite.composition`). Gaps leave room between."""
+    in the user's order within a class (see `composerlite.core.composition`). Gaps leave room between."""
 
     SCHEDULE = 0  # rewrites the run's time budget (scale_schedule) before anything reads it
     SURGERY = 100  # replaces modules at INIT (GLU, low-precision LayerNorm, ALiBi)

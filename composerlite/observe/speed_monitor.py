@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from composerlite import distributed
-from composerlite.callback import Callback
-from composerlite.runtime import PRECISIONS
+from composerlite.system import distributed
+from composerlite.core.callback import Callback
+from composerlite.system.runtime import PRECISIONS
 
 # Vendor dense peaks, FLOP/s, by a substring of torch.cuda.get_device_name() (first match wins:
 # more specific names first) and the run's precision. fp32 is the non-tensor-core rate (PyTorch

@@ -5,7 +5,7 @@ trainer writes, so each step is one line in `metrics.jsonl`.
 
 Destinations register in the `composerlite.loggers` entry-point group (see `composerlite.registry`):
 the built-ins `console` (the progress bar) and `jsonl` (metrics.jsonl), which every run has, and
-`tensorboard`, `mlflow` and `wandb` (`composerlite.trackers`, each an optional extra). A destination
+`tensorboard`, `mlflow` and `wandb` (`composerlite.observe.trackers`, each an optional extra). A destination
 is built from its options alone (`--logger NAME:key=value`), asked whether it can work with the
 run directory (`check_run_dir`, before the run writes anything), then `open`ed once the run
 directory is written (rank 0 only), gets every record through `log`, `sync` before each checkpoint
@@ -30,10 +30,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from composerlite.algorithm import NoOptions
-from composerlite.callback import Callback
+from composerlite.core.algorithm import NoOptions
+from composerlite.core.callback import Callback
 from composerlite.errors import ConfigError, PluginError
-from composerlite.storage import Location
+from composerlite.system.storage import Location
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.nn.functional as F
 
-from composerlite.schedule import Scheduler
-from composerlite.storage import Location
-from composerlite.time import Time, Timestamp, TimeUnit
+from composerlite.core.schedule import Scheduler
+from composerlite.system.storage import Location
+from composerlite.core.time import Time, Timestamp, TimeUnit
 
 if TYPE_CHECKING:
-    from composerlite.algorithm import Algorithm
-    from composerlite.callback import Callback
+    from composerlite.core.algorithm import Algorithm
+    from composerlite.core.callback import Callback
 
 
 def logits_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -24,11 +24,11 @@ import torch
 from rich.table import Table
 
 from composerlite.errors import ConfigError
-from composerlite.loggers import Logger
+from composerlite.observe.loggers import Logger
 from composerlite.registry import build_algorithm, split_spec
-from composerlite.runtime import resolve_runtime
-from composerlite.speed_monitor import SpeedMonitor, device_name, matmul_dtype, matmul_size, measured_matmul_peak
-from composerlite.trainer import Trainer, seed_everything
+from composerlite.system.runtime import resolve_runtime
+from composerlite.observe.speed_monitor import SpeedMonitor, device_name, matmul_dtype, matmul_size, measured_matmul_peak
+from composerlite.run.loop import Trainer, seed_everything
 
 
 class RandomTokens:

@@ -18,10 +18,10 @@ from composerlite.errors import ConfigError
 
 
 def export_hf(run_dir: str, output: Path) -> Path:
-    from composerlite.checkpoint import read_checkpoint  # torch: imported on use, not by `export --help`
+    from composerlite.run.checkpoint import read_checkpoint  # torch: imported on use, not by `export --help`
     from composerlite.models import build_model
     from composerlite.registry import algorithm_class
-    from composerlite.run_directory import find_run, load_run_config, run_algorithm_specs
+    from composerlite.run.run_directory import find_run, load_run_config, run_algorithm_specs
 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ConfigError(f"export target {output} already exists and is not empty; choose a new folder")

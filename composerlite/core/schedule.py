@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from composerlite.time import Time, Timestamp
+from composerlite.core.time import Time, Timestamp
 
 
 class Scheduler(Protocol):

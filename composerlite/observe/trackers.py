@@ -22,8 +22,8 @@ from typing import Any, Literal
 import yaml
 
 from composerlite.errors import ConfigError
-from composerlite.loggers import LoggerDestination, RunInfo, scalar_metrics
-from composerlite.storage import Location
+from composerlite.observe.loggers import LoggerDestination, RunInfo, scalar_metrics
+from composerlite.system.storage import Location
 
 
 def _imported(tracker: type[LoggerDestination], module: str) -> ModuleType:

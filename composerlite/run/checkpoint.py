@@ -1,6 +1,6 @@
 """Checkpoints: everything needed to continue a run exactly, written so that none is ever half there.
 This module saves, verifies and loads one checkpoint folder; where a run's checkpoints live, which
-one a run continues from and which are kept is `composerlite.run_directory`'s.
+one a run continues from and which are kept is `composerlite.run.run_directory`'s.
 
 Layout of one checkpoint folder (`RUN_DIR/checkpoints/ba00000010/`, local or any fsspec URL):
     model.safetensors   the model's full state_dict (HF key names; tied weights stored once)
@@ -54,12 +54,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from composerlite import distributed
-from composerlite.distributed import unwrap_model
+from composerlite.system import distributed
+from composerlite.system.distributed import unwrap_model
 from composerlite.errors import ConfigError
-from composerlite.state import State
-from composerlite.storage import Location, location
-from composerlite.time import Timestamp
+from composerlite.core.state import State
+from composerlite.system.storage import Location, location
+from composerlite.core.time import Timestamp
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"

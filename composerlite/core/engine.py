@@ -7,12 +7,12 @@ import functools
 import time
 from typing import Callable
 
-from composerlite.algorithm import Algorithm
-from composerlite.callback import Callback
+from composerlite.core.algorithm import Algorithm
+from composerlite.core.callback import Callback
 from composerlite.errors import ConfigError, PluginError
-from composerlite.event import Event
-from composerlite.loggers import Logger, LoggerDestination, destination_failed
-from composerlite.state import State
+from composerlite.core.event import Event
+from composerlite.observe.loggers import Logger, LoggerDestination, destination_failed
+from composerlite.core.state import State
 
 Handler = Callable[[State, Logger], None]
 

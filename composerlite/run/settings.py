@@ -39,8 +39,8 @@ import yaml
 
 from composerlite.errors import ConfigError
 from composerlite.registry import split_spec
-from composerlite.runtime import AUTO_PRECISION, check_device
-from composerlite.time import Time, parse_budget
+from composerlite.system.runtime import AUTO_PRECISION, check_device
+from composerlite.core.time import Time, parse_budget
 
 # Runs that give a budget but no batch shape train 8 x 128; so does the CPU demo, a run with no
 # budget at all, which finishes in a few minutes on 2 CPU cores. On a GPU the demo is longer.
@@ -389,7 +389,7 @@ def resolve(config: RunConfig) -> tuple[RunConfig, list[str]]:
         run_dir                  runs/MODEL-DATE-TIME
     """
     from composerlite.models import get_spec
-    from composerlite.runtime import default_threads, resolve_runtime
+    from composerlite.system.runtime import default_threads, resolve_runtime
 
     model, training = config.model, config.training
     card = get_spec(model.name).recipe

@@ -33,7 +33,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from composerlite.algorithm import Algorithm
+from composerlite.core.algorithm import Algorithm
 from composerlite.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class Declaration:
     @classmethod
     def of(cls, algorithm: Algorithm, shown: str = "") -> Declaration:
         # Imported here: the engine imports torch, which a check from the classes alone must not.
-        from composerlite.engine import algorithm_label
+        from composerlite.core.engine import algorithm_label
 
         return cls(algorithm_label(algorithm), tuple(algorithm.provides), tuple(algorithm.requires),
                    tuple(algorithm.conflicts), shown)
@@ -103,7 +103,7 @@ def compose(algorithms: Iterable[Algorithm], device: torch.device | None = None,
     CPU run in fp32."""
     import torch
 
-    from composerlite.engine import algorithm_label
+    from composerlite.core.engine import algorithm_label
 
     device = device if device is not None else torch.device("cpu")
     expanded: list[Algorithm] = []

@@ -5,7 +5,7 @@ read. Local or an fsspec URL. Its layout, named here once:
                          `load_run_config` reads back, also from runs written before the settings had sections
     metrics.jsonl        one JSON record per line (the `jsonl` logger's); cut back to the checkpoint on resume
     checkpoints/baNNNNNNNN/  one folder per save, named by its step; what a folder holds, and
-                         saving and loading it, is `composerlite.checkpoint`'s
+                         saving and loading it, is `composerlite.run.checkpoint`'s
     plugins/             copies of the plugin files the run's algorithms came from
 
 This module creates a run directory (`prepare_run_dir`), finds a run and its checkpoints
@@ -33,10 +33,10 @@ from typing import Any
 
 import yaml
 
-from composerlite.checkpoint import MANIFEST_FILE, CorruptCheckpoint, is_checkpoint, read_checkpoint
-from composerlite.config import SETTING_KEYS, RunConfig, algorithm_specs, validated
+from composerlite.run.checkpoint import MANIFEST_FILE, CorruptCheckpoint, is_checkpoint, read_checkpoint
+from composerlite.run.settings import SETTING_KEYS, RunConfig, algorithm_specs, validated
 from composerlite.errors import ConfigError
-from composerlite.storage import Location, StorageError, location, remove_temporaries
+from composerlite.system.storage import Location, StorageError, location, remove_temporaries
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
