@@ -39,16 +39,17 @@ import transformers
 from rich.console import Console
 from scipy import stats
 
-from composerlite.run.settings import RunConfig
-from composerlite.observe.loggers import Logger, RecordList, RunInfo
-from composerlite.models import ModelSpec, build_model
-from composerlite.system.runtime import pinned_runtime
-from composerlite.observe.speed_monitor import SpeedMonitor, device_name
+from composerlite.core.logger import Logger, RunInfo
 from composerlite.core.state import shifted_cross_entropy
-from composerlite.system.storage import location
-from composerlite.run.throughput import RandomTokens, write_json
+from composerlite.models import ModelSpec, build_model
+from composerlite.observe.loggers import RecordList
+from composerlite.observe.speed_monitor import SpeedMonitor, device_name
 from composerlite.run.loop import Trainer, adamw, seed_everything
+from composerlite.run.settings import RunConfig
+from composerlite.run.throughput import RandomTokens, write_json
 from composerlite.run.train import build_loggers
+from composerlite.system.runtime import pinned_runtime
+from composerlite.system.storage import location
 
 LR = 1e-3
 # name -> (architecture, vocabulary size)

@@ -25,13 +25,13 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from composerlite import Callback
-from composerlite.observe.loggers import Logger
+from composerlite.core.logger import Logger
 from composerlite.models import build_model
-from composerlite.registry import build_algorithm, split_spec
-from composerlite.system.runtime import resolve_runtime
 from composerlite.observe.speed_monitor import device_name
-from composerlite.run.throughput import RandomTokens, batch_shape, write_json
+from composerlite.registry import build_algorithm, split_spec
 from composerlite.run.loop import Trainer, seed_everything
+from composerlite.run.throughput import RandomTokens, batch_shape, write_json
+from composerlite.system.runtime import resolve_runtime
 
 # Runtime calls that make the host wait for the device (a D2H copy waits for the stream too).
 SYNCHRONIZING = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")

@@ -62,13 +62,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from composerlite import Callback  # noqa: E402
-from composerlite.observe.loggers import Logger  # noqa: E402
+from composerlite.core.logger import Logger  # noqa: E402
 from composerlite.models import build_model  # noqa: E402
-from composerlite.registry import build_algorithm, split_spec  # noqa: E402
-from composerlite.system.runtime import PRECISIONS, resolve_runtime  # noqa: E402
 from composerlite.observe.speed_monitor import device_name  # noqa: E402
-from composerlite.run.throughput import RandomTokens, write_json  # noqa: E402
+from composerlite.registry import build_algorithm, split_spec  # noqa: E402
 from composerlite.run.loop import Trainer, autocast, seed_everything  # noqa: E402
+from composerlite.run.throughput import RandomTokens, write_json  # noqa: E402
+from composerlite.system.runtime import PRECISIONS, resolve_runtime  # noqa: E402
 
 # ---- the anchor's model: copied verbatim from shared/anchors/gpu_anchor.py (Block, NanoGPT) -------
 VOCAB = 50257

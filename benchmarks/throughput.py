@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from composerlite.system.runtime import resolve_device
 from composerlite.observe.speed_monitor import device_name
 from composerlite.run.throughput import measure_throughput, release_memory, table, write_json
+from composerlite.system.runtime import resolve_device
 
 METHODS = ["flash_attention", "fused_adamw", "fused_cross_entropy", "fused_layernorm", "pad_vocab", "fused_gpt2_blocks", "compile"]
 

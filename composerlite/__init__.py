@@ -7,13 +7,13 @@ The library: `train(config) -> RunResult` (what `composerlite run` does), `evalu
 from composerlite.core.algorithm import Algorithm, ModelConverter, Order
 from composerlite.core.callback import Callback
 from composerlite.core.event import Event
-from composerlite.lazy import lazy_attributes
 from composerlite.core.time import Time, TimeUnit, Timestamp
+from composerlite.lazy import lazy_attributes
 
 # Imported on first use: a plugin's `from composerlite import Algorithm` should not pay for the
 # whole training stack, nor the command line for torch (`State`) before it has checked its flags.
 _LAZY = {
-    "Logger": "composerlite.observe.loggers",
+    "Logger": "composerlite.core.logger",
     "State": "composerlite.core.state",
     "train": "composerlite.run.train",
     "RunResult": "composerlite.run.train",

@@ -13,9 +13,9 @@ import traceback
 import pydantic
 
 from composerlite.commands.flags import as_flags
-from composerlite.run.settings import describe_validation_error
 from composerlite.data.errors import DataError
 from composerlite.errors import ConfigError, PluginError, RunHalted
+from composerlite.run.settings import describe_validation_error
 from composerlite.system.storage import StorageError
 
 # subcommand -> (module under composerlite.commands, one-line help)

@@ -28,8 +28,8 @@ import yaml
 
 from composerlite.core.algorithm import Algorithm, NoOptions
 from composerlite.core.composition import Declaration, check_composition
+from composerlite.core.logger import LoggerDestination
 from composerlite.errors import ConfigError, PluginError
-from composerlite.observe.loggers import LoggerDestination
 
 
 @dataclasses.dataclass(frozen=True)

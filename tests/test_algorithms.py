@@ -18,10 +18,10 @@ from composerlite.algorithms.gated_linear_units import GatedMLP, apply_gated_lin
 from composerlite.algorithms.gradient_clipping import AGC_EPS, apply_gradient_clipping, unitwise_norm
 from composerlite.algorithms.layer_freezing import freeze_fraction, freeze_layers
 from composerlite.algorithms.low_precision_layernorm import LPLayerNorm, apply_low_precision_layernorm
+from composerlite.core.surgery import count_modules
 from composerlite.errors import ConfigError
 from composerlite.models import build_model, count_parameters
 from composerlite.registry import build_algorithm, registered_algorithms
-from composerlite.core.surgery import count_modules
 from composerlite.run.loop import seed_everything
 
 

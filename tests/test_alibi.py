@@ -16,14 +16,14 @@ import torch
 from tinyrun import tiny_trainer
 
 from composerlite import Algorithm, Callback, Event
-from composerlite.core.attention import (NoPositionEmbedding, add_score_modifier, attention_layers, remove_score_modifier,
-                                   score_modifiers)
 from composerlite.algorithms.alibi import Alibi, AlibiBias, alibi_slopes, apply_alibi, reshape_for_training, scaled_shape
 from composerlite.cli import main as cli
+from composerlite.core.attention import (NoPositionEmbedding, add_score_modifier, attention_layers, remove_score_modifier,
+                                   score_modifiers)
 from composerlite.core.composition import compose
+from composerlite.core.logger import Logger
 from composerlite.data import BatchStream
 from composerlite.errors import ConfigError
-from composerlite.observe.loggers import Logger
 from composerlite.models import ModelSpec, build_model, count_parameters
 from composerlite.registry import build_algorithm
 from composerlite.run.loop import Trainer, seed_everything

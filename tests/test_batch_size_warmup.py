@@ -12,9 +12,9 @@ from tinyrun import tiny_trainer
 
 from composerlite import Algorithm, Event
 from composerlite.algorithms.batch_size_warmup import BatchSizeWarmup, batch_size_at, default_min_batch_size
-from composerlite.errors import ConfigError
 from composerlite.core.schedule import WarmupDecaySchedule
 from composerlite.core.time import Time, Timestamp
+from composerlite.errors import ConfigError
 
 
 def test_batch_size_grows_in_a_staircase_to_full_at_duration():

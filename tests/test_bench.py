@@ -18,9 +18,9 @@ from composerlite.bench.results import load_results
 from composerlite.bench.runner import parse_algos, parse_recipe, run_bench, train_run
 from composerlite.cli import main as cli
 from composerlite.commands.sweep import sweep_methods
-from composerlite.run.settings import load_config
 from composerlite.errors import ConfigError, RunHalted
 from composerlite.registry import registered_algorithms, split_spec
+from composerlite.run.settings import load_config
 
 RECIPES = Path(__file__).resolve().parent.parent / "benchmarks" / "recipes"
 TINY = ["--model", "gpt2-tiny", "--budget", "2ba", "--batch-size", "2", "--seq-len", "16", "--eval-batches", "1",

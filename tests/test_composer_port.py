@@ -18,11 +18,11 @@ from tinyrun import tiny_trainer, weights
 import composerlite
 from composerlite import Callback, Event, State, Time, TimeUnit, Timestamp
 from composerlite.algorithms.gated_linear_units import GatedLinearUnits
-from composerlite.run.settings import validated
 from composerlite.errors import ConfigError, PluginError
 from composerlite.registry import build_algorithm, build_from_spec, options_model
-from composerlite.system.storage import location
+from composerlite.run.settings import validated
 from composerlite.run.train import algorithm_specs
+from composerlite.system.storage import location
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = Path(__file__).with_name("composer_plugins.py")

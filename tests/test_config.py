@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from composerlite.run.run_directory import load_run_config
 from composerlite.run.settings import (FLAT_KEYS, PLUGIN_LISTS, SECTIONS, ConfigError, RunConfig, load_config, resolve,
                                  validated)
-from composerlite.run.run_directory import load_run_config
 from composerlite.system.storage import location
 
 README = Path(__file__).resolve().parents[1] / "README.md"

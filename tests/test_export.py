@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from composerlite import cli
-from composerlite.run.checkpoint import MODEL_FILE, model_tensors, read_verified
 from composerlite.models import build_model
+from composerlite.run.checkpoint import MODEL_FILE, model_tensors, read_verified
 from composerlite.system.storage import location
 
 NOT_HF = '''

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from composerlite import cli
-from composerlite.system import storage
 from composerlite.run.checkpoint import read_verified
 from composerlite.run.run_directory import find_checkpoints, newest_valid_checkpoint
+from composerlite.system import storage
 from composerlite.system.storage import location
 
 FAULTS = '''

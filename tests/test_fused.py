@@ -15,12 +15,12 @@ from composerlite.algorithms.fused_cross_entropy import FusedLinearCrossEntropyL
 from composerlite.algorithms.fused_gpt2_blocks import apply_fused_gpt2_blocks
 from composerlite.algorithms.fused_kernels import FusedKernelsOptions, plan
 from composerlite.algorithms.pad_vocab import apply_pad_vocab
-from composerlite.run.throughput import RandomTokens
+from composerlite.core.logger import Logger
 from composerlite.errors import ConfigError
-from composerlite.observe.loggers import Logger
 from composerlite.models import build_model
 from composerlite.registry import build_from_spec
 from composerlite.run.loop import Trainer, seed_everything
+from composerlite.run.throughput import RandomTokens
 
 STEPS = 20
 # fp32 on CPU: the fused paths reorder sums (chunked softmax, addmm bias, packed QKV), so losses

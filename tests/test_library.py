@@ -57,8 +57,8 @@ def test_bad_configurations_raise_config_error_before_writing(tmp_path, text_fil
 
 
 def test_loggers_passed_in_are_checked_and_opened_as_configured_ones_are(tmp_path, text_file):
+    from composerlite.core.logger import LoggerDestination
     from composerlite.errors import PluginError
-    from composerlite.observe.loggers import LoggerDestination
 
     class Opened(RecordList):
         def check_run_dir(self, run_dir):

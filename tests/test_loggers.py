@@ -19,11 +19,11 @@ from rich.console import Console
 import composerlite
 from composerlite import cli
 from composerlite.commands.listing import logger_rows
-from composerlite.run.settings import load_config
 from composerlite.errors import ConfigError
 from composerlite.registry import build_logger, registered_loggers
-from composerlite.system.storage import location
+from composerlite.run.settings import load_config
 from composerlite.run.train import logger_specs
+from composerlite.system.storage import location
 
 
 def tiny_run(run_dir: Path, data: Path, *extra: str) -> list[str]:
@@ -179,7 +179,7 @@ def test_list_shows_every_logger_and_the_install_command_of_a_missing_extra(monk
 
 
 PLUGINS = '''
-from composerlite.observe.loggers import LoggerDestination
+from composerlite.core.logger import LoggerDestination
 
 class Broken(LoggerDestination):
     """Raises at the first record."""

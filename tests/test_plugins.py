@@ -16,11 +16,11 @@ from tinyrun import tiny_trainer
 
 from composerlite import cli
 from composerlite.commands.listing import algorithm_rows
-from composerlite.run.train import algorithm_specs
-from composerlite.run.settings import load_config
+from composerlite.core.surgery import count_modules, replace_modules, replace_modules_by_type
 from composerlite.errors import ConfigError
 from composerlite.registry import build_algorithm, build_from_spec, options_model, registered, registered_algorithms, split_spec
-from composerlite.core.surgery import count_modules, replace_modules, replace_modules_by_type
+from composerlite.run.settings import load_config
+from composerlite.run.train import algorithm_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDER = ROOT / "examples" / "recorder.py"

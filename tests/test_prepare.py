@@ -364,8 +364,8 @@ def test_a_full_disk_stops_with_one_line_keeps_what_was_published_and_the_rerun_
 
 
 def test_training_reads_a_prepared_folder_without_tokenizing(tmp_path, monkeypatch):
-    from composerlite import train
     from composerlite.data.tokenizer import GPT2Tokenizer
+    from composerlite import train
 
     folder = tmp_path / "out"
     prepare(resolve_source(str(write_jsonl(tmp_path / "d.jsonl", texts(300)))), folder, rule=SplitRule(0.2), **SMALL)
@@ -413,8 +413,8 @@ def _rank_reading(rank: int, port: int, argv: list[str], folder: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import torch
 
-    from composerlite.system import distributed
     from composerlite.data.shards import ShardBlocks
+    from composerlite.system import distributed
 
     torch.set_num_threads(1)
     read_block, reads = ShardBlocks.read_block, []

@@ -12,8 +12,8 @@ import pytest
 import torch
 from method_checks import assert_exact_resume_after_stop, assert_export_refused, assert_same_seed_runs_match, cli_run
 
-from composerlite import cli
 from composerlite.algorithms.rotary import Rotary, apply_rotary, rotate, rotated_dimensions
+from composerlite import cli
 from composerlite.core.attention import NoPositionEmbedding, query_key_transforms
 from composerlite.core.composition import compose
 from composerlite.errors import ConfigError

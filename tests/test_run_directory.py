@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 
-from composerlite.run.settings import validated
 from composerlite.run.run_directory import (checkpoint_folder, config_record, find_checkpoints, prepare_run_dir,
                                         run_algorithm_specs, run_dir_of, truncate_metrics)
+from composerlite.run.settings import validated
 from composerlite.system.storage import location
 
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from composerlite import Callback, cli
-from composerlite.observe import speed_monitor
-from composerlite.run.checkpoint import MANIFEST_FILE, STATE_FILE, callback_keys
-from composerlite.system.distributed import unwrap_model
 from composerlite.models import build_model
+from composerlite.observe import speed_monitor
 from composerlite.observe.speed_monitor import (SpeedMonitor, measured_matmul_peak, model_flops_per_token, peak_memory_gib,
                                        reset_peak_memory)
+from composerlite.run.checkpoint import MANIFEST_FILE, STATE_FILE, callback_keys
+from composerlite.system.distributed import unwrap_model
 from tinyrun import same, tiny_trainer
 
 

@@ -149,10 +149,10 @@ def _capture(graph_module, example_inputs):
 
 def test_the_compiled_bundle_is_one_graph_with_unmasked_causal_attention(tmp_path):
     from torch._dynamo import register_backend
-    from composerlite.observe.loggers import Logger
+    from composerlite.core.logger import Logger
     from composerlite.registry import build_from_spec
-    from composerlite.run.throughput import RandomTokens
     from composerlite.run.loop import Trainer
+    from composerlite.run.throughput import RandomTokens
 
     if "anatomy_capture" not in torch._dynamo.list_backends(exclude_tags=()):
         register_backend(name="anatomy_capture")(_capture)

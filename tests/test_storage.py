@@ -7,9 +7,9 @@ import json
 import pytest
 
 from composerlite import cli
-from composerlite.system import storage
 from composerlite.run.checkpoint import read_verified
 from composerlite.run.run_directory import find_checkpoints
+from composerlite.system import storage
 from composerlite.system.storage import location
 
 RUN = ["run", "--model", "gpt2-tiny", "--batch-size", "4", "--seq-len", "32", "--device", "cpu",

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from composerlite.algorithms.pad_vocab import apply_pad_vocab
 from composerlite.cli import main
 from composerlite.models import flops_per_token
-from composerlite.system.runtime import resolve_runtime
-from composerlite.observe.speed_monitor import PEAK_FLOPS, model_flops_per_token, peak_flops
-from composerlite.algorithms.pad_vocab import apply_pad_vocab
 from composerlite.models import build_model
+from composerlite.observe.speed_monitor import PEAK_FLOPS, model_flops_per_token, peak_flops
+from composerlite.system.runtime import resolve_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 

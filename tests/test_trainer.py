@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from composerlite import Algorithm, Callback, Event
-from composerlite.run.settings import validated
+from composerlite.core.logger import Logger
 from composerlite.data import BatchStream, prepare_corpus
 from composerlite.errors import ConfigError
-from composerlite.observe.loggers import JSONLinesLogger, Logger
 from composerlite.models import build_model
+from composerlite.observe.loggers import JSONLinesLogger
 from composerlite.run.loop import Trainer, seed_everything
+from composerlite.run.settings import validated
 
 
 def make_trainer(tmp_path, text_file, *, max_duration="6ba", batch_size=4, seq_len=32, seed=0,

@@ -14,9 +14,9 @@ from composerlite.bench.runner import parse_algos, run_bench, train_run
 from composerlite.bench.tuning import (TunedKey, at_point, check_tuning, join_spec, method_grid, parse_tune,
                                        tuning_method, tuning_outcome)
 from composerlite.cli import main as cli
-from composerlite.run.settings import load_config
 from composerlite.errors import ConfigError, RunHalted
 from composerlite.registry import split_spec
+from composerlite.run.settings import load_config
 
 CALIBRATION = Path(__file__).resolve().parent.parent / "benchmarks" / "plugins" / "calibration.py"
 TINY = ["--model", "gpt2-tiny", "--budget", "2ba", "--batch-size", "2", "--seq-len", "16", "--eval-batches", "1",

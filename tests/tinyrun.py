@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from composerlite.core.logger import Logger
 from composerlite.data import BatchStream
-from composerlite.observe.loggers import JSONLinesLogger, Logger
 from composerlite.models import build_model
+from composerlite.observe.loggers import JSONLinesLogger
 from composerlite.run.loop import Trainer, seed_everything
 
 VOCAB = 50257

@@ -29,8 +29,8 @@ from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
 from composerlite import ModelConverter, Order, State
 from composerlite.core.attention import ATTENTION_NAME, has_score_modifiers
-from composerlite.errors import ConfigError
 from composerlite.core.surgery import replace_modules_by_type
+from composerlite.errors import ConfigError
 
 # activation_function values whose GELU is the tanh approximation or the exact erf form
 _GELU_APPROXIMATION = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}

@@ -35,8 +35,8 @@ from torch.optim.adam import adam
 from transformers.pytorch_utils import Conv1D
 
 from composerlite import Algorithm, Event, Logger, State
-from composerlite.system.distributed import unwrap_model
 from composerlite.errors import ConfigError
+from composerlite.system.distributed import unwrap_model
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the reference's quintic: maximal slope at zero
 NS_EPS = 1e-7

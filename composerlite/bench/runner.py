@@ -37,23 +37,24 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from composerlite.core.callback import Callback
 from composerlite.bench.lockstep import Stop, run_to_end, take_turns
 from composerlite.bench.report import build_report, print_verdicts
 from composerlite.bench.results import (BenchResults, EvalPoint, Method, RunRecord, TuningFailure, load_results,
                                         save_results)
 from composerlite.bench.tuning import (TunedKey, at_point, check_tuning, edge_text, method_grid, point_text,
                                        tuning_method, tuning_outcome, tuning_seed)
-from composerlite.run.settings import RunConfig
+from composerlite.core.callback import Callback
+from composerlite.core.logger import LoggerDestination
 from composerlite.errors import ConfigError, RunHalted
+from composerlite.observe.loggers import RecordList
+from composerlite.observe.speed_monitor import peak_memory_gib, reset_peak_memory
 from composerlite.registry import build_algorithm, split_spec
 from composerlite.run.run_directory import find_checkpoints
+from composerlite.run.settings import RunConfig
+from composerlite.run.train import RunResult, algorithm_specs, print_summary, train
 from composerlite.system.runtime import resolve_device
 from composerlite.system.signals import StopRequest, stop_on_signals
-from composerlite.observe.loggers import LoggerDestination, RecordList
-from composerlite.observe.speed_monitor import peak_memory_gib, reset_peak_memory
 from composerlite.system.storage import location
-from composerlite.run.train import RunResult, algorithm_specs, print_summary, train
 
 BASELINE = "baseline"
 REPEAT_SUFFIX = " (repeat)"

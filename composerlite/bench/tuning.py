@@ -166,8 +166,8 @@ def join_spec(target: str, options: dict[str, Any]) -> str:
 def check_tuning(keys: list[TunedKey], base, methods: list[Method]) -> None:
     """Refuse, in one line and before any run, a key given twice, a key that is no tunable run
     setting or no option of an algorithm some method has, and a value its option refuses."""
-    from composerlite.run.settings import FLAT_KEYS, algorithm_specs
     from composerlite.registry import build_algorithm, split_spec
+    from composerlite.run.settings import FLAT_KEYS, algorithm_specs
 
     names = [key.key for key in keys]
     twice = sorted({name for name in names if names.count(name) > 1})

@@ -14,8 +14,8 @@ import shlex
 from pathlib import Path
 
 from composerlite.commands.flags import FLAGS, add_setting_flags, given_settings
-from composerlite.run.settings import RunConfig, load_config
 from composerlite.errors import ConfigError, RunHalted
+from composerlite.run.settings import RunConfig, load_config
 
 # Twenty evaluations per run: enough points to read the cost of the baseline's loss off the curve.
 BENCH_EVAL_INTERVAL = "0.05dur"

@@ -9,8 +9,8 @@ from typing import Any
 from rich.console import Console
 
 from composerlite.commands.flags import add_setting_flags, flag_console, given_settings
-from composerlite.run.settings import RunConfig, algorithm_specs, load_config
 from composerlite.registry import check_combination
+from composerlite.run.settings import RunConfig, algorithm_specs, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(config: RunConfig, console: Console | None = None) -> dict[str, Any]:
     """`composerlite run` as a function: `train`, then the speed line and the summary table on the
     console; returns the run's summary."""
-    from composerlite.system import distributed
     from composerlite.run.train import print_summary, train
+    from composerlite.system import distributed
 
     console = console or flag_console(quiet=not distributed.is_rank_zero())
     summary = train(config, console=console).summary

@@ -17,7 +17,7 @@ from composerlite.core.event import Event
 if TYPE_CHECKING:
     import torch
 
-    from composerlite.observe.loggers import Logger
+    from composerlite.core.logger import Logger
     from composerlite.core.state import State
 
 

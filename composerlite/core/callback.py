@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from composerlite.core.event import Event
 
 if TYPE_CHECKING:
-    from composerlite.observe.loggers import Logger
+    from composerlite.core.logger import Logger
     from composerlite.core.state import State
 
 

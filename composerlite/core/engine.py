@@ -9,10 +9,10 @@ from typing import Callable
 
 from composerlite.core.algorithm import Algorithm
 from composerlite.core.callback import Callback
-from composerlite.errors import ConfigError, PluginError
 from composerlite.core.event import Event
-from composerlite.observe.loggers import Logger, LoggerDestination, destination_failed
+from composerlite.core.logger import Logger, LoggerDestination, destination_failed
 from composerlite.core.state import State
+from composerlite.errors import ConfigError, PluginError
 
 Handler = Callable[[State, Logger], None]
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from composerlite.core.schedule import Scheduler
-from composerlite.system.storage import Location
 from composerlite.core.time import Time, Timestamp, TimeUnit
+from composerlite.system.storage import Location
 
 if TYPE_CHECKING:
     from composerlite.core.algorithm import Algorithm

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from composerlite.system import distributed
 from composerlite.core.callback import Callback
+from composerlite.system import distributed
 from composerlite.system.runtime import PRECISIONS
 
 # Vendor dense peaks, FLOP/s, by a substring of torch.cuda.get_device_name() (first match wins:

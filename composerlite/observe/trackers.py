@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
+from composerlite.core.logger import LoggerDestination, RunInfo, scalar_metrics
 from composerlite.errors import ConfigError
-from composerlite.observe.loggers import LoggerDestination, RunInfo, scalar_metrics
 from composerlite.system.storage import Location
 
 

@@ -54,12 +54,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from composerlite.core.state import State
+from composerlite.core.time import Timestamp
+from composerlite.errors import ConfigError
 from composerlite.system import distributed
 from composerlite.system.distributed import unwrap_model
-from composerlite.errors import ConfigError
-from composerlite.core.state import State
 from composerlite.system.storage import Location, location
-from composerlite.core.time import Timestamp
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from composerlite.run.settings import algorithm_specs
 from composerlite.errors import ConfigError
+from composerlite.run.settings import algorithm_specs
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -24,17 +24,17 @@ def evaluate_run(run_dir: str, *, data: str | None = None, seq_len: int | None =
     """Held-out loss and perplexity of `run_dir`'s newest valid checkpoint (or of the checkpoint
     folder given), on `data`'s held-out split (default: the run's), at `seq_len` (default: the
     run's), in the run's precision where this device computes it natively, else fp32."""
-    from composerlite.run.checkpoint import load_checkpoint
     from composerlite.core.composition import compose
-    from composerlite.data import BatchStream, DataError, prepare_corpus
-    from composerlite.observe.loggers import Logger
-    from composerlite.models import build_model
-    from composerlite.registry import build_algorithm
-    from composerlite.run.run_directory import find_run, load_run_config, run_algorithm_specs  # torch: not for `eval --help`
-    from composerlite.system.runtime import default_threads, native_precisions, pinned_runtime, resolve_device
+    from composerlite.core.logger import Logger
     from composerlite.core.schedule import WarmupDecaySchedule
     from composerlite.core.time import Time
+    from composerlite.data import BatchStream, DataError, prepare_corpus
+    from composerlite.models import build_model
+    from composerlite.registry import build_algorithm
+    from composerlite.run.checkpoint import load_checkpoint
     from composerlite.run.loop import held_out_loss, init_state, position_limit, seed_everything
+    from composerlite.run.run_directory import find_run, load_run_config, run_algorithm_specs  # torch: not for `eval --help`
+    from composerlite.system.runtime import default_threads, native_precisions, pinned_runtime, resolve_device
 
     run_dir, checkpoint = find_run(str(run_dir))
     config = load_run_config(run_dir)

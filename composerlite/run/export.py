@@ -18,9 +18,9 @@ from composerlite.errors import ConfigError
 
 
 def export_hf(run_dir: str, output: Path) -> Path:
-    from composerlite.run.checkpoint import read_checkpoint  # torch: imported on use, not by `export --help`
     from composerlite.models import build_model
     from composerlite.registry import algorithm_class
+    from composerlite.run.checkpoint import read_checkpoint  # torch: imported on use, not by `export --help`
     from composerlite.run.run_directory import find_run, load_run_config, run_algorithm_specs
 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):

@@ -17,21 +17,21 @@ import torch
 
 from composerlite.core.algorithm import Algorithm
 from composerlite.core.callback import Callback
-from composerlite.system import distributed
-from composerlite.run.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from composerlite.core.composition import compose
-from composerlite.run.settings import DEFAULT_LR, DEFAULT_WARMUP, RunConfig, validated
 from composerlite.core.engine import Engine
-from composerlite.errors import ConfigError, RunHalted
 from composerlite.core.event import Event
-from composerlite.observe.loggers import Logger
-from composerlite.run.run_directory import checkpoint_folder, prune_checkpoints
-from composerlite.system.runtime import PRECISIONS, default_threads, pinned_runtime, resolve_runtime
+from composerlite.core.logger import Logger
 from composerlite.core.schedule import Scheduler, WarmupDecaySchedule
-from composerlite.system.signals import StopRequest, stop_on_signals
 from composerlite.core.state import State
-from composerlite.system.storage import Location, location
 from composerlite.core.time import Time, TimeUnit
+from composerlite.errors import ConfigError, RunHalted
+from composerlite.run.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from composerlite.run.run_directory import checkpoint_folder, prune_checkpoints
+from composerlite.run.settings import DEFAULT_LR, DEFAULT_WARMUP, RunConfig, validated
+from composerlite.system import distributed
+from composerlite.system.runtime import PRECISIONS, default_threads, pinned_runtime, resolve_runtime
+from composerlite.system.signals import StopRequest, stop_on_signals
+from composerlite.system.storage import Location, location
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)

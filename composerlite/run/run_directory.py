@@ -33,9 +33,9 @@ from typing import Any
 
 import yaml
 
+from composerlite.errors import ConfigError
 from composerlite.run.checkpoint import MANIFEST_FILE, CorruptCheckpoint, is_checkpoint, read_checkpoint
 from composerlite.run.settings import SETTING_KEYS, RunConfig, algorithm_specs, validated
-from composerlite.errors import ConfigError
 from composerlite.system.storage import Location, StorageError, location, remove_temporaries
 
 CONFIG_FILE = "config.yaml"

@@ -37,10 +37,10 @@ from typing import Annotated, Any, Literal
 import pydantic
 import yaml
 
+from composerlite.core.time import Time, parse_budget
 from composerlite.errors import ConfigError
 from composerlite.registry import split_spec
 from composerlite.system.runtime import AUTO_PRECISION, check_device
-from composerlite.core.time import Time, parse_budget
 
 # Runs that give a budget but no batch shape train 8 x 128; so does the CPU demo, a run with no
 # budget at all, which finishes in a few minutes on 2 CPU cores. On a GPU the demo is longer.

@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from rich.table import Table
 
+from composerlite.core.logger import Logger
 from composerlite.errors import ConfigError
-from composerlite.observe.loggers import Logger
-from composerlite.registry import build_algorithm, split_spec
-from composerlite.system.runtime import resolve_runtime
 from composerlite.observe.speed_monitor import SpeedMonitor, device_name, matmul_dtype, matmul_size, measured_matmul_peak
+from composerlite.registry import build_algorithm, split_spec
 from composerlite.run.loop import Trainer, seed_everything
+from composerlite.system.runtime import resolve_runtime
 
 
 class RandomTokens:

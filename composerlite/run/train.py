@@ -25,19 +25,20 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from composerlite.system import distributed
 from composerlite.core.callback import Callback
-from composerlite.run.checkpoint import check_resumable, read_step
 from composerlite.core.composition import compose
-from composerlite.run.settings import RunConfig, algorithm_specs, plugin_specs, resolve, validated
-from composerlite.errors import ConfigError
-from composerlite.observe.loggers import Logger, LoggerDestination, RecordList, RunInfo
-from composerlite.registry import build_algorithm, build_logger
-from composerlite.run.run_directory import checkpoint_to_resume, config_record, prepare_run_dir
-from composerlite.observe.speed_monitor import SpeedMonitor, speed_line
-from composerlite.system.storage import Location, location
+from composerlite.core.logger import Logger, LoggerDestination, RunInfo
 from composerlite.core.time import Time, TimeUnit
+from composerlite.errors import ConfigError
+from composerlite.observe.loggers import RecordList
+from composerlite.observe.speed_monitor import SpeedMonitor, speed_line
+from composerlite.registry import build_algorithm, build_logger
+from composerlite.run.checkpoint import check_resumable, read_step
 from composerlite.run.loop import Trainer, position_limit, seed_everything
+from composerlite.run.run_directory import checkpoint_to_resume, config_record, prepare_run_dir
+from composerlite.run.settings import RunConfig, algorithm_specs, plugin_specs, resolve, validated
+from composerlite.system import distributed
+from composerlite.system.storage import Location, location
 
 if TYPE_CHECKING:
     from composerlite.core.algorithm import Algorithm
