@@ -58,7 +58,7 @@ def test_bias_in_the_model_is_minus_slope_times_distance(n_heads):
     model = build_model(ModelSpec(f"h{n_heads}", 1, 8 * n_heads, 16 * n_heads, n_heads), vocab_size=64, dropout=0.0)
     apply_alibi(model, max_sequence_length=32)
     layer = attention_layers(model)[0]
-    mask = layer.score_modifiers.additive_mask(layer, 7, 7, torch.device("cpu"), torch.float32)
+    mask = layer.attention_changes.additive_mask(layer, 7, 7, torch.device("cpu"), torch.float32)
     assert mask.shape == (n_heads, 7, 7)
     i, j = torch.meshgrid(torch.arange(7), torch.arange(7), indexing="ij")
     slopes = torch.tensor(closed_form_slopes(n_heads))[:, None, None]

@@ -144,7 +144,7 @@ def test_modifiers_belong_to_one_model_only():
     with_bias, without = tiny(), tiny()
     add_score_modifier(with_bias, ConstantBias(0.3))
     assert without.config._attn_implementation == "sdpa"
-    assert all(not hasattr(layer, "score_modifiers") for layer in attention_layers(without))
+    assert all(not hasattr(layer, "attention_changes") for layer in attention_layers(without))
     assert len(attention_layers(with_bias)) == with_bias.config.n_layer
     assert score_modifiers(without) == []
     copied = copy.deepcopy(with_bias)
@@ -186,7 +186,7 @@ def test_incremental_decoding_with_a_kv_cache_matches_the_full_forward():
 def test_mask_is_cached_per_shape_and_dtype_and_bounded():
     model = tiny()
     add_score_modifier(model, ConstantBias(0.1))
-    container = attention_layers(model)[0].score_modifiers
+    container = attention_layers(model)[0].attention_changes
     layer = attention_layers(model)[0]
     mask = container.additive_mask(layer, 8, 8, torch.device("cpu"), torch.float32)
     assert container.additive_mask(layer, 8, 8, torch.device("cpu"), torch.float32) is mask

@@ -58,7 +58,7 @@ def test_mask_matches_a_brute_force_mask(window):
     model = tiny()
     apply_sliding_window(model, window)
     layer = attention_layers(model)[0]
-    mask = layer.score_modifiers.additive_mask(layer, 9, 9, torch.device("cpu"), torch.float32)
+    mask = layer.attention_changes.additive_mask(layer, 9, 9, torch.device("cpu"), torch.float32)
     torch.testing.assert_close(mask, brute_force_mask(9, window)[None], atol=0, rtol=0)
 
 
@@ -66,7 +66,7 @@ def test_window_composes_with_alibi():
     model = apply_alibi(tiny())
     apply_sliding_window(model, 4)
     layer = attention_layers(model)[0]
-    mask = layer.score_modifiers.additive_mask(layer, 9, 9, torch.device("cpu"), torch.float32)
+    mask = layer.attention_changes.additive_mask(layer, 9, 9, torch.device("cpu"), torch.float32)
     slopes = alibi_slopes(model.config.n_head)
     for head, slope in enumerate(slopes):
         expected = brute_force_mask(9, 4, lambda i, j: -slope * (i - j))
@@ -81,7 +81,7 @@ def test_changing_the_window_in_place_changes_the_mask_and_the_model():
     with torch.no_grad():
         narrow = model(input_ids=input_ids).logits
         modifier.window.fill_(5)
-        mask = layer.score_modifiers.additive_mask(layer, 9, 9, torch.device("cpu"), torch.float32)
+        mask = layer.attention_changes.additive_mask(layer, 9, 9, torch.device("cpu"), torch.float32)
         torch.testing.assert_close(mask, brute_force_mask(9, 5)[None], atol=0, rtol=0)
         modifier.window.fill_(UNLIMITED)
         unlimited = model(input_ids=input_ids).logits

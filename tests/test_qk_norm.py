@@ -92,7 +92,7 @@ def test_normalised_scores_are_bounded_by_sqrt_head_dim():
     model = apply_qk_norm(tiny())
     layer = model.transformer.h[0].attn
     scaled = torch.randn(1, 2, 5, 32) * 1000  # huge queries and keys, as weights can grow to
-    q, k = layer.score_modifiers.transform_queries_and_keys(layer, scaled, -scaled)
+    q, k = layer.attention_changes.transform_queries_and_keys(layer, scaled, -scaled)
     scores = (q @ k.transpose(-1, -2)) * layer.scaling
     assert scores.abs().max() <= math.sqrt(32) * (1 + 1e-5)
     torch.testing.assert_close(q.pow(2).mean(-1), torch.ones(1, 2, 5))

@@ -28,7 +28,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
 from composerlite import ModelConverter, Order, State
-from composerlite.core.attention import ATTENTION_NAME, has_score_modifiers
+from composerlite.core.attention import ATTENTION_NAME, has_attention_changes
 from composerlite.core.surgery import replace_modules_by_type
 from composerlite.errors import ConfigError
 
@@ -48,8 +48,8 @@ class LeanAttention(nn.Module):
         self.config, self.layer_idx, self.is_causal = attn.config, attn.layer_idx, attn.is_causal
         self.scaling, self.head_dim, self.num_heads = attn.scaling, attn.head_dim, attn.num_heads
         self.reorder_and_upcast_attn = attn.reorder_and_upcast_attn
-        if hasattr(attn, "score_modifiers"):
-            self.score_modifiers = attn.score_modifiers
+        if hasattr(attn, "attention_changes"):
+            self.attention_changes = attn.attention_changes
         self.attn_p, self.resid_p = attn.attn_dropout.p, attn.resid_dropout.p
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None, past_key_values: Any, **kwargs) -> torch.Tensor:
@@ -58,7 +58,7 @@ class LeanAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq, head_dim], views
         dropout = self.attn_p if self.training else 0.0
         implementation = self.config._attn_implementation
-        plain_sdpa = implementation == "sdpa" or (implementation == ATTENTION_NAME and not has_score_modifiers(self))
+        plain_sdpa = implementation == "sdpa" or (implementation == ATTENTION_NAME and not has_attention_changes(self))
         if plain_sdpa and attention_mask is None and past_key_values is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=self.scaling)
             y = y.transpose(1, 2)

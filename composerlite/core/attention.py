@@ -98,7 +98,7 @@ class QueryKeyTransform:
         return f"{type(self).__name__}({self.name})"
 
 
-class ScoreModifiers:
+class AttentionChanges:
     """The ordered score modifiers and query/key transforms of one model, shared by all its
     attention layers, with the modifiers' mask cache."""
 
@@ -199,25 +199,25 @@ def attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 def score_modifiers(model: torch.nn.Module) -> list[ScoreModifier]:
     """The model's modifiers in the order they apply (a copy; change them with add/remove)."""
     layers = attention_layers(model)
-    container = getattr(layers[0], "score_modifiers", None) if layers else None
+    container = getattr(layers[0], "attention_changes", None) if layers else None
     return list(container.modifiers) if container is not None else []
 
 
 def query_key_transforms(model: torch.nn.Module) -> list[QueryKeyTransform]:
     """The model's query/key transforms in the order they apply (a copy)."""
     layers = attention_layers(model)
-    container = getattr(layers[0], "score_modifiers", None) if layers else None
+    container = getattr(layers[0], "attention_changes", None) if layers else None
     return list(container.query_key_transforms) if container is not None else []
 
 
-def _shared_container(model: torch.nn.Module) -> ScoreModifiers:
-    """The model's one ScoreModifiers, created and attached to every attention layer if needed."""
+def _shared_container(model: torch.nn.Module) -> AttentionChanges:
+    """The model's one AttentionChanges, created and attached to every attention layer if needed."""
     layers = attention_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no attention layers (modules with layer_idx and is_causal)")
-    container = getattr(layers[0], "score_modifiers", None) or ScoreModifiers()
+    container = getattr(layers[0], "attention_changes", None) or AttentionChanges()
     for layer in layers:
-        layer.score_modifiers = container
+        layer.attention_changes = container
     return container
 
 
@@ -242,17 +242,17 @@ def route_attention(model: torch.nn.Module) -> None:
     model.set_attn_implementation(ATTENTION_NAME)
 
 
-def has_score_modifiers(module: torch.nn.Module) -> bool:
+def has_attention_changes(module: torch.nn.Module) -> bool:
     """Whether the hook changes this layer's attention (a score modifier or a query/key transform):
     a replacement attention module must then call the registered function, not SDPA directly."""
-    container = getattr(module, "score_modifiers", None)
+    container = getattr(module, "attention_changes", None)
     return bool(container is not None and (container.modifiers or container.query_key_transforms))
 
 
 def remove_score_modifier(model: torch.nn.Module, name: str) -> ScoreModifier:
     """Detach the modifier called `name`; with none left the hook runs transformers' sdpa unchanged."""
     layers = attention_layers(model)
-    container = getattr(layers[0], "score_modifiers", None) if layers else None
+    container = getattr(layers[0], "attention_changes", None) if layers else None
     if container is None:
         raise KeyError(f"no '{name}' score modifier on this model")
     return container.remove(name)
@@ -295,7 +295,7 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     the bool [batch, 1, q, kv] mask HF's sdpa mask builder makes for padding (True = attend), or a
     user's float 4-D mask; `scaling` already folds in GPT-2's scale_attn_weights and
     scale_attn_by_inverse_layer_idx. Returns ([batch, seq, heads, head_dim], weights or None)."""
-    container: ScoreModifiers | None = getattr(module, "score_modifiers", None)
+    container: AttentionChanges | None = getattr(module, "attention_changes", None)
     if container is not None and container.query_key_transforms:
         query, key = container.transform_queries_and_keys(module, query, key)
     if container is None or not container.modifiers:
@@ -320,7 +320,7 @@ def _with_padding(mask: torch.Tensor, attention_mask: torch.Tensor | None) -> to
     return (mask + attention_mask.to(mask.dtype)).clamp_min(blocked)
 
 
-def _eager_attention(container: ScoreModifiers, module, query, key, value, attention_mask, dropout, scaling):
+def _eager_attention(container: AttentionChanges, module, query, key, value, attention_mask, dropout, scaling):
     """Scores materialized, for modifiers that transform them. Mirrors transformers' eager GPT-2
     attention, including `reorder_and_upcast_attn` (scores and softmax in fp32, autocast off)."""
     upcast = getattr(module, "reorder_and_upcast_attn", False)
