@@ -10,7 +10,7 @@
 #      combination that outran the whole bundle on 2026-11-26);
 #   3. ceiling: the hand-written minimal GPT-2 on the same card ($ANCHORS_DIR/gpu_ceiling.py, its
 #      padded-vocabulary default-compile rows: gpt2-52m and gpt2-125m at batch 32);
-#   4. targets (benchmarks/throughput.py, gpt2-52m and gpt2-125m, bf16, 32 x 1024): the plain-HF
+#   4. targets (benchmarks/throughput_matrix.py, gpt2-52m and gpt2-125m, bf16, 32 x 1024): the plain-HF
 #      baseline, the bundle at batch 32 and 64, each against the ceiling of step 3, MFU against a
 #      bf16 matmul timed on the card, peak memory;
 #   5. shapes: seq_len_warmup, batch_size_warmup and attention_window_warmup with the compiled bundle
@@ -99,7 +99,7 @@ if want ablation && [[ $(left) -gt 250 ]]; then
   echo "== ablation, $(left) s left =="
   seconds=$(( $(left) - 230 ))  # the ceiling (~70 s) and the targets (~150 s) come after it
   [[ $seconds -gt 170 ]] && seconds=170
-  python3 benchmarks/throughput.py "${DEVICE[@]}" --models "${MODELS[0]}" "${ABLATION_SIZE[@]}" --budget-s "$seconds" \
+  python3 benchmarks/throughput_matrix.py "${DEVICE[@]}" --models "${MODELS[0]}" "${ABLATION_SIZE[@]}" --budget-s "$seconds" \
       --variants "${ABLATION[@]}" --out "$OUT/throughput_gpu_ablation.json" || STATUS=1
 fi
 
@@ -126,7 +126,7 @@ fi
 if want targets && [[ $(left) -gt 60 ]]; then
   echo "== targets, $(left) s left =="
   seconds=$(( $(left) - 40 )); [[ $seconds -gt 200 ]] && seconds=200
-  python3 benchmarks/throughput.py "${DEVICE[@]}" --models "${MODELS[@]}" "${SIZE[@]}" --budget-s "$seconds" \
+  python3 benchmarks/throughput_matrix.py "${DEVICE[@]}" --models "${MODELS[@]}" "${SIZE[@]}" --budget-s "$seconds" \
       --variants baseline fused_kernels fused_kernels@64 "${CEILING[@]}" --out "$OUT/throughput_gpu.json" || STATUS=1
 fi
 
@@ -146,7 +146,7 @@ fi
 
 # (not in the default job) the speedrun methods without their schedules (batch-size and window warmups end as the identity)
 if want speedrun && [[ $(left) -gt 120 ]]; then
-  python3 benchmarks/throughput.py "${DEVICE[@]}" --models "${MODELS[0]}" "${SIZE[@]}" --budget-s 60 \
+  python3 benchmarks/throughput_matrix.py "${DEVICE[@]}" --models "${MODELS[0]}" "${SIZE[@]}" --budget-s 60 \
       --variants "$SPEEDRUN" "$SPEEDRUN+fused_kernels" --out "$OUT/throughput_gpu_speedrun.json" || STATUS=1
 fi
 

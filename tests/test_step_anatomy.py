@@ -40,7 +40,7 @@ def test_the_gpu_jobs_anatomy_runs_in_cpu_smoke_mode(tmp_path):
 
 
 def test_the_gpu_jobs_ablation_removes_each_member_once_with_specs_that_build():
-    """Checked from the script's text (running the part is throughput.py's, tested elsewhere)."""
+    """Checked from the script's text (running the part is throughput_matrix.py's, tested elsewhere)."""
     import re
     from composerlite.registry import build_from_spec
 

@@ -87,7 +87,7 @@ def test_gpu_benchmark_script_smoke_runs_on_cpu(tmp_path):
 def test_the_bundle_is_judged_against_the_ceiling_measured_in_the_same_job(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from throughput import ceiling_rows, verdicts
+        from throughput_matrix import ceiling_rows, verdicts
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     ceiling = tmp_path / "gpu_ceiling.json"

@@ -6,8 +6,8 @@ each fused method alone, and the `fused_kernels` bundle, all through `composerli
 (round-robin), and the median of each cell is reported, so background load on a shared CPU hits
 every variant alike. A variant `NAME@B` runs at batch size B.
 
-    python benchmarks/throughput.py                         # CPU: gpt2-tiny and gpt2-52m, fp32
-    python benchmarks/throughput.py --device cuda --models gpt2-52m gpt2-125m --variants baseline fused_kernels fused_kernels@64
+    python benchmarks/throughput_matrix.py                         # CPU: gpt2-tiny and gpt2-52m, fp32
+    python benchmarks/throughput_matrix.py --device cuda --models gpt2-52m gpt2-125m --variants baseline fused_kernels fused_kernels@64
 Writes JSON (default benchmarks/results/throughput_<device>_<date>.json) and prints a table, plus
 each target of issue 4 as met or missed (targets live here, never in timed tests).
 """
