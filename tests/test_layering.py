@@ -1,7 +1,13 @@
-"""The layering the README promises: the command line is on top and nothing below it imports it;
-the core never imports a specific algorithm, and an algorithm never imports another (a bundle
-names its members as data and builds them through the registry); and no composerlite module
-imports, while being imported, one that imports it back."""
+"""The layering the README's Layout table promises. composerlite/ is rooms, each built on the ones
+below it and never importing one above: errors and lazy; system/ (device, processes, signals,
+storage), data/ and the model family; core/ (events, State, Algorithm, Callback, Logger, Engine,
+Time, ...); the registry; observe/ (loggers, trackers, speed monitor); run/ (settings, run
+directory, checkpoints, the loop, the library calls); bench/; commands/; and on top the faces: the
+public API (composerlite/__init__.py), cli.py, __main__.py and launch.py. Only cli.py and
+__main__.py import the command line. An algorithm imports the plugin API and what it stands on, never the run above it,
+nor another algorithm (a bundle names its members as data and builds them through the registry),
+and nothing in composerlite/ imports a specific algorithm. No composerlite module imports, while
+being imported, one that imports it back."""
 
 from __future__ import annotations
 
@@ -10,11 +16,31 @@ from pathlib import Path
 from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
-FACES = {"composerlite/cli.py", "composerlite/__main__.py"}
+FACES = {"composerlite/cli.py", "composerlite/__main__.py"}  # the command line's
 # Where each package's files live (pyproject.toml's package-dir): algorithms/ and models/ install
 # as composerlite.algorithms and composerlite.models.
 PACKAGE_FOLDERS = {"composerlite": "composerlite", "composerlite.algorithms": "algorithms",
                    "composerlite.models": "models"}
+# The rooms, from the bottom up: a module may import its own room's modules and those of the rooms
+# below it, never a room above. A room is named by the modules and packages it holds.
+ROOMS = [
+    ("base", ("composerlite.errors", "composerlite.lazy")),
+    ("system", ("composerlite.system",)),
+    ("data", ("composerlite.data",)),
+    ("models", ("composerlite.models",)),
+    ("core", ("composerlite.core",)),
+    ("registry", ("composerlite.registry",)),
+    ("observe", ("composerlite.observe",)),
+    ("run", ("composerlite.run",)),
+    ("bench", ("composerlite.bench",)),
+    ("commands", ("composerlite.commands",)),
+    ("faces", ("composerlite.cli", "composerlite.__main__", "composerlite.launch")),  # and composerlite itself
+]
+# What an algorithm may import of composerlite: the rooms up to the registry (the plugin API, which
+# it also imports as `from composerlite import Algorithm, Event, ...`; core/'s surgery and attention
+# tools, system/'s distributed helpers, the model family, the registry that builds a bundle's
+# members), never the run that uses it.
+ALGORITHM_ROOMS = {"base", "system", "data", "models", "core", "registry"}
 
 
 def module_name(name: str) -> str:
@@ -88,9 +114,70 @@ def python_files(*folders: str) -> Iterator[tuple[str, Path]]:
             yield path.relative_to(ROOT).as_posix(), path
 
 
+def public_api() -> dict[str, str]:
+    """`composerlite.NAME` -> the module that defines it, for each name composerlite/__init__.py
+    exports: imported there (`from composerlite.core.event import Event`) or lazily (`_LAZY`)."""
+    sources = {}
+    for node in ast.parse((ROOT / "composerlite" / "__init__.py").read_text()).body:
+        if isinstance(node, ast.ImportFrom):
+            sources.update({f"composerlite.{alias.asname or alias.name}": node.module for alias in node.names})
+        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_LAZY" for t in node.targets):
+            sources.update({f"composerlite.{name}": module for name, module in ast.literal_eval(node.value).items()})
+    return sources
+
+
+API = public_api()
+
+
+def room(module: str) -> str | None:
+    """The room of composerlite module `module` (a dotted name); None for a specific algorithm or a
+    module that is not composerlite's. A name of the public API (`from composerlite import Event`
+    names composerlite.Event) is in the room of the module that defines it; the package itself
+    (composerlite/__init__.py, which imports them all) is a face."""
+    module = API.get(module, module)
+    if module.partition(".")[0] != "composerlite" or module.partition(".")[2].partition(".")[0] == "algorithms":
+        return None
+    for room_name, prefixes in ROOMS:
+        if any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes):
+            return room_name
+    return "faces"
+
+
+RANK = {room_name: rank for rank, (room_name, _) in enumerate(ROOMS)}
+
+
+def test_every_module_is_in_a_room():
+    homeless = [name for name, _ in python_files("composerlite", "models") if room(module_name(name)) is None]
+    assert homeless == []
+
+
+def test_each_room_imports_only_itself_and_the_rooms_below_it():
+    """Wherever the import statement is: in a function, under TYPE_CHECKING, at module level."""
+    offenders = []
+    for name, path in python_files("composerlite", "models"):
+        importer = room(module_name(name))
+        for module in sorted(imports(path)):
+            imported = room(module)
+            if imported is not None and RANK[imported] > RANK[importer]:
+                offenders.append(f"{name} ({importer}) imports {module} ({imported})")
+    assert offenders == []
+
+
+def test_the_algorithms_import_the_plugin_api_and_what_it_stands_on_only():
+    """The built-in algorithms, and the example plugins the docs build."""
+    offenders = []
+    for name, path in python_files("algorithms", "examples"):
+        for module in sorted(imports(path)):
+            imported = room(module)
+            if imported is not None and imported not in ALGORITHM_ROOMS and module != "composerlite":
+                offenders.append(f"{name} imports {module} ({imported})")
+    assert offenders == []
+
+
 def test_nothing_below_the_cli_imports_it():
-    """Only the faces import the command line, and only they import the commands; the commands
-    (which cli.py loads) import each other but never cli.py back."""
+    """Only cli.py and __main__.py import the command line, and only they import the commands;
+    the commands (which cli.py loads) import each other but never cli.py back. Also true of the
+    benchmark scripts and the examples."""
     offenders = []
     for name, path in python_files("composerlite", "algorithms", "models", "benchmarks", "examples"):
         if name in FACES:
@@ -102,7 +189,7 @@ def test_nothing_below_the_cli_imports_it():
     assert offenders == []
 
 
-def test_the_core_imports_no_specific_algorithm():
+def test_composerlite_imports_no_specific_algorithm():
     offenders = []
     for name, path in python_files("composerlite"):
         offenders += [f"{name} imports {module}" for module in imports(path)
