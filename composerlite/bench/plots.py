@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from composerlite.bench.analysis import AXES, AXIS_NAMES, VERDICT_AXES, Group, MethodSummary, seed_targets
+from composerlite.bench.analysis import AXIS_NAMES, VERDICT_AXES, Group, MethodSummary, seed_targets
 from composerlite.bench.ladder import Ladder
 from composerlite.bench.tuning import TuningOutcome
 

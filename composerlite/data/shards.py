@@ -45,16 +45,6 @@ def header(n_tokens: int) -> bytes:
     return values.tobytes()
 
 
-def read_header(data: bytes, display: str) -> int:
-    """The token count of a shard header; DataError unless it is our format's."""
-    values = np.frombuffer(data[:HEADER_BYTES], dtype="<i4")
-    if len(values) < HEADER_INTS or values[0] != MAGIC:
-        raise DataError(f"{display} is not a token shard (no magic {MAGIC} in its header)")
-    if values[1] != VERSION:
-        raise DataError(f"{display} is a version {values[1]} shard; this composerlite reads version {VERSION}")
-    return int(values[2])
-
-
 class ShardWriter:
     """Appends one split's tokens to its shards in `folder`, publishing each as it fills.
 
