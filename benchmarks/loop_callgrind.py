@@ -90,7 +90,10 @@ def load_module(path: str):
 def bare_loop(mod, model, data, steps: int) -> None:
     """mod.trainer_loop's Trainer without logger destinations and without the SpeedMonitor."""
     import torch
-    from composerlite.loggers import Logger
+    try:
+        from composerlite.core.logger import Logger
+    except ImportError:  # a checkout from before composerlite/ had rooms (issue 25)
+        from composerlite.loggers import Logger
 
     with tempfile.TemporaryDirectory(prefix="composerlite-overhead-") as run_dir:
         if "settings" in inspect.signature(mod.Trainer).parameters:  # Trainer(settings, model=, ...)
@@ -112,7 +115,10 @@ def run_loop(script: str, loop: str, shim: str | None) -> dict:
     import torch
     import transformers
     import composerlite
-    from composerlite import loggers
+    try:
+        from composerlite.observe import loggers
+    except ImportError:  # a checkout from before composerlite/ had rooms (issue 25)
+        from composerlite import loggers
 
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
