@@ -21,6 +21,16 @@ class RunHalted(RuntimeError):
         self.exit_code = exit_code
 
 
+class Diverged(RunHalted):
+    """The loss stopped being finite and the NaN policy stopped the run: an outcome of the run's
+    settings (too high an LR, say), not a fault of the machine or the code, so a run at the same
+    settings would diverge again. A bench records it as that tuning point's result."""
+
+    def __init__(self, message: str, *, loss: float, step: int):
+        super().__init__(message, exit_code=1)
+        self.loss, self.step = loss, step
+
+
 class PluginError(RuntimeError):
     """A plugin's own code raised (a bug in that plugin, not in the configuration): an algorithm
     while it was being built or converting the model at INIT, a logger destination in any of its

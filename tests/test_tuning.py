@@ -14,7 +14,7 @@ from composerlite.bench.runner import parse_algos, run_bench, train_run
 from composerlite.bench.tuning import (TunedKey, at_point, check_tuning, join_spec, method_grid, parse_tune,
                                        tuning_method, tuning_outcome)
 from composerlite.cli import main as cli
-from composerlite.errors import ConfigError, RunHalted
+from composerlite.errors import ConfigError, Diverged, RunHalted
 from composerlite.registry import split_spec
 from composerlite.run.settings import load_config
 
@@ -123,7 +123,7 @@ def test_tuning_makes_a_method_that_only_rescales_the_lr_no_different(tmp_path, 
     def failing_at_the_top(config, console, **hooks):
         trained.append(config.training.seed)
         if config.optimizer.lr == 2**-2 and not config.algorithms:
-            raise RuntimeError("diverged")
+            raise Diverged("loss became nan at step 3", loss=math.nan, step=3)
         return train_run(config, console, **hooks)
 
     out = tmp_path / "tuned"
@@ -145,7 +145,7 @@ def test_tuning_makes_a_method_that_only_rescales_the_lr_no_different(tmp_path, 
     scaled_row = next(line for line in markdown.splitlines() if line.startswith(f"| {scaled} | 2 | "))
     assert scaled_row.count("no different 1.00× [1.00, 1.00]") == 2  # tokens and FLOPs
     assert "equivalent (+0.000 nats), p 0" in markdown
-    assert "| baseline | 3 (1 failed) | " in markdown and "failed: RuntimeError: diverged" in markdown
+    assert "| baseline | 3 (1 failed) | " in markdown and "diverged: loss nan at step 3" in markdown
     assert f"| {scaled} | 3 | " in markdown and "lr at the grid's lowest value: widen the grid" in markdown
     assert "3 runs per method" in markdown and (out / "plots" / "tuning_lr.png").exists()
     assert (out / "tuning" / "baseline_lr=0.0625" / "seed16" / "metrics.jsonl").exists()
@@ -160,18 +160,63 @@ def test_tuning_makes_a_method_that_only_rescales_the_lr_no_different(tmp_path, 
     assert len(load_results(out).commands) == 2  # before anything was written
 
 
-def test_a_bench_whose_every_tuning_run_fails_says_so(tmp_path, text_file):
-    """With no method left to run verdicts for, the bench still ends in its one-line failure (exit 1)
-    naming each method, the tuning failures kept in results.json."""
+NAN_AT_FIRST_STEP = '''
+from composerlite import Algorithm, Event
+
+class NanAtFirstStep(Algorithm):
+    """The loss NaN at the first batch, as a run far above its stable LR diverges."""
+    name = "nan_at_first_step"
+    def match(self, event, state): return event is Event.AFTER_LOSS and state.timestamp.batch == 0
+    def apply(self, event, state, logger): state.loss = state.loss * float("nan")
+'''
+
+
+def test_a_bench_whose_every_tuning_run_diverges_says_so(tmp_path, text_file):
+    """Every grid point diverges (the trainer's own NaN stop): each is its point's result, kept and not
+    retried, and with no method left to run verdicts for the bench ends in its one-line failure (exit 1)."""
+    plugin = tmp_path / "diverging.py"
+    plugin.write_text(NAN_AT_FIRST_STEP)
     base = load_config(None, {"model": "gpt2-tiny", "max_duration": "2ba", "batch_size": 2, "seq_len": 16,
                               "eval_batches": 1, "device": "cpu", "precision": "fp32", "data": str(text_file)})
+    out = tmp_path / "diverging"
+    methods = parse_algos(f"{plugin}:NanAtFirstStep")
+    for _ in range(2):  # the second time, nothing is retried
+        with pytest.raises(RunHalted, match="every tuning run diverged") as halted:
+            run_bench(out, base, methods, [17], "diverging", reference_repeats=0, interleave="runs",
+                      tuning=[parse_tune("lr=1e-3,1e-2")])
+        assert halted.value.exit_code == 1
+        assert [failure.reason for failure in load_results(out).tuning_failures] == ["diverged: loss nan at step 1"] * 2
+    assert "no point could train: no verdict runs" in (out / "report.md").read_text()
 
-    def broken(config, console, **hooks):
-        raise ModuleNotFoundError("No module named 'somewhere'")
+
+def test_a_tuning_run_that_fails_for_another_reason_is_retried(tmp_path, text_file):
+    """An import error says nothing about the grid point: the bench fails naming the run (exit 1),
+    records no result for the point, and the same command retries exactly the failed runs."""
+    base = load_config(None, {"model": "gpt2-tiny", "max_duration": "2ba", "batch_size": 2, "seq_len": 16,
+                              "eval_batches": 1, "device": "cpu", "precision": "fp32", "data": str(text_file)})
+    trained = []
+
+    def broken_at_one_point(config, console, **hooks):
+        if config.optimizer.lr == 1e-2:
+            raise ModuleNotFoundError("No module named 'somewhere'")
+        trained.append((config.optimizer.lr, config.training.seed))
+        return train_run(config, console, **hooks)
 
     out = tmp_path / "broken"
-    with pytest.raises(RunHalted, match="baseline \\(every tuning run failed") as halted:
-        run_bench(out, base, parse_algos("baseline"), [17], "broken", run=broken, reference_repeats=0,
-                  interleave="runs", tuning=[parse_tune("lr=1e-3,1e-2")])
-    assert halted.value.exit_code == 1
-    assert len(load_results(out).tuning_failures) == 2
+    tune = [parse_tune("lr=1e-3,1e-2")]
+    with pytest.raises(RunHalted, match="baseline @ lr=0.01.*ModuleNotFoundError") as halted:
+        run_bench(out, base, parse_algos("baseline"), [17], "broken", run=broken_at_one_point,
+                  reference_repeats=0, interleave="runs", tuning=tune)
+    assert halted.value.exit_code == 1 and "retry the failed runs" in str(halted.value)
+    assert load_results(out).tuning_failures == [] and trained == [(1e-3, 16)]  # no verdict run yet
+    assert "tuning: 1 of 2 runs done" in (out / "report.md").read_text()
+
+    def working(config, console, **hooks):
+        trained.append((config.optimizer.lr, config.training.seed))
+        return train_run(config, console, **hooks)
+
+    trained.clear()
+    again = run_bench(out, base, parse_algos("baseline"), [17], "fixed", run=working, reference_repeats=0,
+                      interleave="runs", tuning=tune)
+    chosen = next(method.point["lr"] for method in again.methods if method.label == "baseline")
+    assert trained == [(1e-2, 16), (chosen, 17)]  # the failed point only, then the verdict seed

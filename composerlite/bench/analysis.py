@@ -53,6 +53,7 @@ STEP_SPEED = "step_speed"  # not a cost to the target: tokens/s of single traini
 VERDICT_AXES = (*AXES, STEP_SPEED)
 AXIS_NAMES = {"wall_s": "wall-clock", "tokens": "tokens", "flops": "FLOPs", STEP_SPEED: "step speed"}
 FASTER, NO_DIFFERENT, SLOWER = "faster", "no different", "slower"
+NO_FINISHED_RUN = "no finished run"  # the device of a group whose folder has no finished run to tell it
 
 
 @dataclasses.dataclass
@@ -445,27 +446,32 @@ def group_results(sources: list[tuple[str, BenchResults]], allow_mixed: bool = F
             )
     groups: dict[tuple, Group] = {}
     for name, results in sources:
-        repeats = {method.label: method.repeat_of for method in results.methods if method.repeat_of}
         specs = {method.label: method for method in results.methods}
-        for run in results.runs:
-            key = (json.dumps(results.settings, sort_keys=True, default=str), results.reference, results.kind, run.device)
-            group = groups.get(key)
+        settings = (json.dumps(results.settings, sort_keys=True, default=str), results.reference, results.kind)
+        # A folder none of whose runs finished (every tuning run diverged) still gets a group: its
+        # report's tuning table says why there is nothing else.
+        devices = dict.fromkeys(run.device for run in results.runs) or (
+            {NO_FINISHED_RUN: None} if results.tuning_failures else {})
+        for device in devices:
+            group = groups.get((*settings, device))
             if group is None:
-                group = groups[key] = Group(results.settings, results.reference, run.device, results.kind,
-                                            [], {}, dict(results.references), [], [], [])
+                group = groups[(*settings, device)] = Group(results.settings, results.reference, device, results.kind,
+                                                            [], {}, dict(results.references), [], [], [])
+            group.repeats.update({method.label: method.repeat_of for method in results.methods if method.repeat_of})
+            group.method_specs.update(specs)
+            group.tuning_failures.update({failure.method: failure.reason for failure in results.tuning_failures})
+            group.sources.append(name)
+            group.commands.extend(results.commands)
+            # A tuned method is named by its tuning runs before its verdict runs exist (or if they never do).
+            for method in [results.reference, *dict.fromkeys(m.tuning_of or m.label for m in results.methods)]:
+                if method not in group.methods:
+                    group.methods.append(method)
+        for run in results.runs:
+            group = groups[(*settings, run.device)]
             held = group.tuning_runs if specs.get(run.method, Method(label=run.method)).tuning_of else group.runs
             if any(other.method == run.method and other.seed == run.seed for other in held):
                 raise ConfigError(f"{name} and another folder both hold '{run.method}' seed {run.seed} on {run.device}")
             held.append(run.model_copy(update={"run_dir": str(Path(name) / run.run_dir)}))
-            group.repeats.update(repeats)
-            group.method_specs.update(specs)
-            group.tuning_failures.update({failure.method: failure.reason for failure in results.tuning_failures})
-            if name not in group.sources:
-                group.sources.append(name)
-                group.commands.extend(results.commands)
-            for method in [results.reference, *(m.label for m in results.methods if not m.tuning_of)]:
-                if method not in group.methods:
-                    group.methods.append(method)
     return list(groups.values())
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 
 from composerlite.core.callback import Callback
-from composerlite.errors import RunHalted
+from composerlite.errors import Diverged, RunHalted
 
 GO, STOP = "go", "stop"
 # Imported once by the fork server, so workers start with them loaded.
@@ -92,6 +92,9 @@ def run_to_end(execute: Callable[..., dict[str, Any]], job: Any, callbacks: list
     worker or in the benchmark's own process."""
     try:
         send("done", execute(job, callbacks=callbacks, on_record=lambda record: send("record", record)))
+    except (Diverged, torch.OutOfMemoryError) as error:  # the run's settings cannot train here: a result
+        send("cannot_train", f"diverged: loss {error.loss} at step {error.step}" if isinstance(error, Diverged)
+             else "out of device memory")
     except RunHalted as halted:
         send("halted", str(halted), halted.exit_code)
     except Exception as error:  # noqa: BLE001 -- one run's failure is reported, not raised
@@ -108,8 +111,9 @@ def take_turns(jobs: list[Any], execute: Callable[..., dict[str, Any]], on_messa
     """Train `jobs` in worker processes, one step each in turn, in the order given.
 
     `on_message(job, message)` gets each worker's messages: ("record", r) as the run logs, then
-    its end: ("done", result), ("halted", text, exit_code), ("failed", text), ("died", text) or,
-    stopped before its first turn, ("not_started",).
+    its end: ("done", result), ("cannot_train", text) (its loss diverged or it ran out of device
+    memory: an outcome of its settings), ("halted", text, exit_code), ("failed", text), ("died", text)
+    or, stopped before its first turn, ("not_started",).
     `stop_requested()` is asked after every step; when true, every worker is told to stop (each saves
     a checkpoint), and `Stop` is raised once they all have."""
     context = multiprocessing.get_context("forkserver")

@@ -86,8 +86,9 @@ TUNING_DEFINITION = (
     "Tuning (--tune): before the verdict seeds, every method, the reference included, trains once at each point of "
     "the grid (the product of the tuned keys that apply to it: ALGO.OPTION applies to the methods with ALGO) on the "
     "tuning seed, the one before the first verdict seed; the i-th points of all methods train side by side like a "
-    "seed's runs. A method's best point is the one with the lowest final held-out loss there (a failed run loses only "
-    "its own point), and all its verdict runs use it, so every verdict compares a method at its best with the "
+    "seed's runs. A method's best point is the one with the lowest final held-out loss there (a run that diverged or ran "
+    "out of memory loses only its own point; a run that failed for another reason is retried by the next run of "
+    "the command), and all its verdict runs use it, so every verdict compares a method at its best with the "
     "reference at its best. A best value at the lowest or highest value of a numeric key's grid is flagged: the "
     "optimum may lie beyond it. Tuning runs are in no verdict; the budget they cost is stated.")
 LADDER_DEFINITION = (
@@ -319,13 +320,13 @@ def tuning_row(outcome: TuningOutcome) -> list[str]:
     elif not outcome.complete:
         chosen, loss = f"tuning: {outcome.settled} of {len(outcome.points)} runs done", "-"
     else:
-        chosen, loss = "every run failed: no verdict runs", "-"
+        chosen, loss = "no point could train: no verdict runs", "-"
     return [outcome.method, runs, f"{outcome.tokens:,}", chosen, loss, edge_text(outcome) or "-"]
 
 
 def tuning_point_row(outcome: TuningOutcome, point, keys: list[str]) -> list[str]:
     if point.failure is not None:
-        result = f"failed: {point.failure}"
+        result = point.failure  # what stopped it: "diverged: loss nan at step 12", "out of device memory"
     elif point.final_loss is None:
         result = "to run"
     else:

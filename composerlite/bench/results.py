@@ -49,7 +49,9 @@ class Method(pydantic.BaseModel):
 
 
 class TuningFailure(pydantic.BaseModel):
-    """A tuning run that failed: that grid point's result, kept so a rerun chooses the same best."""
+    """A tuning run whose settings could not train (its loss diverged, it ran out of device memory):
+    that grid point's result, kept so a rerun chooses the same best. A run that failed for any other
+    reason is not one: it is retried."""
 
     method: str
     seed: int
@@ -93,7 +95,7 @@ class BenchResults(pydantic.BaseModel):
         return any(run.method == method and run.seed == seed for run in self.runs)
 
     def settled(self, method: str, seed: int) -> bool:
-        """Finished, or a tuning run that failed (not retried: the failure is its grid point's result)."""
+        """Finished, or a tuning run that could not train (not retried: that is its grid point's result)."""
         return self.finished(method, seed) or any(failure.method == method and failure.seed == seed
                                                   for failure in self.tuning_failures)
 

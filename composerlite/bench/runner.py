@@ -431,8 +431,8 @@ def interleaving(interleave: str | None, device: torch.device) -> str:
 
 def raise_for_failures(out: Path, failures: list[str], every_point_failed: list[str], total: int) -> None:
     """The bench's one-line failure (exit 1) when runs failed, or a tuned method has no best point."""
-    failures = failures + [f"{label} (every tuning run failed, so it has no verdict runs; failed tuning runs are "
-                           "results, not retried)" for label in every_point_failed]
+    failures = failures + [f"{label} (every tuning run diverged, so it has no verdict runs; a diverged tuning run "
+                           "is its point's result, not retried)" for label in every_point_failed]
     if failures:
         raise RunHalted(f"{len(failures)} of {total} runs failed: {'; '.join(failures)}. The "
                         f"finished runs are kept in {out} (each failure's traceback is in its log under "
@@ -453,7 +453,8 @@ def tuning_batches(grids: list[list[Method]]) -> list[list[Method]]:
 def tuned_methods(methods: list[Method], grids: dict[str, list[Method]], results: BenchResults,
                   tuning: Sequence[TunedKey], console: Console) -> tuple[list[Method], list[str]]:
     """(each method at its best grid point, or as given when no tuned key applies to it; the labels
-    of methods every tuning run of which failed, left out)."""
+    of methods every tuning run of which could not train, left out). A method whose tuning is not
+    complete (a tuning run failed and waits for a rerun) is left out of both."""
     runs = {run.method: run for run in results.runs}
     failures = {failure.method: failure.reason for failure in results.tuning_failures}
     values = {key.key: list(key.values) for key in tuning}
@@ -463,6 +464,8 @@ def tuned_methods(methods: list[Method], grids: dict[str, list[Method]], results
             chosen.append(method)
             continue
         outcome = tuning_outcome(method.label, grids[method.label], values, runs, failures)
+        if not outcome.complete:
+            continue  # a tuning run failed and waits for a rerun (the bench's failure names it)
         if outcome.best is None:
             without_best.append(method.label)
             continue
@@ -514,7 +517,9 @@ class BenchProgress:
         if kind == "halted" and message[2] > 128:  # a signal (SIGTERM, a scheduler's timeout): stop everything
             self.halted = self.halted or message[2] - 128
             console.print(f"[yellow]stopped[/yellow] {job.name}: {message[1]}")
-        elif kind != "not_started" and job.method.tuning_of:
+        elif kind == "cannot_train" and job.method.tuning_of:
+            # Its settings cannot train (it diverged): that grid point's result, kept and never retried.
+            # Any other failure (an import error, a crash) says nothing of the point: retried on a rerun.
             self.results.tuning_failures.append(TuningFailure(method=job.method.label, seed=job.seed, reason=message[1]))
             save_results(self.out, self.results)
             self.progress.advance(self.overall)

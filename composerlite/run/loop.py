@@ -24,7 +24,7 @@ from composerlite.core.logger import Logger
 from composerlite.core.schedule import Scheduler, WarmupDecaySchedule
 from composerlite.core.state import State
 from composerlite.core.time import Time, TimeUnit
-from composerlite.errors import ConfigError, RunHalted
+from composerlite.errors import ConfigError, Diverged, RunHalted
 from composerlite.run.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from composerlite.run.run_directory import checkpoint_folder, prune_checkpoints
 from composerlite.run.settings import DEFAULT_LR, DEFAULT_WARMUP, RunConfig, validated
@@ -329,10 +329,10 @@ class Trainer:
         )
         if not finite and self.on_nan == "stop":
             kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was saved yet"
-            raise RunHalted(
+            raise Diverged(
                 f"loss became {total_loss} at step {timestamp.batch.value}; stopped without taking that step "
                 f"(`on_nan=stop`): {kept}. Resume from it with a lower `lr`, or use `on_nan=skip`",
-                exit_code=1,
+                loss=total_loss, step=timestamp.batch.value,
             )
 
     def _forward_backward(self, full_batch: dict[str, torch.Tensor], batch_tokens: int) -> torch.Tensor:
