@@ -220,3 +220,32 @@ def test_a_tuning_run_that_fails_for_another_reason_is_retried(tmp_path, text_fi
                       interleave="runs", tuning=tune)
     chosen = next(method.point["lr"] for method in again.methods if method.label == "baseline")
     assert trained == [(1e-2, 16), (chosen, 17)]  # the failed point only, then the verdict seed
+
+
+OOM_ABOVE_TWO = '''
+import torch
+from composerlite import Algorithm, Event
+
+class OomAboveTwo(Algorithm):
+    """CUDA's out-of-memory error for a batch of more than two sequences, as a small card would raise."""
+    name = "oom_above_two"
+    def match(self, event, state): return event is Event.BEFORE_FORWARD and state.batch["input_ids"].shape[0] > 2
+    def apply(self, event, state, logger): raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+'''
+
+
+def test_a_tuning_run_out_of_memory_is_its_points_result(tmp_path, text_file):
+    """Out of device memory at a grid point (batch 4) is that point's result: the method's verdict
+    runs use the point that fits, and the bench succeeds."""
+    plugin = tmp_path / "small_card.py"
+    plugin.write_text(OOM_ABOVE_TWO)
+    base = load_config(None, {"model": "gpt2-tiny", "max_duration": "2ba", "batch_size": 2, "seq_len": 16,
+                              "eval_batches": 1, "device": "cpu", "precision": "fp32", "data": str(text_file)})
+    out = tmp_path / "small_card"
+    method = f"{plugin}:OomAboveTwo"
+    results = run_bench(out, base, parse_algos(method), [17], "small card", reference_repeats=0, interleave="runs",
+                        tuning=[parse_tune("batch_size=2,4")])
+    assert [(failure.method, failure.reason) for failure in results.tuning_failures] == [
+        (f"{method} @ batch_size=4", "out of device memory")]
+    assert next(m.point for m in results.methods if m.label == method) == {"batch_size": 2}
+    assert {(run.method, run.seed) for run in results.runs} >= {(method, 17)}
