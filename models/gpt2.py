@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from .family import FAMILY, ModelSpec, get_spec
+from .family import ModelSpec, get_spec
 
 
 def _as_spec(name_or_spec: str | ModelSpec) -> ModelSpec:

@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from composerlite.data import BatchStream, Corpus, DataError, GPT2Tokenizer, load_tokenizer, prepare_corpus
 from composerlite.data.corpus import cache_root
@@ -68,10 +67,10 @@ def test_tokenizer_matches_gpt2(tok):
     assert load_tokenizer() is tok
 
 
-def test_tokenizer_roundtrip_and_batch(tok):
+def test_tokenizer_roundtrip_and_arrays(tok):
     texts = ["Hello world", "  indented\n\nlines\twith tabs ", "naïve café — ünïcödé 🙂", "it's we'll 12345"]
-    assert tok.encode_batch(texts) == [tok.encode(text) for text in texts]
     for text in texts:
+        assert tok.encode_array(text).tolist() == tok.encode(text)
         assert tok.decode(tok.encode(text)) == text
 
 

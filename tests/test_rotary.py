@@ -74,7 +74,6 @@ def manual_forward(model, input_ids: torch.Tensor, rotated: int, base: float) ->
     """GPT-2 written out (no learned positions) with q and k rotated by hand before the scores."""
     t = model.transformer
     n_head, seq = model.config.n_head, input_ids.shape[1]
-    positions = torch.arange(seq)
     x = t.wte(input_ids)
     causal = torch.ones(seq, seq, dtype=torch.bool).tril()
     for block in t.h:

@@ -102,10 +102,6 @@ class Speedup:
     verdict: str  # faster / no different / slower, or the reason there is no verdict
 
     @property
-    def decided(self) -> bool:
-        return self.verdict in (FASTER, NO_DIFFERENT, SLOWER)
-
-    @property
     def log_standard_error(self) -> float | None:
         """The standard error of the mean log speedup behind the interval (symmetric in logs)."""
         if self.low is None or self.high is None:

@@ -53,10 +53,6 @@ class Corpus:
         return self.manifest["documents"]["all"]
 
     @property
-    def source_description(self) -> str:
-        return self.manifest["source"]["description"]
-
-    @property
     def is_local(self) -> bool:
         return isinstance(self.train.fs, LocalFileSystem)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,10 +54,6 @@ class GPT2Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; a literal "<|endoftext|>" in the text is encoded as plain text."""
         return self._encoding.encode_ordinary(text)
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of many texts, encoded in parallel threads (tiktoken releases the GIL)."""
-        return self._encoding.encode_ordinary_batch(list(texts), num_threads=os.cpu_count() or 1)
 
     def encode_array(self, text: str) -> np.ndarray:
         """`encode(text)` as a uint16 array, made without a Python int per token (the GIL stays
