@@ -4,13 +4,15 @@ only rescales the LR is "no different" once both are tuned, where untuned it is 
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from composerlite.bench.results import EvalPoint, Method, RunRecord, load_results
-from composerlite.bench.runner import parse_algos, run_bench, train_run
+from composerlite.bench.results import BenchResults, EvalPoint, Method, RunRecord, load_results
+from composerlite.bench.runner import BenchProgress, RunJob, bench_progress, parse_algos, run_bench, train_run
 from composerlite.bench.tuning import (TunedKey, at_point, check_tuning, join_spec, method_grid, parse_tune,
                                        tuning_method, tuning_outcome)
 from composerlite.cli import main as cli
@@ -249,3 +251,24 @@ def test_a_tuning_run_out_of_memory_is_its_points_result(tmp_path, text_file):
         (f"{method} @ batch_size=4", "out of device memory")]
     assert next(m.point for m in results.methods if m.label == method) == {"batch_size": 2}
     assert {(run.method, run.seed) for run in results.runs} >= {(method, 17)}
+
+
+def test_the_overall_progress_moves_with_every_step_of_the_runs_under_way(tmp_path):
+    """Runs stepped in turn end together; the overall bar counts their fractions done as they go,
+    so its time left is not read off a burst of runs ending at once."""
+    progress, overall = bench_progress(Console(file=io.StringIO()), 3)
+    results = BenchResults(settings={}, reference="baseline", methods=[])
+    tracking = BenchProgress(tmp_path, results, progress, overall)
+    base = load_config(None, {"model": "gpt2-tiny"})
+    jobs = [RunJob(Method(label=f"m @ lr={lr}", tuning_of="m", point={"lr": lr}), 16, base, tmp_path / "log", "cpu",
+                   train_run) for lr in (0.1, 0.2, 0.3)]
+    for job in jobs:
+        tracking.add(job)
+    completed = lambda: progress.tasks[overall].completed
+    tracking.on_message(jobs[0], ("record", {"event": "train", "fraction": 0.5, "step": 1, "loss": 9.0}))
+    tracking.on_message(jobs[1], ("record", {"event": "train", "fraction": 0.25, "step": 1, "loss": 9.0}))
+    assert completed() == 0.75
+    tracking.on_message(jobs[0], ("cannot_train", "diverged: loss nan at step 2"))  # settled: a whole run
+    assert completed() == 1.25
+    tracking.on_message(jobs[1], ("failed", "ModuleNotFoundError: x"))  # not settled: it will be retried
+    assert completed() == 1.0 and tracking.failures == ["m @ lr=0.2 seed 16 (ModuleNotFoundError: x)"]

@@ -412,7 +412,8 @@ def bench_progress(console: Console, total: int) -> tuple[Progress, TaskID]:
     """The benchmark's progress bar, and its task for the `total` runs to go."""
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), console=console)
+                        TimeRemainingColumn(), console=console,
+                        speed_estimate_period=600)  # steps of all runs in turn: average over minutes, not 30 s
     return progress, progress.add_task(f"benchmark: {total} runs", total=max(total, 1), status="")
 
 
@@ -486,6 +487,11 @@ class BenchProgress:
     def __init__(self, out: Path, results: BenchResults, progress: Progress, overall):
         self.out, self.results, self.progress, self.overall = out, results, progress, overall
         self.tasks: dict[str, Any] = {}
+        # The overall bar counts settled runs plus the fractions done of those under way, so it
+        # moves with every step (and its time left means something) rather than in jumps of a
+        # batch of runs ending together.
+        self.settled = 0
+        self.under_way: dict[str, float] = {}
         self.finished: list[str] = []
         self.failures: list[str] = []
         self.halted = 0  # the signal number that halted a run, if one did
@@ -501,11 +507,15 @@ class BenchProgress:
             if record.get("event") == "train" and "fraction" in record:
                 self.progress.update(task, completed=record["fraction"],
                                      status=f"step {record['step']} loss {record['loss']:.3f}")
+                self.under_way[job.name] = record["fraction"]
+                self._show_overall()
             elif record.get("event") == "eval" and "eval_loss" in record:
                 console.print(f"  {job.name}: eval @ step {record['step']} ({record['wall_s']:.0f} s training): "
                               f"loss {record['eval_loss']:.4f}")
             return
         self.progress.remove_task(task)
+        self.under_way.pop(job.name, None)
+        self._show_overall()
         if kind == "done":
             try:
                 record = run_record(self.out, job, message[1])
@@ -522,19 +532,26 @@ class BenchProgress:
             # Any other failure (an import error, a crash) says nothing of the point: retried on a rerun.
             self.results.tuning_failures.append(TuningFailure(method=job.method.label, seed=job.seed, reason=message[1]))
             save_results(self.out, self.results)
-            self.progress.advance(self.overall)
+            self._settle()
             console.print(f"[red]failed[/red] tuning run {job.name}: {message[1]} (that grid point's result: the "
                           "method's other points decide)")
         elif kind != "not_started":
             self.failures.append(f"{job.name} ({message[1]})")
             console.print(f"[red]failed[/red] {job.name}: {message[1]}")
 
+    def _settle(self) -> None:
+        self.settled += 1
+        self._show_overall()
+
+    def _show_overall(self) -> None:
+        self.progress.update(self.overall, completed=self.settled + sum(self.under_way.values()))
+
     def _finished(self, job: RunJob, record: RunRecord) -> None:
         console = self.progress.console
         self.results.runs.append(record)
         save_results(self.out, self.results)
         self.finished.append(job.name)
-        self.progress.advance(self.overall)
+        self._settle()
         console.print(f"[green]done[/green] {job.name}: eval loss {record.final_eval_loss:.4f}, "
                       f"{record.tokens_per_s:,.0f} tokens/s, {record.train['wall_s']:.1f} s")
         # A stopped benchmark still has a current report; at most once a minute, since with
