@@ -12,7 +12,8 @@ import pytest
 from rich.console import Console
 
 from composerlite.bench.results import BenchResults, EvalPoint, Method, RunRecord, load_results
-from composerlite.bench.runner import BenchProgress, RunJob, bench_progress, parse_algos, run_bench, train_run
+from composerlite.bench.runner import (BenchProgress, RunJob, bench_progress, keep_tuned_points, parse_algos, run_bench,
+                                       train_run)
 from composerlite.bench.tuning import (TunedKey, at_point, check_tuning, join_spec, method_grid, parse_tune,
                                        tuning_method, tuning_outcome)
 from composerlite.cli import main as cli
@@ -160,6 +161,61 @@ def test_tuning_makes_a_method_that_only_rescales_the_lr_no_different(tmp_path, 
         run_bench(out, base, [methods[0], Method(label=scaled, algorithms=(f"{CALIBRATION}:LRScale:factor=2",))],
                   [17, 18], "changed", reference_repeats=0, interleave="runs", tuning=tune)
     assert len(load_results(out).commands) == 2  # before anything was written
+
+
+def test_a_widened_grid_trains_only_its_new_points_and_refuses_a_moved_best(tmp_path, text_file):
+    """A folder's grid may widen: only the new points train, the folder records the wider grid, and the
+    verdict runs stay where the best stays. A best that moves to a new point after verdict runs used the
+    old one is refused in one line (the new point's tuning run kept); a grid that drops a value is refused
+    before anything is written. The held-out loss is made a known function of the LR here, so the best
+    is known in advance: lowest at LR 10^-2.4."""
+    base = load_config(None, {"model": "gpt2-tiny", "max_duration": "2ba", "batch_size": 2, "seq_len": 16,
+                              "eval_batches": 1, "device": "cpu", "precision": "fp32", "data": str(text_file)})
+    trained = []
+
+    def loss_of_the_lr(config, console, **hooks):
+        trained.append((config.optimizer.lr, config.training.seed))
+        result = train_run(config, console, **hooks)
+        for record in result.records:
+            if "eval_loss" in record:
+                record["eval_loss"] = 3 + (math.log10(config.optimizer.lr) + 2.4) ** 2
+        return result
+
+    out = tmp_path / "widened"
+    bench = lambda grid: run_bench(out, base, parse_algos("baseline"), [17], grid, run=loss_of_the_lr,
+                                   reference_repeats=0, interleave="runs", tuning=[parse_tune(grid)])
+    first = bench("lr=1e-2,1e-1")
+    assert next(method.point for method in first.methods if method.label == "baseline") == {"lr": 1e-2}
+    assert "lr at the grid's lowest value: widen the grid" in (out / "report.md").read_text()
+    trained.clear()
+    widened = bench("lr=1e-3,1e-2,1e-1")
+    assert trained == [(1e-3, 16)]  # the new point only; the best stays at 1e-2, so does the verdict run
+    assert widened.settings["tune"] == {"lr": [1e-3, 1e-2, 1e-1]} and len(widened.runs) == 4
+    markdown = (out / "report.md").read_text()
+    assert "| baseline | 3 | " in markdown and "widen the grid" not in markdown
+    with pytest.raises(ConfigError, match=r"moves baseline's best to lr=0.003, but its verdict runs there used "
+                                          r"lr=0.01; run the widened grid into another --out"):
+        bench("lr=1e-3,3e-3,1e-2,1e-1")
+    kept = load_results(out)
+    assert {run.method for run in kept.runs} >= {"baseline @ lr=0.003"}  # the new point's tuning run is kept
+    assert next(method.point for method in kept.methods if method.label == "baseline") == {"lr": 1e-2}
+    commands = len(kept.commands)
+    with pytest.raises(ConfigError, match=r"a grid may only widen") as narrower:
+        bench("lr=1e-2,1e-1")
+    assert "\n" not in str(narrower.value) and len(load_results(out).commands) == commands
+
+
+def test_a_moved_best_without_verdict_runs_takes_the_new_point(tmp_path):
+    """Where a tuned method's verdict runs have not started (no record, no run folder), its recorded
+    point is replaced by the new best; a run folder left by a started run makes it a refusal."""
+    results = BenchResults(settings={}, reference="baseline", methods=[Method(label="baseline", overrides={"lr": 1e-2},
+                                                                               point={"lr": 1e-2})])
+    moved = Method(label="baseline", overrides={"lr": 3e-3}, point={"lr": 3e-3})
+    keep_tuned_points(tmp_path, results, [moved])
+    assert results.methods == [moved]
+    (tmp_path / "runs" / "baseline" / "seed17").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="moves baseline's best to lr=0.01"):
+        keep_tuned_points(tmp_path, results, [Method(label="baseline", overrides={"lr": 1e-2}, point={"lr": 1e-2})])
 
 
 NAN_AT_FIRST_STEP = '''

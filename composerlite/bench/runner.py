@@ -41,8 +41,8 @@ from composerlite.bench.lockstep import Stop, run_to_end, take_turns
 from composerlite.bench.report import build_report, print_verdicts
 from composerlite.bench.results import (BenchResults, EvalPoint, Method, RunRecord, TuningFailure, load_results,
                                         save_results)
-from composerlite.bench.tuning import (TunedKey, at_point, check_tuning, edge_text, method_grid, point_text,
-                                       tuning_method, tuning_outcome, tuning_seed)
+from composerlite.bench.tuning import (TunedKey, at_point, check_tuning, edge_text, format_value, method_grid,
+                                       point_text, tuning_method, tuning_outcome, tuning_seed)
 from composerlite.core.callback import Callback
 from composerlite.core.logger import LoggerDestination
 from composerlite.errors import ConfigError, RunHalted
@@ -231,19 +231,37 @@ def run_order(methods: list[Method], seeds: list[int]) -> list[tuple[Method, int
 def open_results(out: Path, base: RunConfig, reference: str, kind: str,
                  extra_settings: dict[str, Any] | None = None) -> BenchResults:
     """The folder's results (refusing one made with other settings), or a fresh record.
-    `extra_settings`: what else every run shares (a tuning grid and its seed)."""
+    `extra_settings`: what else every run shares (a tuning grid and its seed). A tuning grid may
+    widen (`widens`): the folder then records the wider grid, and only its new points train."""
     settings, references = bench_settings(base)
     settings.update(extra_settings or {})
     if (out / "results.json").exists():
         results = load_results(out)
+        widened = widens(results.settings.get("tune"), settings.get("tune"))
         changed = [key for key in sorted(set(settings) | set(results.settings))
-                   if settings.get(key) != results.settings.get(key)]
+                   if settings.get(key) != results.settings.get(key) and not (key == "tune" and widened)]
+        if changed == ["tune"] and results.reference == reference and results.kind == kind:
+            raise ConfigError(f"{out} was tuned over {grid_text(results.settings.get('tune'))}, not "
+                              f"{grid_text(settings.get('tune'))}: a grid may only widen (the same keys, every value "
+                              "it had kept); choose another --out for another grid")
         if changed or results.reference != reference or results.kind != kind:
             what = ", ".join(f"{key} ({results.settings.get(key)!r} there, {settings.get(key)!r} now)" for key in changed)
             raise ConfigError(f"{out} holds a {results.kind} with other settings ({what or 'reference method'}); "
                              "resume with the same settings or choose another --out")
+        results.settings["tune"] = settings.get("tune", results.settings.get("tune"))
         return results
     return BenchResults(kind=kind, settings=settings, reference=reference, references=references, methods=[])
+
+
+def widens(old: dict[str, list[Any]] | None, new: dict[str, list[Any]] | None) -> bool:
+    """Whether grid `new` adds values to grid `old` and drops none: the same keys, every old value kept.
+    The points already tuned keep their results, so widening costs only the new points."""
+    return bool(old) and bool(new) and old.keys() == new.keys() and all(
+        value in new[key] for key, values in old.items() for value in values)
+
+
+def grid_text(grid: dict[str, list[Any]] | None) -> str:
+    return "; ".join(f"{key}={','.join(map(format_value, values))}" for key, values in (grid or {}).items()) or "no grid"
 
 
 def add_methods(out: Path, results: BenchResults, methods: list[Method]) -> None:
@@ -253,6 +271,24 @@ def add_methods(out: Path, results: BenchResults, methods: list[Method]) -> None
         if method.label in known and known[method.label] != method:
             raise ConfigError(f"{out} already has a method '{method.label}' with other algorithms or options")
     results.methods += [method for method in methods if method.label not in known]
+
+
+def keep_tuned_points(out: Path, results: BenchResults, methods: list[Method]) -> None:
+    """After a widened grid's tuning: a tuned method whose best point moved gets its new point where
+    none of its verdict runs has started, and is refused in one line where one has (its runs at the
+    old point cannot be compared with, nor resumed as, runs at the new one; nothing is deleted)."""
+    known = {method.label: method for method in results.methods}
+    for method in methods:
+        recorded = known.get(method.label)
+        if recorded is None or not method.point or recorded.point == method.point:
+            continue
+        started = (any(run.method == method.label for run in results.runs)
+                   or (out / "runs" / method_folder(method.label)).exists())
+        if started:
+            raise ConfigError(f"{out}: the widened grid moves {method.label}'s best to {point_text(method.point)}, "
+                              f"but its verdict runs there used {point_text(recorded.point)}; run the widened grid "
+                              "into another --out (this folder's runs are kept)")
+        results.methods = [method if other.label == method.label else other for other in results.methods]
 
 
 def run_folder(out: Path, method: Method, seed: int) -> tuple[Path, bool]:
@@ -351,6 +387,9 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
     skipped = len(labels) * len(seeds) + sum(map(len, grids.values())) - total
     if skipped:
         console.print(f"{skipped} run(s) already finished in {out}; running the other {total}")
+    if any(tuning_todo) and any(not method.tuning_of for method in results.methods if method.point):
+        console.print(f"[yellow]{out}: the grid widened after its tuned methods chose their points; if a method's best "
+                      "moves to a new point, the bench stops there and says so[/yellow]")
     progress, overall = bench_progress(console, total)
     tracking = BenchProgress(out, results, progress, overall)
     announce = lambda name: progress.console.print(
@@ -371,6 +410,7 @@ def run_bench(out: Path, base: RunConfig, methods: list[Method], seeds: list[int
         if not stopped():
             verdict_methods, every_point_failed = tuned_methods(methods, grids, results, tuning, console)
             verdict_methods = with_reference_repeats(verdict_methods, reference, reference_repeats)
+            keep_tuned_points(out, results, verdict_methods)
             add_methods(out, results, verdict_methods)
             save_results(out, results)
             todo = [(method, seed) for method, seed in run_order(verdict_methods, seeds)
