@@ -99,6 +99,7 @@ def test_bench_end_to_end_and_rerun_skips_finished(tmp_path, text_file, capsys):
     assert cli(command) == 0  # everything finished: nothing is trained again
     after = load_results(out)
     assert [r.model_dump() for r in after.runs] == json.loads(before)["runs"] and len(after.commands) == 2
+    assert after.settings == json.loads(before)["settings"]  # resuming adds no setting (an untuned bench no grid)
 
 
 def test_target_loss_race_evaluates_densely_and_stops_at_the_target(tmp_path):

@@ -248,7 +248,8 @@ def open_results(out: Path, base: RunConfig, reference: str, kind: str,
             what = ", ".join(f"{key} ({results.settings.get(key)!r} there, {settings.get(key)!r} now)" for key in changed)
             raise ConfigError(f"{out} holds a {results.kind} with other settings ({what or 'reference method'}); "
                              "resume with the same settings or choose another --out")
-        results.settings["tune"] = settings.get("tune", results.settings.get("tune"))
+        if widened:
+            results.settings["tune"] = settings["tune"]
         return results
     return BenchResults(kind=kind, settings=settings, reference=reference, references=references, methods=[])
 
