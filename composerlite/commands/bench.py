@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="equal tuning budget: every method trains at each value on a tuning seed (the one before "
                              "--seed) and its verdict runs use its best. KEY: a run setting (lr, warmup, weight_decay, "
                              "batch_size, ...) or ALGO.OPTION (muon.lr: the methods with ALGO); GRID: 3e-3,1e-2,3e-2 or "
-                             "log:1e-3..1e-1:5 (5 log-spaced points). Repeat for a product grid")
+                             "log:1e-3..1e-1:5 (5 log-spaced points). Repeat for a product grid. An existing --out's grid "
+                             "may widen (every value kept): only the new points train")
     parser.add_argument("--models", metavar="A,B,...",
                         help="the same comparison on several family members (a size ladder: each in OUT/<model>/, "
                              "the report in OUT says how each speedup moves with size); instead of --model")
