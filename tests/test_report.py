@@ -242,6 +242,55 @@ def test_merge_keeps_devices_apart(tmp_path):
     assert "../cpu/runs/fast/seed1" in markdown  # run folders stay reachable from the merged report
 
 
+def test_tuning_runs_join_their_folder_whatever_machine_trained_them(tmp_path):
+    """A folder tuned in one session and verdict-run in another (another host) is one group: the tuned
+    point is chosen by held-out loss. Verdict runs on two machines still make two groups, each with the
+    tuning, and the report lists each tuning run once, on its own machine."""
+    bench = results("CPU: second host", methods=("baseline", "fast"))
+    tuning = [Method(label=f"{m} @ lr={lr}", algorithms=(m,) if m == "fast" else (), tuning_of=m, point={"lr": lr})
+              for m in ("baseline", "fast") for lr in (0.01, 0.03)]
+    bench.methods += tuning
+    bench.runs += [record(m.label, 0, "CPU: first host", curve=CURVES[m.tuning_of]) for m in tuning]
+    bench.settings.update(tune={"lr": [0.01, 0.03]}, tune_seed=0)
+    (group,) = group_results([(".", bench)])
+    assert group.device == "CPU: second host" and len(group.tuning_runs) == 4 and len(group.runs) == 9
+    assert {run.device for run in group.tuning_runs} == {"CPU: first host"}
+    assert {s.method: s for s in summarize(group)}["fast"].speedups["tokens"].verdict == "faster"
+
+    bench.runs = [run.model_copy(update={"device": "CPU: third host"}) if run.seed == 3 and run.method in
+                  ("baseline", "fast", "baseline (repeat)") else run for run in bench.runs]
+    save_results(tmp_path, bench)
+    groups = build_report([tmp_path], tmp_path)
+    assert [(group.device, len(group.tuning_runs), len(group.runs)) for group in groups] == [
+        ("CPU: second host", 4, 6), ("CPU: third host", 4, 3)]
+    markdown = (tmp_path / "report.md").read_text()
+    assert markdown.count("| baseline @ lr=0.01 | 0 | CPU: first host |") == 1
+
+
+def test_a_ladder_across_machines_fits_only_the_axes_the_machine_does_not_change(tmp_path):
+    """Sizes that ran on different hosts are one ladder: tokens and FLOPs trends are fitted, wall-clock
+    and step speed are not (they would mix the machine into the size). A size measured on two hosts
+    makes one ladder per host."""
+    for model, device in (("gpt2-tiny", "CPU: first host"), ("gpt2-cpu", "CPU: second host")):
+        save_results(tmp_path / model, results(device, methods=("baseline", "fast"), settings={**SETTINGS, "model": model}))
+    build_report([tmp_path / "gpt2-tiny", tmp_path / "gpt2-cpu"], tmp_path / "ladder")
+    markdown = (tmp_path / "ladder" / "report.md").read_text()
+    assert "## Across sizes on 2 machines" in markdown and "gpt2-tiny on CPU: first host; gpt2-cpu on" in markdown
+    rows = {line.split(" | ")[1]: line for line in markdown.splitlines() if line.startswith("| fast | ")}
+    assert "holds: +0.000 [+0.000, +0.000]" in rows["tokens"] and "holds" in rows["FLOPs"]
+    assert rows["wall-clock"].endswith("| not fitted: the sizes ran on different machines |")
+    assert rows["step speed"].endswith("| not fitted: the sizes ran on different machines |")
+    assert (tmp_path / "ladder" / "plots" / "speedups_vs_size.png").exists()
+
+    save_results(tmp_path / "gpt2-cpu-again", results("CPU: first host", methods=("baseline", "fast"),
+                                                      settings={**SETTINGS, "model": "gpt2-cpu"}))
+    build_report([tmp_path / "gpt2-tiny", tmp_path / "gpt2-cpu", tmp_path / "gpt2-cpu-again"], tmp_path / "both")
+    markdown = (tmp_path / "both" / "report.md").read_text()
+    assert "## Across sizes on CPU: first host" in markdown and "Across sizes on 2 machines" not in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| fast | wall-clock |"))
+    assert "not fitted" not in row and "holds" in row
+
+
 def test_merge_refuses_other_budget_unless_allowed(tmp_path):
     save_results(tmp_path / "a", results())
     save_results(tmp_path / "b", results(settings={**SETTINGS, "max_duration": "40ba"}))

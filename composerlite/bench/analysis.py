@@ -430,7 +430,9 @@ def group_results(sources: list[tuple[str, BenchResults]], allow_mixed: bool = F
     model is its own group, compared across sizes by `ladder`. Folders whose settings differ
     otherwise (another budget, data set, batch) are refused unless `allow_mixed`, in which case
     each becomes its own group and the report says so. Tuning runs (`--tune`) are kept apart from
-    the runs verdicts are computed from.
+    the runs verdicts are computed from, and join their folder's group(s) whatever machine trained
+    them: a tuned method's point is chosen by held-out loss, which the machine does not change, so a
+    folder tuned in one session and verdict-run in another is still one group.
     """
     first_name, first = sources[0]
     for name, results in sources[1:]:
@@ -444,9 +446,12 @@ def group_results(sources: list[tuple[str, BenchResults]], allow_mixed: bool = F
     for name, results in sources:
         specs = {method.label: method for method in results.methods}
         settings = (json.dumps(results.settings, sort_keys=True, default=str), results.reference, results.kind)
-        # A folder none of whose runs finished (every tuning run diverged) still gets a group: its
+        tuning = [run for run in results.runs if specs.get(run.method, Method(label=run.method)).tuning_of]
+        verdict_runs = [run for run in results.runs if run not in tuning]
+        # Verdict runs split a folder by device; before any exists, the first tuning run names it. A
+        # folder none of whose runs finished (every tuning run diverged) still gets a group: its
         # report's tuning table says why there is nothing else.
-        devices = dict.fromkeys(run.device for run in results.runs) or (
+        devices = dict.fromkeys(run.device for run in verdict_runs or tuning[:1]) or (
             {NO_FINISHED_RUN: None} if results.tuning_failures else {})
         for device in devices:
             group = groups.get((*settings, device))
@@ -462,9 +467,9 @@ def group_results(sources: list[tuple[str, BenchResults]], allow_mixed: bool = F
             for method in [results.reference, *dict.fromkeys(m.tuning_of or m.label for m in results.methods)]:
                 if method not in group.methods:
                     group.methods.append(method)
-        for run in results.runs:
-            group = groups[(*settings, run.device)]
-            held = group.tuning_runs if specs.get(run.method, Method(label=run.method)).tuning_of else group.runs
+        placed = [(run, groups[(*settings, device)].tuning_runs) for run in tuning for device in devices]
+        placed += [(run, groups[(*settings, run.device)].runs) for run in verdict_runs]
+        for run, held in placed:
             if any(other.method == run.method and other.seed == run.seed for other in held):
                 raise ConfigError(f"{name} and another folder both hold '{run.method}' seed {run.seed} on {run.device}")
             held.append(run.model_copy(update={"run_dir": str(Path(name) / run.run_dir)}))

@@ -8,6 +8,11 @@ interval) as known, weights 1/se^2. The slope is the change in ln(speedup) per 1
 95% interval uses the Student t quantile at the smallest per-size degrees of freedom (seeds - 1),
 which is conservative. "grows" when the whole interval lies above 0, "shrinks" below, "holds" when it
 covers 0. It needs two sizes with an interval each.
+
+The sizes may have run on different machines (a CPU ladder takes longer than one session on one
+host): tokens and FLOPs to the target do not depend on the machine, so their trends are fitted
+whatever ran each size; wall-clock and step speed do, and are fitted only when every size ran on
+the same machine. Each size's own speedup is measured side by side on its machine either way.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import dataclasses
 import json
 import math
 
-from composerlite.bench.analysis import CONFIDENCE, Group, MethodSummary, Speedup, t_quantile
+from composerlite.bench.analysis import CONFIDENCE, STEP_SPEED, Group, MethodSummary, Speedup, t_quantile
 
 GROWS, HOLDS, SHRINKS = "grows", "holds", "shrinks"
 # A method that changes nothing has a speedup of exactly 1 with no spread on the deterministic axes
 # (tokens, FLOPs); this floor on the standard error keeps such a size's weight finite.
 MIN_STANDARD_ERROR = 1e-9
+MACHINE_AXES = ("wall_s", STEP_SPEED)  # speedups that depend on the machine as well as the method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +45,7 @@ class Trend:
 @dataclasses.dataclass
 class Ladder:
     """The groups of one comparison run at several sizes (same settings but the model, same
-    reference, same device), smallest model first, with each group's summaries."""
+    reference), smallest model first, with each group's summaries."""
 
     models: list[str]
     parameters: list[int]  # non-embedding parameters of each model
@@ -56,23 +62,49 @@ class Ladder:
     def speedups(self, method: str, axis: str) -> list[Speedup | None]:
         return [summaries[method].speedups[axis] if method in summaries else None for summaries in self.summaries]
 
+    @property
+    def devices(self) -> list[str]:
+        """The machines the sizes ran on, each once, smallest model's first."""
+        return list(dict.fromkeys(group.device for group in self.groups))
+
+    def fits(self, axis: str) -> bool:
+        """Whether a trend on `axis` compares sizes alone: not where the machine changed between them."""
+        return axis not in MACHINE_AXES or len(self.devices) == 1
+
     def trend(self, method: str, axis: str) -> Trend | None:
+        if not self.fits(axis):
+            return None
         points = [(math.log10(parameters), speedup) for parameters, speedup in zip(self.parameters, self.speedups(method, axis))
                   if speedup is not None and speedup.low is not None]
         return fit_trend(points)
 
+    def trend_summary(self, method: str, axis: str) -> str:
+        if not self.fits(axis):
+            return "not fitted: the sizes ran on different machines"
+        return trend_text(self.trend(method, axis))
+
 
 def ladders(groups: list[Group], summaries: list[list[MethodSummary]]) -> list[Ladder]:
-    """Groups alike in all but the model, two models or more: one Ladder each."""
+    """Groups alike in all but the model (and the machine), two models or more: one Ladder each. A
+    model measured on two machines (`composerlite report` merging them) is one ladder per machine."""
     alike: dict[str, list[int]] = {}
     for index, group in enumerate(groups):
-        key = json.dumps([{**group.settings, "model": None}, group.reference, group.device, group.kind],
+        key = json.dumps([{**group.settings, "model": None}, group.reference, group.kind],
                          sort_keys=True, default=str)
         alike.setdefault(key, []).append(index)
-    found = []
+    model = lambda index: str(groups[index].settings.get("model"))
+    sets = []
     for indices in alike.values():
-        models = [str(groups[i].settings.get("model")) for i in indices]
-        if len(set(models)) < 2:
+        if len({model(i) for i in indices}) == len(indices):
+            sets.append(indices)
+        else:
+            by_device: dict[str, list[int]] = {}
+            for index in indices:
+                by_device.setdefault(groups[index].device, []).append(index)
+            sets += by_device.values()
+    found = []
+    for indices in sets:
+        if len(indices) < 2:
             continue
         from composerlite.models import count_parameters  # imports torch: only for a ladder
 

@@ -17,7 +17,7 @@ from rich.table import Table
 from composerlite.bench.analysis import (AXIS_NAMES, BETTER, CONFIDENCE, NOT_SHOWN, QUALITY_MARGIN, SIGNIFICANCE, WORSE,
                                          VERDICT_AXES, Group, LossTest, MethodSummary, RaceRecord, Speedup, Stat,
                                          crossed_text, group_results, is_mixed, race_records, summarize)
-from composerlite.bench.ladder import Ladder, ladders, trend_text
+from composerlite.bench.ladder import Ladder, ladders
 from composerlite.bench.plots import plot_curves, plot_ladder, plot_speedups, plot_tuning
 from composerlite.bench.results import load_results, write_atomic
 from composerlite.bench.tuning import TuningOutcome, edge_text, format_value, group_outcomes, point_text
@@ -90,13 +90,15 @@ TUNING_DEFINITION = (
     "out of memory loses only its own point; a run that failed for another reason is retried by the next run of "
     "the command), and all its verdict runs use it, so every verdict compares a method at its best with the "
     "reference at its best. A best value at the lowest or highest value of a numeric key's grid is flagged: the "
-    "optimum may lie beyond it. Tuning runs are in no verdict; the budget they cost is stated.")
+    "optimum may lie beyond it. Tuning runs are in no verdict; the budget they cost is stated. They may have trained on "
+    "another machine than the verdict runs: the point is chosen by held-out loss, which the machine does not change.")
 LADDER_DEFINITION = (
     "Across sizes (bench --models): the same comparison on each model. Per method and axis, a line through "
     "ln(speedup) against log10(non-embedding parameters), by weighted least squares with weights 1/se² (se: the "
     "standard error of a size's mean log speedup, read off its interval). The slope is the change in ln(speedup) per "
     f"10x parameters, with a {CONFIDENCE:.0%} t interval at the fewest seeds' degrees of freedom: grows if the whole "
-    "interval lies above 0, shrinks if below, else holds.")
+    "interval lies above 0, shrinks if below, else holds. Sizes that ran on different machines get lines on tokens "
+    "and FLOPs only: wall-clock and step speed also depend on the machine.")
 
 
 def build_report(folders: list[Path], out: Path, allow_mixed: bool = False) -> list[Group]:
@@ -123,14 +125,16 @@ def build_report(folders: list[Path], out: Path, allow_mixed: bool = False) -> l
     for index, ladder in enumerate(found):
         name = "speedups_vs_size.png" if len(found) == 1 else f"speedups_vs_size_{index + 1}.png"
         plot_ladder(ladder, out / "plots" / name)
-        plots.append((name, f"Speedup against model size ({ladder.groups[0].device}): each size's speedup with its "
+        plots.append((name, f"Speedup against model size ({machines_text(ladder)}): each size's speedup with its "
                             f"{CONFIDENCE:.0%} interval and the fitted line, per axis (log scales)"))
     headed = len(groups) > 1
     sections = [group_section(group, group_summaries, group_outcomes_, headed)
                 for group, group_summaries, group_outcomes_ in zip(groups, summaries, outcomes)]
     sections += [ladder_section(ladder) for ladder in found]
     definitions = DEFINITIONS + ([TUNING_DEFINITION] if any(outcomes) else []) + ([LADDER_DEFINITION] if found else [])
-    runs = [run_row(group, run) for group in groups for run in [*group.tuning_runs, *group.runs]]
+    # A folder's tuning runs join each of its groups (one per device its verdict runs used): listed once.
+    listed = {run.run_dir: run for group in groups for run in [*group.tuning_runs, *group.runs]}
+    runs = [run_row(run) for run in listed.values()]
     title = _title(groups)
     warning = ("These folders differ in their settings (budget, data, model or batch); each is its own group "
                "below and speedups are only computed within a group." if is_mixed(groups) else None)
@@ -339,12 +343,20 @@ def ladder_section(ladder: Ladder) -> dict:
     columns = ["method", "axis", *(f"{model} ({parameters / 1e6:.2f}M)" for model, parameters in
                                    zip(ladder.models, ladder.parameters)), "ln(speedup) per 10x parameters [95% CI]"]
     rows = [[method, AXIS_NAMES[axis], *("-" if speedup is None else verdict_cell(speedup)
-                                         for speedup in ladder.speedups(method, axis)), trend_text(ladder.trend(method, axis))]
+                                         for speedup in ladder.speedups(method, axis)), ladder.trend_summary(method, axis)]
             for method in ladder.methods for axis in VERDICT_AXES]
-    return {"heading": f"Across sizes on {ladder.groups[0].device}", "header": [
-                ("Models", ", ".join(f"{model} ({parameters:,} non-embedding parameters)"
-                                     for model, parameters in zip(ladder.models, ladder.parameters)))],
+    header = [("Models", ", ".join(f"{model} ({parameters:,} non-embedding parameters)"
+                                   for model, parameters in zip(ladder.models, ladder.parameters)))]
+    if len(ladder.devices) > 1:
+        header.append(("Machines", "; ".join(f"{model} on {group.device}" for model, group in zip(ladder.models, ladder.groups))
+                       + ". Each size's speedups are measured side by side on its machine; trends are fitted only "
+                         "on the axes the machine does not change (tokens, FLOPs)"))
+    return {"heading": f"Across sizes on {machines_text(ladder)}", "header": header,
             "tables": [("Speedup by model size", columns, rows)], "noise": None}
+
+
+def machines_text(ladder: Ladder) -> str:
+    return ladder.devices[0] if len(ladder.devices) == 1 else f"{len(ladder.devices)} machines"
 
 
 def noise_text(summaries: list[MethodSummary]) -> str | None:
@@ -356,9 +368,9 @@ def noise_text(summaries: list[MethodSummary]) -> str | None:
             f"over {aa.seeds} seeds; wall-clock differences inside that range are this machine's noise.")
 
 
-def run_row(group: Group, run) -> list[str]:
+def run_row(run) -> list[str]:
     algorithms = ", ".join(str(a) for a in run.config.get("algorithms") or []) or "none"
-    return [run.method, str(run.seed), group.device, algorithms, f"{run.train['steps']:,}", f"{run.train['tokens']:,}",
+    return [run.method, str(run.seed), run.device, algorithms, f"{run.train['steps']:,}", f"{run.train['tokens']:,}",
             f"{run.train['wall_s']:.1f} s", f"{run.final_eval_loss:.4f}", run.finished_at, run.run_dir]
 
 
@@ -388,7 +400,7 @@ def print_verdicts(groups: list[Group], console: Console) -> None:
     for ladder in ladders(groups, summaries):
         for method in ladder.methods:
             console.print(f"{method} across {', '.join(ladder.models)}: " + "; ".join(
-                f"{AXIS_NAMES[axis]} {trend_text(ladder.trend(method, axis))}" for axis in VERDICT_AXES))
+                f"{AXIS_NAMES[axis]} {ladder.trend_summary(method, axis)}" for axis in VERDICT_AXES))
 
 
 def markdown(title, warning, sections, plots: list[tuple[str, str]], definitions: list[str], runs) -> str:
