@@ -446,8 +446,9 @@ def group_results(sources: list[tuple[str, BenchResults]], allow_mixed: bool = F
     for name, results in sources:
         specs = {method.label: method for method in results.methods}
         settings = (json.dumps(results.settings, sort_keys=True, default=str), results.reference, results.kind)
-        tuning = [run for run in results.runs if specs.get(run.method, Method(label=run.method)).tuning_of]
-        verdict_runs = [run for run in results.runs if run not in tuning]
+        is_tuning = lambda run: bool(specs.get(run.method, Method(label=run.method)).tuning_of)
+        tuning = [run for run in results.runs if is_tuning(run)]
+        verdict_runs = [run for run in results.runs if not is_tuning(run)]
         # Verdict runs split a folder by device; before any exists, the first tuning run names it. A
         # folder none of whose runs finished (every tuning run diverged) still gets a group: its
         # report's tuning table says why there is nothing else.
