@@ -191,7 +191,7 @@ def new_checkpoint(folder: Path, previous: bytes | None, process: subprocess.Pop
 
 
 def test_killed_at_random_moments_a_rerun_ends_with_the_shards_of_an_uninterrupted_run(tmp_path):
-    spec = str(write_jsonl(tmp_path / "d.jsonl", texts(1500)))
+    spec = str(write_jsonl(tmp_path / "d.jsonl", texts(3000)))
     script = tmp_path / "prepare_slowly.py"
     script.write_text(PREPARE_SLOWLY)
     command = [sys.executable, str(script), spec]
@@ -199,8 +199,10 @@ def test_killed_at_random_moments_a_rerun_ends_with_the_shards_of_an_uninterrupt
     assert whole.returncode == 0, whole.stderr
     # Each kill lands at a random moment up to 0.15 s after a checkpoint (one every ~25 ms): between
     # checkpoints, mid-write, mid-publication of a shard, or while the next checkpoint is written.
+    # A run may still end on its own before its kill lands (a fast host near the end of the pass):
+    # that try is not counted as a kill, and the test asks for three that landed.
     moments, killed, kills, state = random.Random(23), tmp_path / "killed", [], None
-    for _ in range(4):
+    for _ in range(8):
         process = subprocess.Popen([*command, str(killed)])
         state = new_checkpoint(killed, state, process)
         if state is None:
@@ -208,8 +210,11 @@ def test_killed_at_random_moments_a_rerun_ends_with_the_shards_of_an_uninterrupt
         delay = moments.uniform(0, 0.15)
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
-        kills.append((process.wait(), round(delay, 3)))
-    assert len(kills) >= 3 and all(code == -signal.SIGKILL for code, _ in kills), kills
+        if process.wait() == -signal.SIGKILL:
+            kills.append(round(delay, 3))
+        if len(kills) == 4:
+            break
+    assert len(kills) >= 3, f"kills that landed after checkpoints: {kills}"
     assert subprocess.run([*command, str(killed)]).returncode == 0
     assert shard_files(killed) == shard_files(tmp_path / "whole"), f"kills after checkpoints: {kills}"
     assert manifest_without_date(killed) == manifest_without_date(tmp_path / "whole")
