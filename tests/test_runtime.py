@@ -1,13 +1,16 @@
-"""The CPU runtime a run gets: its threads pinned, and freed memory kept for reuse (glibc)."""
+"""The CPU runtime a run gets: its threads pinned, freed memory kept for reuse (glibc), and oneMKL's
+VML kernels chosen before any multi-threaded call."""
 
 from __future__ import annotations
 
+import re
 import resource
+from pathlib import Path
 
 import pytest
 import torch
 
-from composerlite.system.runtime import _glibc, kept_freed_memory, pinned_runtime
+from composerlite.system.runtime import VML_FUNCTIONS, _glibc, kept_freed_memory, pinned_runtime
 
 PAGES = 16384  # a 64 MiB buffer of floats: past glibc's largest mmap threshold (32 MiB), like a step's logits
 
@@ -43,3 +46,15 @@ def test_threads_are_pinned_inside_and_restored_after():
     with pinned_runtime(1, torch.device("cpu")):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+VML_HEADER = Path(torch.__file__).parent / "include" / "ATen" / "cpu" / "vml.h"
+
+
+@pytest.mark.skipif(not VML_HEADER.exists(), reason="this torch build ships no ATen headers")
+def test_the_vml_warm_up_covers_every_function_aten_hands_to_mkl():
+    """The installed torch's own list: a function added to it, or dropped, fails here until
+    `VML_FUNCTIONS` follows."""
+    handed = re.findall(r"^IMPLEMENT_VML_MKL\((\w+),", VML_HEADER.read_text(), flags=re.MULTILINE)
+    assert handed, "the header no longer names its MKL functions this way"
+    assert sorted(VML_FUNCTIONS) == sorted(handed)

@@ -73,6 +73,8 @@ def pinned_runtime(threads: int, device: torch.device):
     set one), another way two processes could split the same sum differently."""
     import torch
 
+    if device.type == "cpu":
+        settle_vml_dispatch()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -80,6 +82,30 @@ def pinned_runtime(threads: int, device: torch.device):
             yield
     finally:
         torch.set_num_threads(previous)
+
+
+# The float functions ATen hands to oneMKL's VML on a CPU (`IMPLEMENT_VML_MKL` in ATen/cpu/vml.h).
+VML_FUNCTIONS = (
+    "acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "log", "log10", "log2", "sin", "sqrt",
+    "tan", "tanh", "trunc",
+)
+
+
+@functools.cache
+def settle_vml_dispatch() -> None:
+    """Calls each VML function once on one element, in one thread. oneMKL picks a VML function's
+    kernel on its first call; on oneMKL 2024.2 (torch's CPU wheels, 2.13 included) a first call
+    made by several intra-op threads at once can run a low-accuracy kernel on one thread's chunk
+    (pytorch/pytorch#188792), and two runs of one seed then part in the last digits: seen once in
+    15 verdict runs of gpt2-cpu on a 2-core Intel Xeon, from AdamW's first steps (its first `sqrt`
+    on the embedding). ATen's own fix (pytorch/pytorch#188791) is this same warm-up; kept here
+    until the wheels carry it or oneMKL >= 2025.0."""
+    import torch
+
+    half = torch.full((1,), 0.5)  # inside every function's domain (erfinv's is (-1, 1))
+    for dtype in (torch.float32, torch.float64):
+        for name in VML_FUNCTIONS:
+            getattr(torch, name)(half.to(dtype))
 
 
 # glibc's mallopt parameters (malloc.h) and their defaults.
