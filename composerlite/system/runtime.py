@@ -70,7 +70,8 @@ def pinned_runtime(threads: int, device: torch.device):
     """Inside: torch's intra-op thread count set to `threads` (the caller's restored after) and, on a
     CPU device, freed memory kept for reuse (`kept_freed_memory`). Setting the thread count also
     turns off MKL's per-call choice of thread count (its "dynamic" mode, on in a process that never
-    set one), another way two processes could split the same sum differently."""
+    set one), another way two processes could split the same sum differently. On a CPU, oneMKL's
+    VML kernels are chosen first, in one thread (`settle_vml_dispatch`)."""
     import torch
 
     if device.type == "cpu":
